@@ -1,0 +1,185 @@
+"""Saved models: a folder with `config.json`, `model.safetensors` and `manifest.json`.
+
+The manifest records each file's size and sha256 and a format version. `load` checks every
+byte against it before parsing anything, and parses only JSON and safetensors: loading a
+model never runs code (no pickle anywhere).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .errors import ConfigError, IntegrityError, OutputExistsError
+
+FORMAT = "vaekit-model"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL_FILES = ("config.json", "model.safetensors")
+MAX_JSON_BYTES = 1 << 20  # a manifest or config larger than this is not ours
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, fsync, then rename over `path`:
+    readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def model_bytes(model) -> dict[str, bytes]:
+    """The two model files as bytes: the resolved config and the unwrapped tensors."""
+    from safetensors.torch import save
+
+    module = getattr(model, "_orig_mod", model)  # torch.compile wrappers never reach the file
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    return {
+        "config.json": model.config.to_json().encode(),
+        "model.safetensors": save(tensors, metadata={"format": FORMAT}),
+    }
+
+
+def write_model_files(model, folder: Path, extra: tuple[str, ...] = ()) -> None:
+    """Write the model files into an existing folder; the manifest goes last, so a folder
+    with a valid manifest always has complete files. `extra` names other files already in
+    the folder to checksum too (e.g. metrics.jsonl)."""
+    files = model_bytes(model)
+    for name, data in files.items():
+        write_atomic(folder / name, data)
+    for name in extra:
+        files[name] = (folder / name).read_bytes()
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "files": {n: {"bytes": len(b), "sha256": sha256_bytes(b)} for n, b in sorted(files.items())},
+    }
+    write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2).encode())
+
+
+def save(model, path: str | os.PathLike, force: bool = False) -> Path:
+    """Save `model` as a folder at `path`. An existing non-empty folder is refused unless
+    `force`; then it is replaced only once the new folder is complete."""
+    target = Path(path)
+    check_output_dir(target, force)
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+    staging.mkdir(parents=True)
+    try:
+        write_model_files(model, staging)
+        publish(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target
+
+
+def check_output_dir(target: Path, force: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise OutputExistsError(f"{target} is a file; choose a folder path for the run")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise OutputExistsError(f"{target} exists and is not empty; choose another --out or pass --force")
+
+
+def publish(staging: Path, target: Path) -> None:
+    """Move a complete staging folder to `target`, replacing an old one only at the end."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+        os.rename(target, old)
+    os.rename(staging, target)
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_verified(folder: Path, name: str, manifest: dict) -> bytes:
+    """The bytes of `folder/name`, refused unless size and sha256 match the manifest."""
+    entry = manifest["files"].get(name)
+    if entry is None:
+        raise IntegrityError(f"{folder / MANIFEST} does not list {name}; the run folder is incomplete or altered")
+    path = folder / name
+    if not path.is_file():
+        raise IntegrityError(f"{path} is missing; copy the whole run folder again")
+    data = path.read_bytes()
+    if len(data) != entry.get("bytes") or sha256_bytes(data) != entry.get("sha256"):
+        raise IntegrityError(f"{path} does not match its sha256 in {MANIFEST} (truncated or altered); "
+                             "restore the original file or train again")
+    return data
+
+
+def read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise IntegrityError(f"{folder} is not a vaekit run folder (no such folder); pass the --out folder of `vaekit train`")
+    if not path.is_file():
+        raise IntegrityError(f"{path} is missing; {folder} is not a complete vaekit run folder")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise IntegrityError(f"{path} is too large to be a vaekit manifest")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IntegrityError(f"{path} is not valid JSON ({e}); the run folder is damaged") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+        raise IntegrityError(f"{path} is not a vaekit manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise IntegrityError(f"{path} has format_version {version!r}; this vaekit reads up to "
+                             f"{FORMAT_VERSION}: upgrade vaekit")
+    return manifest
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None):
+    """Load a saved model folder, verifying every file first. Returns the VAE in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_tensors
+
+    from .model import VAE
+
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    config_bytes = read_verified(folder, "config.json", manifest)
+    weights = read_verified(folder, "model.safetensors", manifest)
+    try:
+        config = Config.from_json(config_bytes.decode())
+        model = VAE.from_config(config)
+    except (ConfigError, ValueError, UnicodeDecodeError) as e:
+        raise IntegrityError(f"{folder / 'config.json'} does not describe a model: {e}") from None
+    try:
+        tensors = load_tensors(weights)
+        model.load_state_dict(tensors, strict=True)
+    except (SafetensorError, RuntimeError, ValueError) as e:
+        raise IntegrityError(f"{folder / 'model.safetensors'} does not fit its config.json: {e}") from None
+    if device is not None:
+        model.to(device)
+    return model.eval()

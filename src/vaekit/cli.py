@@ -1,0 +1,301 @@
+"""`vaekit ...`: a thin layer over the Python API. Each subcommand parses, calls the API,
+prints. Errors from `vaekit.errors` become one line on stderr and a non-zero exit code
+(`--debug` shows the traceback). torch is imported only inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, VaekitError
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 256,256") from None
+
+
+def _data_args(p: argparse.ArgumentParser, split: str) -> None:
+    p.add_argument("data", metavar="DATA", help="digits | mnist | path to .npy/.npz or an image folder")
+    p.add_argument("--data-dir", help="folder of the MNIST *-ubyte.gz files (DATA = mnist)")
+    p.add_argument("--download", action="store_true", help="download MNIST into --data-dir, checksums verified")
+    p.add_argument("--split", default=split, choices=["train", "test", "all"],
+                   help=f"which part of digits/mnist (default {split}); a path is used whole")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vaekit", description="Learn a VAE from your data and generate more like it.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="fit a VAE and save the run folder")
+    _data_args(t, "train")
+    t.add_argument("--out", required=True, help="run folder to create")
+    t.add_argument("--force", action="store_true", help="replace an existing --out folder (only once training succeeds)")
+    t.add_argument("--config", help="JSON file of Config fields; flags given here override it")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--latent-dim", type=int)
+    t.add_argument("--arch", choices=["mlp", "conv"])
+    t.add_argument("--hidden", type=_ints, help="MLP widths, e.g. 256,256")
+    t.add_argument("--channels", type=_ints, help="conv widths, e.g. 32,64")
+    t.add_argument("--activation", choices=["relu", "tanh", "elu", "silu"])
+    t.add_argument("--likelihood", choices=["auto", "bernoulli", "gaussian"])
+    t.add_argument("--binarize", choices=["auto", "dynamic", "none"])
+    t.add_argument("--objective", choices=["elbo", "iwae"])
+    t.add_argument("--k", type=int, help="importance samples for --objective iwae")
+    t.add_argument("--beta", type=float, help="KL weight (1 = plain VAE)")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
+    t.add_argument("--val-fraction", type=float)
+    t.add_argument("--grad-clip", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="generate new examples from a trained run")
+    s.add_argument("run", metavar="RUN")
+    s.add_argument("-n", type=int, default=64, help="how many (default 64)")
+    s.add_argument("-o", "--output", required=True, help=".png image grid or .npy array")
+    s.add_argument("--temperature", type=float, default=1.0, help="scale of the prior draw (default 1)")
+    s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of its mean")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+
+    r = sub.add_parser("reconstruct", help="encode and decode data with a trained run")
+    r.add_argument("run", metavar="RUN")
+    _data_args(r, "test")
+    r.add_argument("-o", "--output", required=True, help=".png (inputs above reconstructions) or .npy")
+    r.add_argument("-n", type=int, default=32, help="how many examples, from the start (default 32)")
+    r.add_argument("--device", default="auto")
+
+    i = sub.add_parser("interpolate", help="decode the line between pairs of inputs in latent space")
+    i.add_argument("run", metavar="RUN")
+    _data_args(i, "test")
+    i.add_argument("-o", "--output", required=True, help=".png (one row per pair) or .npy (steps, pairs, ...)")
+    i.add_argument("--pairs", type=int, default=4, help="pairs: examples (0,1), (2,3), ... (default 4)")
+    i.add_argument("--steps", type=int, default=10)
+    i.add_argument("--device", default="auto")
+
+    e = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO terms, active units")
+    e.add_argument("run", metavar="RUN")
+    _data_args(e, "test")
+    e.add_argument("--k", type=int, default=1000, help="importance samples per example (default 1000)")
+    e.add_argument("-n", type=int, help="use only the first N examples")
+    e.add_argument("--batch-size", type=int, default=100)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+
+    d = sub.add_parser("demo", help="train on digits in seconds and write sample and reconstruction grids")
+    d.add_argument("--out", default="vaekit-demo", help="folder for the demo (default vaekit-demo)")
+    d.add_argument("--epochs", type=int, default=80)
+    d.add_argument("--force", action="store_true", help="replace a non-demo folder at --out")
+    return parser
+
+
+TRAIN_FLAGS = ("epochs", "latent_dim", "arch", "hidden", "channels", "activation", "likelihood", "binarize",
+               "objective", "k", "beta", "batch_size", "lr", "patience", "val_fraction", "grad_clip", "seed",
+               "device")
+
+
+def cmd_train(args) -> int:
+    from .config import Config
+    from .data import load_data
+    from .train import fit
+
+    base = {}
+    if args.config:
+        try:
+            base = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--config {args.config}: cannot read JSON ({e})") from None
+    overrides = {f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f) is not None}
+    if args.objective == "iwae" and args.k is None and base.get("k") is None:
+        overrides["k"] = 5
+    if args.no_progress:
+        overrides["progress"] = False
+    config = Config.from_dict({**base, **overrides})
+    ds = load_data(args.data, args.split, args.data_dir, args.download)
+    model = fit(ds, config, out=args.out, force=args.force)
+    h = model.history
+    last = h.epochs[h.best_epoch - 1] if h.epochs else {}
+    loss = last.get("val_loss", last.get("train_loss", float("nan")))
+    print(f"trained {len(h.epochs)} epochs on {ds.name} ({len(ds.x)} examples); best epoch {h.best_epoch}, "
+          f"loss {loss:.4f}; saved {args.out}")
+    return 0
+
+
+def _load_run(args):
+    from .checkpoint import load
+    from .train import resolve_device
+
+    return load(args.run, device=resolve_device(args.device))
+
+
+def _positive(value: int, flag: str) -> None:
+    if value < 1:
+        raise ConfigError(f"{flag} {value} must be >= 1")
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from .sample import check_output_file, write_output
+
+    _positive(args.n, "-n")
+    if not args.temperature > 0:
+        raise ConfigError(f"--temperature {args.temperature} must be > 0")
+    check_output_file(args.output)
+    model = _load_run(args)
+    x = model.sample(args.n, temperature=args.temperature, mean=not args.draw,
+                     generator=torch.Generator().manual_seed(args.seed))
+    if Path(args.output).suffix.lower() == ".png" and x.ndim != 4:
+        raise ConfigError(f"this model makes arrays of shape {tuple(x.shape[1:])}, not images; write .npy instead")
+    write_output(x, args.output)
+    print(f"wrote {args.n} samples to {args.output}")
+    return 0
+
+
+def _eval_data(args, model, n: int | None):
+    from .data import load_data
+    from .evaluate import prepare_eval_data
+
+    ds = load_data(args.data, args.split, args.data_dir, args.download)
+    x = ds.x[:n] if n else ds.x
+    return prepare_eval_data(model, x), ds
+
+
+def cmd_reconstruct(args) -> int:
+    import torch
+
+    from .sample import check_output_file, write_output
+
+    _positive(args.n, "-n")
+    check_output_file(args.output)
+    model = _load_run(args)
+    x, _ = _eval_data(args, model, args.n)
+    recon = model.reconstruct(x)
+    if Path(args.output).suffix.lower() == ".png":
+        if x.ndim != 4:
+            raise ConfigError("a .png needs image data; write .npy instead")
+        rows = min(len(x), 16)  # inputs on one row, reconstructions under them
+        pairs = [torch.cat([x[j:j + rows], recon[j:j + rows]]) for j in range(0, len(x), rows)]
+        write_output(torch.cat(pairs), args.output, nrow=rows)
+    else:
+        write_output(recon, args.output)
+    print(f"wrote {len(x)} reconstructions to {args.output}")
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    from .sample import check_output_file, write_output
+
+    _positive(args.pairs, "--pairs")
+    if args.steps < 2:
+        raise ConfigError(f"--steps {args.steps} must be >= 2")
+    check_output_file(args.output)
+    model = _load_run(args)
+    x, _ = _eval_data(args, model, 2 * args.pairs)
+    if len(x) < 2:
+        raise ConfigError("interpolation needs at least two examples in DATA")
+    pairs = len(x) // 2
+    path = model.interpolate(x[0:2 * pairs:2], x[1:2 * pairs:2], steps=args.steps)  # (steps, pairs, *shape)
+    if Path(args.output).suffix.lower() == ".png":
+        write_output(path.transpose(0, 1).reshape(-1, *path.shape[2:]), args.output, nrow=args.steps)
+    else:
+        write_output(path, args.output)
+    print(f"wrote {pairs} interpolations of {args.steps} steps to {args.output}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from .evaluate import evaluate
+
+    _positive(args.k, "--k")
+    _positive(args.batch_size, "--batch-size")
+    if args.n is not None:
+        _positive(args.n, "-n")
+    model = _load_run(args)
+    x, ds = _eval_data(args, model, args.n)
+    torch.manual_seed(args.seed)
+    result = evaluate(model, x, k=args.k, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"data: {ds.name}, n = {result['n']}, k = {result['k']}")
+    print(f"NLL:  {result['nll']:.3f} +- {result['nll_se']:.3f} nats (importance-sampled, k = {result['k']})")
+    if "bits_per_dim" in result:
+        print(f"      {result['bits_per_dim']:.4f} bits/dim")
+    print(f"ELBO: {result['elbo']:.3f} nats = recon {result['recon']:.3f} - KL {result['kl']:.3f}")
+    print(f"active units: {result['active_units']} of {len(result['kl_per_dim'])}")
+    print("KL per dim: " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import torch
+
+    from .config import Config
+    from .data import load_data
+    from .train import fit
+    from .sample import write_output
+
+    out = Path(args.out)
+    marker = out / "demo.json"
+    if out.exists() and any(out.iterdir()) and not marker.exists() and not args.force:
+        raise ConfigError(f"{out} exists and is not a vaekit demo folder; choose another --out or pass --force")
+    staging = out.with_name(out.name + ".partial-demo")
+    import shutil
+
+    from .checkpoint import publish
+
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        train, test = load_data("digits", "train"), load_data("digits", "test")
+        config = Config(latent_dim=8, hidden=[256, 128], epochs=args.epochs, batch_size=64, lr=2e-3,
+                        patience=15, seed=0)
+        model = fit(train, config, out=staging / "run")
+        write_output(model.sample(64, generator=torch.Generator().manual_seed(0)), staging / "samples.png")
+        x = test.x[:16]
+        write_output(torch.cat([x, model.reconstruct(x)]), staging / "reconstructions.png", nrow=16)
+        path = model.interpolate(x[0:8:2], x[1:8:2], steps=10)  # (10, 4, 1, 8, 8)
+        write_output(path.transpose(0, 1).reshape(-1, *path.shape[2:]), staging / "interpolations.png", nrow=10)
+        (staging / "demo.json").write_text(json.dumps({"epochs": len(model.history.epochs)}))
+        publish(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    h = model.history
+    print(f"trained on digits for {len(h.epochs)} epochs (val loss {h.epochs[h.best_epoch - 1]['val_loss']:.2f} nats)")
+    for name in ("samples.png", "reconstructions.png", "interpolations.png", "run"):
+        print(f"  {out / name}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
+            "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except VaekitError as e:
+        if args.debug:
+            raise
+        print(f"vaekit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("vaekit: interrupted; nothing was written", file=sys.stderr)
+        return 130

@@ -1,0 +1,116 @@
+"""The one Config dataclass: every choice a run makes, validated, JSON round trip.
+
+A Config (plus the data's shape, which `fit` records in it) rebuilds the model, so a saved
+run is `config.json` + tensors and never a pickled class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_type_hints
+
+from .errors import ConfigError
+
+Arch = Literal["mlp", "conv"]
+LikelihoodName = Literal["auto", "bernoulli", "gaussian"]
+Binarize = Literal["auto", "dynamic", "none"]
+Objective = Literal["elbo", "iwae"]
+Activation = Literal["relu", "tanh", "elu", "silu"]
+
+
+@dataclass
+class Config:
+    latent_dim: int = 16  # d, the number of independent normal latents per example
+    arch: Arch = "mlp"  # encoder/decoder networks: MLP on flattened input, or conv for images
+    hidden: list[int] = field(default_factory=lambda: [256, 256])  # MLP widths (encoder; decoder reversed)
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths per stride-2 stage
+    activation: Activation = "relu"  # nonlinearity between layers
+    likelihood: LikelihoodName = "auto"  # p(x|z); auto: Bernoulli for data in [0, 1], Gaussian otherwise
+    binarize: Binarize = "auto"  # auto: dynamic binarisation when Bernoulli meets non-binary data
+    objective: Objective = "elbo"  # training bound: ELBO, or the importance-weighted bound (IWAE)
+    k: int = 1  # importance samples per example for the IWAE objective (1 = ELBO)
+    beta: float = 1.0  # weight of the KL term; 1 is the plain VAE, >1 a beta-VAE
+    epochs: int = 30  # passes over the training data (upper bound with early stopping)
+    batch_size: int = 128  # examples per gradient step
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam L2 penalty
+    grad_clip: float = 100.0  # max global gradient norm; 0 disables clipping
+    val_fraction: float = 0.1  # share of training data held out for validation / early stopping
+    patience: int = 10  # epochs without validation improvement before stopping; 0 disables
+    seed: int = 0  # seeds the split, initialisation, batches and sampling
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress: bool = True  # show a progress bar with the running loss on stderr
+    input_shape: list[int] | None = None  # shape of one example, recorded from the data by fit()
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            choices = get_args(hints[f.name])
+            value = getattr(self, f.name)
+            if choices and all(isinstance(c, str) for c in choices) and value not in choices:
+                raise ConfigError(f"{f.name}={value!r} is not one of {', '.join(choices)}; pick one of those")
+        self.hidden = [int(h) for h in self.hidden]
+        self.channels = [int(c) for c in self.channels]
+        if self.input_shape is not None:
+            self.input_shape = [int(s) for s in self.input_shape]
+        _positive_int(self, "latent_dim", "--latent-dim")
+        _positive_int(self, "epochs", "--epochs", allow_zero=True)
+        _positive_int(self, "batch_size", "--batch-size")
+        _positive_int(self, "k", "--k")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError(f"hidden={self.hidden} must list positive layer widths, e.g. [256, 256]")
+        if not self.channels or min(self.channels) < 1:
+            raise ConfigError(f"channels={self.channels} must list positive channel counts, e.g. [32, 64]")
+        if not (self.lr > 0 and self.lr < 10):
+            raise ConfigError(f"lr={self.lr} must be a positive learning rate such as 1e-3 (--lr)")
+        if not self.beta >= 0:
+            raise ConfigError(f"beta={self.beta} must be >= 0 (--beta); 1 is the plain VAE")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction={self.val_fraction} must be in [0, 1), e.g. 0.1")
+        if self.patience < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ConfigError("patience, grad_clip and weight_decay must be >= 0 (0 disables them)")
+        if self.objective == "elbo" and self.k != 1:
+            raise ConfigError(f"k={self.k} only applies to --objective iwae; drop --k or add --objective iwae")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ConfigError(f"device={dev!r} is not auto, cpu, cuda or cuda:N")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        if not isinstance(d, dict):
+            raise ConfigError("a config must be a JSON object of field: value")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(names)}")
+        try:
+            return cls(**d)
+        except TypeError as e:  # e.g. a list where a number belongs
+            raise ConfigError(f"config has a value of the wrong type: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config is not valid JSON ({e}); rewrite it or train again") from None
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _positive_int(cfg: Config, name: str, flag: str, allow_zero: bool = False) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}={value!r} must be an integer ({flag})")
+    if value < (0 if allow_zero else 1):
+        bound = ">= 0" if allow_zero else ">= 1"
+        raise ConfigError(f"{name}={value} must be {bound}; pass e.g. {flag} {16 if name == 'latent_dim' else 10}")

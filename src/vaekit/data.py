@@ -1,0 +1,254 @@
+"""Loading data into one float tensor: digits, MNIST IDX files, .npy/.npz arrays, image folders.
+
+Everything returns a `Dataset`: `x` of shape (N, *shape) float32, optional integer labels,
+and whether it is an image set (C, H, W) with values in [0, 1]. Images are always scaled
+to [0, 1] so a Bernoulli likelihood (with binarisation) applies to them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+# The four original MNIST files (LeCun, Cortes, Burges): (name, bytes, sha256, count).
+MNIST_FILES = {
+    ("train", "images"): ("train-images-idx3-ubyte.gz", 9912422,
+                          "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", 60000),
+    ("train", "labels"): ("train-labels-idx1-ubyte.gz", 28881,
+                          "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", 60000),
+    ("test", "images"): ("t10k-images-idx3-ubyte.gz", 1648877,
+                         "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", 10000),
+    ("test", "labels"): ("t10k-labels-idx1-ubyte.gz", 4542,
+                         "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 10000),
+}
+MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+MNIST_TEST_BINARIZE_SEED = 0  # the fixed seed of the once-binarised MNIST test set
+
+
+class Dataset(NamedTuple):
+    x: torch.Tensor  # (N, *shape) float32
+    labels: torch.Tensor | None  # (N,) int64, or None
+    image: bool  # True when x is (N, C, H, W) in [0, 1]
+    name: str  # where it came from, for reports
+
+
+def load_data(spec: str, split: str = "train", data_dir: str | os.PathLike | None = None,
+              download: bool = False) -> Dataset:
+    """Load `spec`: "digits", "mnist" (IDX files in `data_dir`) or a path to a file or folder.
+
+    `split` is "train", "test" or "all" for the named datasets; a path is always all of it.
+    """
+    if split not in ("train", "test", "all"):
+        raise DataError(f"split {split!r} is not train, test or all")
+    if spec == "digits":
+        return load_digits(split)
+    if spec == "mnist":
+        if data_dir is None:
+            raise DataError("mnist needs --data-dir DIR, a folder holding the four *-ubyte.gz files")
+        return load_mnist(data_dir, split, download=download)
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(f"{spec}: no such file or folder, and not a dataset name; "
+                        "use digits, mnist or a path to .npy/.npz or an image folder")
+    if path.is_dir():
+        return load_image_folder(path)
+    suffix = path.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        return load_array(path)
+    if suffix in IMAGE_SUFFIXES:
+        raise DataError(f"{spec} is a single image; pass the folder that holds the images")
+    raise DataError(f"{spec}: unsupported file type {suffix or '(none)'}; use .npy, .npz or an image folder")
+
+
+def load_digits(split: str = "train") -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images, 0..16 grey levels), scaled to [0, 1].
+
+    A fixed permutation puts 297 images in `test` and 1,500 in `train`.
+    """
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)  # (N, 1, 8, 8)
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    idx = {"train": order[:1500], "test": order[1500:], "all": order}[split]
+    return Dataset(x[idx], y[idx], True, f"digits[{split}]")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_mnist_file(path: Path, size: int, sha: str) -> None:
+    if not path.is_file():
+        raise DataError(f"{path} is missing; put the original MNIST *-ubyte.gz files there "
+                        "or pass --download")
+    if path.stat().st_size != size or _sha256(path) != sha:
+        raise DataError(f"{path} is not the original MNIST file (size or sha256 differs); "
+                        "replace it with the original or pass --download")
+
+
+def download_mnist(data_dir: str | os.PathLike, base_url: str = MNIST_MIRROR) -> None:
+    """Fetch the four MNIST files into `data_dir`, each checked against its sha256 before it
+    is moved into place, so a failed or tampered download never lands."""
+    root = Path(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, size, sha, _ in MNIST_FILES.values():
+        target = root / name
+        if target.is_file() and target.stat().st_size == size and _sha256(target) == sha:
+            continue
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(base_url + name, timeout=60) as r:
+                shutil.copyfileobj(r, out)
+            if _sha256(Path(tmp)) != sha:
+                raise DataError(f"downloaded {name} from {base_url} fails its sha256 check; try another mirror")
+            os.replace(tmp, target)
+        except OSError as e:
+            raise DataError(f"could not download {name} from {base_url}: {e}") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _read_idx(path: Path, magic: int, count: int) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = magic & 0xFF
+    got_magic, = struct.unpack(">i", raw[:4])
+    dims = struct.unpack(f">{ndim}i", raw[4:4 + 4 * ndim])
+    if got_magic != magic or dims[0] != count:
+        raise DataError(f"{path}: IDX header says magic {got_magic}, count {dims[0]}; expected {magic}, {count}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_mnist(data_dir: str | os.PathLike, split: str = "train", download: bool = False) -> Dataset:
+    """MNIST from the original IDX files, verified by size and sha256, scaled to [0, 1]."""
+    root = Path(data_dir)
+    if download:
+        download_mnist(root)
+    parts = ["train", "test"] if split == "all" else [split]
+    xs, ys = [], []
+    for part in parts:
+        img_name, img_size, img_sha, n = MNIST_FILES[(part, "images")]
+        lab_name, lab_size, lab_sha, _ = MNIST_FILES[(part, "labels")]
+        check_mnist_file(root / img_name, img_size, img_sha)
+        check_mnist_file(root / lab_name, lab_size, lab_sha)
+        xs.append(torch.from_numpy(_read_idx(root / img_name, 2051, n).copy()))
+        ys.append(torch.from_numpy(_read_idx(root / lab_name, 2049, n).astype(np.int64)))
+    x = torch.cat(xs).float().div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
+    return Dataset(x, torch.cat(ys), True, f"mnist[{split}]")
+
+
+def binarize_fixed(x: torch.Tensor, seed: int = MNIST_TEST_BINARIZE_SEED) -> torch.Tensor:
+    """Draw each pixel once as Bernoulli(intensity) with a fixed seed: the evaluation bits."""
+    return torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(seed))
+
+
+def load_array(path: Path) -> Dataset:
+    """A .npy array (N, ...) or a .npz with `x` (or its only array) and optional `labels`/`y`."""
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                key = "x" if "x" in keys else (keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise DataError(f"{path} holds {keys}; name the data array 'x' (labels as 'labels' or 'y')")
+                arr = z[key]
+                lab_key = next((k for k in ("labels", "y") if k in keys), None)
+                labels = z[lab_key] if lab_key else None
+        else:
+            arr, labels = np.load(path, allow_pickle=False, mmap_mode="r"), None
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path} is not a readable numpy array ({e}); save it with numpy.save") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise DataError(f"{path} has dtype {arr.dtype}; it must be numeric")
+    if arr.ndim < 2 or arr.shape[0] == 0 or arr.size == 0:
+        raise DataError(f"{path} has shape {arr.shape}; need (N, features...) with N >= 1 examples")
+    image = False
+    if np.issubdtype(arr.dtype, np.integer) and arr.ndim in (3, 4) and arr.min() >= 0 and arr.max() <= 255:
+        arr, image = arr.astype(np.float32) / 255.0, True  # uint8-style images
+    x = torch.from_numpy(np.array(arr, dtype=np.float32))  # a copy: the file may be memory-mapped
+    if x.ndim == 3:  # (N, H, W) greyscale images
+        x, image = x.unsqueeze(1), True
+    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x, image = x.permute(0, 3, 1, 2).contiguous(), True  # (N, H, W, C) -> (N, C, H, W)
+    elif x.ndim == 4:
+        image = True
+    if labels is not None:
+        labels = torch.as_tensor(np.asarray(labels)).long().reshape(-1)
+        if len(labels) != len(x):
+            raise DataError(f"{path}: {len(labels)} labels for {len(x)} examples; they must match")
+    check_finite(x, str(path))
+    if image and (x.min() < 0 or x.max() > 1):
+        image = False  # real-valued arrays that merely look like images: treat as plain arrays
+    return Dataset(x, labels, image, path.name)
+
+
+def load_image_folder(path: Path) -> Dataset:
+    """Every image file under `path` (sorted), same size required; greyscale stays 1 channel.
+
+    Sub-folder names become integer labels (in sorted order) when images sit in sub-folders.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); point at a folder of images")
+    images, modes = [], set()
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                images.append(im.copy())
+                modes.add(im.mode)
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"{f} is not a readable image ({e}); remove or replace it") from None
+    mode = "L" if modes <= {"L", "1", "I", "I;16", "F"} else "RGB"
+    sizes = {im.size for im in images}
+    if len(sizes) > 1:
+        first = images[0].size
+        odd = next(f for f, im in zip(files, images) if im.size != first)
+        raise DataError(f"{odd} is {images[files.index(odd)].size[0]}x{images[files.index(odd)].size[1]} but "
+                        f"{files[0]} is {first[0]}x{first[1]}; resize all images to one size")
+    arr = np.stack([np.asarray(im.convert(mode), dtype=np.float32) / 255.0 for im in images])
+    x = torch.from_numpy(arr)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+    groups = [f.parent.relative_to(path).as_posix() for f in files]
+    labels = None
+    if len(set(groups)) > 1:
+        names = sorted(set(groups))
+        labels = torch.tensor([names.index(g) for g in groups])
+    return Dataset(x, labels, True, path.name)
+
+
+def check_finite(x: torch.Tensor, what: str) -> None:
+    if x.numel() == 0:
+        raise DataError(f"{what} is empty; it needs at least one example")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise DataError(f"{what} contains {bad} NaN/Inf values; remove or impute them first")
+
+
+def is_binary(x: torch.Tensor) -> bool:
+    return bool(((x == 0) | (x == 1)).all())

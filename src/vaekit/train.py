@@ -1,0 +1,243 @@
+"""fit(): the one training loop. Adam, a validation split, best-model keeping, early
+stopping, gradient clipping, a progress bar, a JSONL metrics file, seeded and deterministic
+on CPU. Helpers above the loop are small and pure; the loop itself reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .config import Config
+from .data import Dataset, check_finite, is_binary
+from .errors import ConfigError, DataError, NonFiniteError
+from .model import VAE
+from .objectives import Bound, elbo, iwae
+
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # one metrics dict per epoch
+    best_epoch: int = -1  # epoch whose weights the returned model holds
+    stopped_early: bool = False  # True when patience ran out before config.epochs
+
+    def column(self, key: str) -> list[float]:
+        return [e[key] for e in self.epochs if key in e]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+        idx = int(name.split(":")[1]) if ":" in name else 0
+        if idx >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return torch.device(name)
+
+
+def as_dataset(data: Any) -> Dataset:
+    """Accept a Dataset, a tensor or a numpy array (N, *shape); validate it."""
+    if isinstance(data, Dataset):
+        ds = data
+    elif isinstance(data, (torch.Tensor, np.ndarray)):
+        x = torch.as_tensor(np.asarray(data) if isinstance(data, np.ndarray) else data)
+        if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int64, torch.int32, torch.bool)):
+            raise DataError(f"data has dtype {x.dtype}; pass a float array (N, *shape)")
+        if x.ndim < 2:
+            raise DataError(f"data has shape {tuple(x.shape)}; need (N, features...) with a leading example axis")
+        x = x.float()
+        ds = Dataset(x, None, x.ndim == 4 and bool(x.min() >= 0) and bool(x.max() <= 1), "array")
+    else:
+        raise DataError(f"cannot train on {type(data).__name__}; pass a Dataset, tensor or numpy array")
+    check_finite(ds.x, ds.name)
+    return ds
+
+
+def resolve_config(config: Config, ds: Dataset) -> Config:
+    """Fill in what the data decides: input shape, likelihood, binarisation."""
+    x = ds.x
+    unit = bool(x.min() >= 0) and bool(x.max() <= 1)
+    binary = is_binary(x)
+    likelihood = config.likelihood
+    if likelihood == "auto":
+        likelihood = "bernoulli" if binary or (unit and ds.image) else "gaussian"
+    if likelihood == "bernoulli" and not unit:
+        raise DataError(f"{ds.name} has values outside [0, 1] ({float(x.min()):.3g}..{float(x.max()):.3g}); "
+                        "a Bernoulli likelihood needs [0, 1]: use --likelihood gaussian or rescale")
+    binarize = config.binarize
+    if binarize == "auto":
+        binarize = "dynamic" if likelihood == "bernoulli" and not binary else "none"
+    if binarize == "dynamic" and likelihood != "bernoulli":
+        raise ConfigError("binarize=dynamic needs --likelihood bernoulli")
+    if config.arch == "conv" and x.ndim != 4:
+        raise ConfigError(f"--arch conv needs images (N, C, H, W); {ds.name} has shape {tuple(x.shape)}: use --arch mlp")
+    return config.replace(input_shape=list(x.shape[1:]), likelihood=likelihood, binarize=binarize)
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = int(round(n * val_fraction)) if n > 1 else 0
+    n_val = min(n_val, n - 1)
+    return order[n_val:], order[:n_val]
+
+
+def objective(model: VAE, x: torch.Tensor, config: Config) -> Bound:
+    match config.objective:
+        case "elbo":
+            return elbo(model, x, beta=config.beta)
+        case "iwae":
+            return iwae(model, x, k=config.k)
+    raise ConfigError(f"unknown objective {config.objective!r}")
+
+
+@torch.no_grad()
+def evaluate_bound(model: VAE, x: torch.Tensor, config: Config, batch_size: int = 1024) -> dict[str, float]:
+    """Mean loss (negative bound) and its terms over x, in eval mode, batched."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=x.device)
+    for i in range(0, len(x), batch_size):
+        b = objective(model, x[i:i + batch_size], config)
+        sums += torch.stack([-b.bound.sum(), b.recon.sum(), b.kl.sum()]).double()
+    loss, recon, kl = (sums / len(x)).tolist()
+    return {"loss": loss, "recon": recon, "kl": kl}
+
+
+def nonfinite_message(what: str, epoch: int, step: int) -> str:
+    return (f"{what} became non-finite at epoch {epoch + 1}, step {step}; lower --lr, "
+            "raise --grad-clip protection or check the data for extreme values")
+
+
+def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None = None, *,
+        force: bool = False, model: VAE | None = None) -> VAE:
+    """Train a VAE on `data` (Dataset, tensor or array (N, *shape)) and return it, best
+    validation weights loaded, in eval mode. With `out`, the run folder (config, weights,
+    manifest, metrics.jsonl) is built in `<out>.partial` and renamed to `out` when done."""
+    config = config or Config()
+    ds = as_dataset(data)
+    config = resolve_config(config, ds)
+    device = resolve_device(config.device)
+    target = Path(out) if out is not None else None
+    if target is not None:
+        checkpoint.check_output_dir(target, force)  # before any work: bad --out costs nothing
+
+    torch.manual_seed(config.seed)
+    gen = torch.Generator(device=device).manual_seed(config.seed)  # batches and binarisation
+    train_idx, val_idx = split_indices(len(ds.x), config.val_fraction, config.seed)
+    x_train = ds.x[train_idx].to(device)  # (N_train, *shape)
+    x_val = ds.x[val_idx].to(device)  # (N_val, *shape)
+    if config.binarize == "dynamic" and len(x_val):
+        # the validation set is binarised once with a fixed seed: every epoch scores the same bits
+        x_val = torch.bernoulli(x_val, generator=torch.Generator(device=device).manual_seed(config.seed + 1))
+
+    model = model if model is not None else VAE.from_config(config)
+    model.config = config
+    if hasattr(model.likelihood, "set_data_stats"):
+        model.likelihood.set_data_stats(x_train)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    run_dir = None
+    if target is not None:
+        run_dir = target.with_name(target.name + ".partial")
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+    history = History()
+    best_loss, best_state, bad_epochs = math.inf, None, 0
+    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    try:
+        for epoch in range(config.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            perm = torch.randperm(len(x_train), generator=gen, device=device)
+            sums = torch.zeros(3, dtype=torch.float64, device=device)
+            bar = _progress(steps_per_epoch, epoch, config)
+            for step in range(steps_per_epoch):
+                xb = x_train[perm[step * config.batch_size:(step + 1) * config.batch_size]]  # (B, *shape)
+                if config.binarize == "dynamic":
+                    xb = torch.bernoulli(xb, generator=gen)  # fresh bits every time an image is used
+                b = objective(model, xb, config)
+                loss = -b.bound.mean()
+                if not torch.isfinite(loss):
+                    raise NonFiniteError(nonfinite_message("the loss", epoch, step))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                if not torch.isfinite(norm):
+                    raise NonFiniteError(nonfinite_message("the gradient", epoch, step))
+                opt.step()
+                sums += torch.stack([-b.bound.sum(), b.recon.sum(), b.kl.sum()]).detach().double()
+                if bar is not None:
+                    seen = min((step + 1) * config.batch_size, len(x_train))
+                    bar.set_postfix(loss=f"{sums[0].item() / seen:.3f}", kl=f"{sums[2].item() / seen:.2f}", refresh=False)
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+            train_loss, train_recon, train_kl = (sums / len(x_train)).tolist()
+            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_recon": train_recon,
+                                   "train_kl": train_kl}
+            if len(x_val):
+                val = evaluate_bound(model, x_val, config)
+                row.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
+            row["seconds"] = time.perf_counter() - t0
+            history.epochs.append(row)
+            if config.progress:
+                _report_epoch(row, config)
+            if run_dir is not None:
+                with open(run_dir / METRICS, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            score = row.get("val_loss", train_loss)
+            if score < best_loss:
+                best_loss, bad_epochs, history.best_epoch = score, 0, epoch + 1
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+                if config.patience and bad_epochs >= config.patience:
+                    history.stopped_early = True
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+        model.history = history
+        if run_dir is not None:
+            extra = (METRICS,) if (run_dir / METRICS).exists() else ()
+            checkpoint.write_model_files(model, run_dir, extra=extra)
+            checkpoint.publish(run_dir, target)
+    except BaseException:
+        if run_dir is not None and run_dir.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return model
+
+
+def _report_epoch(row: dict[str, Any], config: Config) -> None:
+    val = f", val {row['val_loss']:.4f}" if "val_loss" in row else ""
+    print(f"epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.4f} (recon {row['train_recon']:.3f}, "
+          f"kl {row['train_kl']:.3f}){val} [{row['seconds']:.1f}s]", file=sys.stderr, flush=True)
+
+
+def _progress(total: int, epoch: int, config: Config):
+    """A live bar with the running loss, only on a terminal (logs get one line per epoch)."""
+    if not config.progress or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"epoch {epoch + 1}/{config.epochs}", file=sys.stderr, leave=False,
+                dynamic_ncols=True, mininterval=0.5)

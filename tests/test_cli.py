@@ -1,0 +1,122 @@
+"""The CLI end to end through main([...]), and its answers to bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaekit.cli import main
+
+TRAIN_FAST = ["--epochs", "2", "--latent-dim", "4", "--hidden", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "digits", "--out", str(out), *TRAIN_FAST]) == 0
+    return out
+
+
+def test_train_sample_reconstruct_interpolate_evaluate(run, tmp_path, capsys):
+    assert (run / "manifest.json").is_file()
+    assert main(["sample", str(run), "-n", "9", "-o", str(tmp_path / "s.png")]) == 0
+    assert Image.open(tmp_path / "s.png").size[0] > 0
+    assert main(["sample", str(run), "-n", "5", "-o", str(tmp_path / "s.npy"), "--draw"]) == 0
+    s = np.load(tmp_path / "s.npy")
+    assert s.shape == (5, 1, 8, 8) and set(np.unique(s)) <= {0.0, 1.0}
+    assert main(["reconstruct", str(run), "digits", "-n", "6", "-o", str(tmp_path / "r.npy")]) == 0
+    assert np.load(tmp_path / "r.npy").shape == (6, 1, 8, 8)
+    assert main(["reconstruct", str(run), "digits", "-o", str(tmp_path / "r.png")]) == 0
+    assert main(["interpolate", str(run), "digits", "--pairs", "2", "--steps", "5", "-o", str(tmp_path / "i.npy")]) == 0
+    assert np.load(tmp_path / "i.npy").shape == (5, 2, 1, 8, 8)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "digits", "--k", "50", "-n", "40", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res) >= {"nll", "nll_se", "elbo", "recon", "kl", "kl_per_dim", "active_units", "k", "n", "bits_per_dim"}
+    assert res["n"] == 40 and res["k"] == 50 and len(res["kl_per_dim"]) == 4
+    assert res["nll"] <= -res["elbo"] + 0.5  # the IS estimate is (on average) at least the ELBO
+    assert main(["evaluate", str(run), "digits", "--k", "5", "-n", "10"]) == 0
+    assert "NLL" in capsys.readouterr().out
+
+
+def test_train_on_image_folder_and_npy(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (10, 6), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    assert main(["train", str(folder), "--out", str(tmp_path / "r1"), "--arch", "conv", "--channels", "4,8", *TRAIN_FAST]) == 0
+    assert main(["sample", str(tmp_path / "r1"), "-n", "4", "-o", str(tmp_path / "a.npy")]) == 0
+    assert np.load(tmp_path / "a.npy").shape == (4, 1, 10, 6)
+    np.save(tmp_path / "real.npy", rng.normal(5, 2, (60, 3)).astype(np.float32))
+    assert main(["train", str(tmp_path / "real.npy"), "--out", str(tmp_path / "r2"), *TRAIN_FAST]) == 0
+    assert json.loads((tmp_path / "r2" / "config.json").read_text())["likelihood"] == "gaussian"
+
+
+def test_demo(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    for name in ("samples.png", "reconstructions.png", "interpolations.png"):
+        assert (tmp_path / "demo" / name).is_file() and name in out
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "2"]) == 0  # re-running replaces a demo
+
+
+def _bad_cases(tmp_path, run):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.zeros((9, 8), dtype=np.uint8)).save(folder / "b.png")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "x.png").write_bytes(b"garbage")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 4), dtype=np.float32))
+    np.save(tmp_path / "nan.npy", np.array([[0.0, np.nan], [1.0, 2.0]], dtype=np.float32))
+    np.save(tmp_path / "wrong.npy", np.random.rand(5, 7).astype(np.float32))
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep").write_text("x")
+    out = str(tmp_path / "out")
+    return [
+        (["train", str(tmp_path / "nope.npy"), "--out", out], "no such file"),
+        (["train", "cifar10", "--out", out], "not a dataset name"),
+        (["train", str(broken), "--out", out], "not a readable image"),
+        (["train", str(folder), "--out", out], "resize"),
+        (["train", str(tmp_path / "empty.npy"), "--out", out], "N >= 1"),
+        (["train", str(tmp_path / "nan.npy"), "--out", out], "NaN"),
+        (["train", "digits", "--out", out, "--latent-dim", "0"], "latent_dim"),
+        (["train", "digits", "--out", out, "--epochs", "-1"], "epochs"),
+        (["train", "digits", "--out", str(full)], "--force"),
+        (["train", "mnist", "--out", out], "--data-dir"),
+        (["sample", str(tmp_path / "norun"), "-n", "4", "-o", str(tmp_path / "o.png")], "not a vaekit run folder"),
+        (["sample", str(run), "-n", "0", "-o", str(tmp_path / "o.png")], "-n 0"),
+        (["sample", str(run), "-n", "4", "-o", str(tmp_path / "o.txt")], ".png"),
+        (["reconstruct", str(run), str(tmp_path / "wrong.npy"), "-o", str(tmp_path / "o.npy")], "expects"),
+        (["evaluate", str(run), "digits", "--k", "0"], "--k 0"),
+    ]
+
+
+def test_bad_input_one_line_error_nonzero_exit_nothing_written(tmp_path, run, capsys):
+    for argv, expected in _bad_cases(tmp_path, run):
+        before = sorted(p.name for p in tmp_path.rglob("*"))
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code != 0, argv
+        assert expected in err, (argv, err)
+        assert err.startswith("vaekit: error:") and len(err.strip().splitlines()) == 1, err
+        assert sorted(p.name for p in tmp_path.rglob("*")) == before, argv
+
+
+def test_help_is_instant_and_exit_codes_from_a_shell(tmp_path):
+    code = "import sys, vaekit.cli; vaekit.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # --help never waits for torch
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    p = subprocess.run([sys.executable, "-m", "vaekit", "train", "digits", "--out", str(tmp_path / "r"),
+                        "--latent-dim", "0"], capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "latent_dim" in p.stderr
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,105 @@
+"""Real loaders: MNIST IDX (shared files), downloads with checksums, arrays, image folders."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vaekit.data import MNIST_FILES, binarize_fixed, download_mnist, load_data
+from vaekit.errors import DataError
+
+
+def test_mnist_from_idx_files(mnist_dir):
+    test = load_data("mnist", "test", mnist_dir)
+    assert test.x.shape == (10000, 1, 28, 28) and test.x.dtype == torch.float32
+    assert test.image and 0 <= test.x.min() and test.x.max() == 1.0
+    assert abs(float(test.x.mean()) * 255 - 33.791) < 0.01  # published mean pixel value
+    assert torch.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    bits = binarize_fixed(test.x[:100])
+    assert torch.equal(bits, binarize_fixed(test.x[:100]))  # the fixed-seed test bits never change
+    assert set(bits.unique().tolist()) == {0.0, 1.0}
+
+
+def test_mnist_checksums_refuse_a_damaged_copy(mnist_dir, tmp_path):
+    for name, *_ in MNIST_FILES.values():
+        shutil.copy(mnist_dir / name, tmp_path / name)
+    name = MNIST_FILES[("test", "labels")][0]
+    data = bytearray((tmp_path / name).read_bytes())
+    data[100] ^= 0xFF
+    (tmp_path / name).write_bytes(bytes(data))
+    with pytest.raises(DataError, match="not the original MNIST"):
+        load_data("mnist", "test", tmp_path)
+    with pytest.raises(DataError, match="--data-dir"):
+        load_data("mnist", "test", None)
+
+
+def test_download_verifies_checksums(mnist_dir, tmp_path):
+    # a mirror served from the shared files: the real code path, no network needed
+    download_mnist(tmp_path / "m", base_url=mnist_dir.as_uri() + "/")
+    assert load_data("mnist", "test", tmp_path / "m").x.shape == (10000, 1, 28, 28)
+    bad = tmp_path / "badmirror"
+    bad.mkdir()
+    for name, *_ in MNIST_FILES.values():
+        (bad / name).write_bytes(b"not mnist")
+    with pytest.raises(DataError, match="sha256"):
+        download_mnist(tmp_path / "m2", base_url=bad.as_uri() + "/")
+    assert not any((tmp_path / "m2").iterdir())  # nothing half-downloaded is left
+
+
+def test_digits_splits_are_disjoint_and_complete():
+    tr, te, al = (load_data("digits", s) for s in ("train", "test", "all"))
+    assert len(tr.x) == 1500 and len(te.x) == 297 and len(al.x) == 1797
+    assert tr.x.shape[1:] == (1, 8, 8) and tr.x.max() == 1.0
+    assert not (torch.cdist(tr.x[:50].flatten(1), te.x.flatten(1)) == 0).all(1).any()
+
+
+def test_arrays(tmp_path):
+    np.save(tmp_path / "a.npy", np.random.rand(20, 6).astype(np.float32))
+    ds = load_data(str(tmp_path / "a.npy"))
+    assert ds.x.shape == (20, 6) and not ds.image
+    np.save(tmp_path / "imgs.npy", np.random.randint(0, 256, (5, 12, 10, 3), dtype=np.uint8))
+    ds = load_data(str(tmp_path / "imgs.npy"))
+    assert ds.x.shape == (5, 3, 12, 10) and ds.image and ds.x.max() <= 1
+    np.savez(tmp_path / "z.npz", x=np.random.rand(7, 3), labels=np.arange(7))
+    ds = load_data(str(tmp_path / "z.npz"))
+    assert ds.x.shape == (7, 3) and ds.labels.tolist() == list(range(7))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3)))
+    with pytest.raises(DataError, match="N >= 1"):
+        load_data(str(tmp_path / "empty.npy"))
+    np.save(tmp_path / "nan.npy", np.array([[1.0, np.nan]]))
+    with pytest.raises(DataError, match="NaN"):
+        load_data(str(tmp_path / "nan.npy"))
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="not a readable numpy array"):
+        load_data(str(tmp_path / "obj.npy"))  # pickled object arrays are never unpickled
+
+
+def test_image_folder(tmp_path):
+    root = tmp_path / "imgs"
+    for cls in ("cats", "dogs"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.random.randint(0, 256, (9, 7, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    ds = load_data(str(root))
+    assert ds.x.shape == (6, 3, 9, 7) and ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(grey / f"{i}.png")
+    assert load_data(str(grey)).x.shape == (2, 1, 5, 5)
+    Image.fromarray(np.zeros((6, 5), dtype=np.uint8)).save(grey / "odd.png")
+    with pytest.raises(DataError, match="odd.png.*resize"):
+        load_data(str(grey))
+    (grey / "odd.png").unlink()
+    (grey / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="broken.png is not a readable image"):
+        load_data(str(grey))
+    (tmp_path / "emptydir").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        load_data(str(tmp_path / "emptydir"))
+    with pytest.raises(DataError, match="no such file"):
+        load_data(str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="not a dataset name|no such file"):
+        load_data("cifar")

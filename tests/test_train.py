@@ -1,0 +1,133 @@
+"""fit(), generation and saving, on the real bundled digits."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vaekit
+from vaekit import Config
+from vaekit.errors import ConfigError, DataError, IntegrityError, NonFiniteError, OutputExistsError
+
+FAST = dict(latent_dim=4, hidden=[64], epochs=3, batch_size=64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return vaekit.load_data("digits", "train")
+
+
+def test_training_lowers_validation_loss_and_samples_fit_the_data(digits):
+    model = vaekit.fit(digits, Config(latent_dim=8, hidden=[128], epochs=25, batch_size=64, lr=2e-3, progress=False))
+    val = model.history.column("val_loss")
+    assert val[0] > 30 and min(val) < 0.8 * val[0]  # 64 pixels: from ~40 nats to well under 32
+    assert model.config.likelihood == "bernoulli" and model.config.binarize == "dynamic"
+    x = model.sample(10)
+    assert x.shape == (10, 1, 8, 8) and x.min() >= 0 and x.max() <= 1
+    drawn = model.sample(10, mean=False)
+    assert set(drawn.unique().tolist()) <= {0.0, 1.0}
+    r = model.reconstruct(digits.x[:5])
+    assert r.shape == (5, 1, 8, 8)
+    # reconstructions are closer to their own input than to other inputs
+    d = torch.cdist(r.flatten(1), digits.x[:5].flatten(1))
+    assert (d.argmin(1) == torch.arange(5)).float().mean() >= 0.8
+    path = model.interpolate(digits.x[0], digits.x[1], steps=5)
+    assert path.shape == (5, 1, 8, 8)
+    assert model.traverse(digits.x[0], dim=0, steps=7).shape == (7, 1, 8, 8)
+
+
+def test_same_seed_same_losses_and_samples(digits):
+    runs = [vaekit.fit(digits, Config(seed=3, **FAST)) for _ in range(2)]
+    assert runs[0].history.column("train_loss") == runs[1].history.column("train_loss")
+    assert runs[0].history.column("val_loss") == runs[1].history.column("val_loss")
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    assert torch.equal(runs[0].sample(8, generator=g()), runs[1].sample(8, generator=g()))
+    other = vaekit.fit(digits, Config(seed=4, **FAST))
+    assert other.history.column("train_loss") != runs[0].history.column("train_loss")
+
+
+def test_save_load_round_trip_and_tamper_refusal(digits, tmp_path):
+    model = vaekit.fit(digits, Config(**FAST), out=tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "config.json", "manifest.json", "metrics.jsonl", "model.safetensors"]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and set(manifest["files"]) == {"config.json", "model.safetensors", "metrics.jsonl"}
+    loaded = vaekit.load(tmp_path / "run")
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(model.sample(6, generator=g()), loaded.sample(6, generator=g()))
+    x = digits.x[:32].bernoulli(generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    a = vaekit.elbo(model, x).bound
+    torch.manual_seed(0)
+    b = vaekit.elbo(loaded, x).bound
+    assert torch.equal(a, b)
+    vaekit.save(loaded, tmp_path / "copy")
+    with pytest.raises(OutputExistsError):
+        vaekit.save(loaded, tmp_path / "copy")
+
+    weights = tmp_path / "copy" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="model.safetensors"):
+        vaekit.load(tmp_path / "copy")
+    cfg = tmp_path / "run" / "config.json"
+    cfg.write_text(cfg.read_text().replace('"latent_dim": 4', '"latent_dim": 5'))
+    with pytest.raises(IntegrityError, match="config.json"):
+        vaekit.load(tmp_path / "run")
+    with pytest.raises(IntegrityError, match="not a vaekit run folder"):
+        vaekit.load(tmp_path / "nowhere")
+
+
+def test_conv_on_odd_sized_colour_images_and_gaussian_arrays():
+    torch.manual_seed(0)
+    x = torch.rand(40, 3, 13, 9)
+    model = vaekit.fit(x, Config(arch="conv", channels=[8, 16], latent_dim=3, epochs=2, batch_size=16, progress=False))
+    assert model.config.likelihood == "bernoulli"
+    assert model.sample(4).shape == (4, 3, 13, 9)
+    assert model.reconstruct(x[:2]).shape == (2, 3, 13, 9)
+    real = torch.randn(200, 5) * 100 + 50  # real-valued, far from [0, 1]
+    gm = vaekit.fit(real, Config(latent_dim=2, hidden=[32], epochs=30, lr=3e-3, progress=False))
+    assert gm.config.likelihood == "gaussian"
+    s = gm.sample(2000, mean=False)
+    assert abs(float(s.mean()) - 50) < 25 and 50 < float(s.std()) < 160  # in data units, not standardised
+
+
+def test_bad_inputs_raise_typed_errors(digits, tmp_path):
+    with pytest.raises(DataError, match="NaN"):
+        vaekit.fit(torch.tensor([[0.1, float("nan")], [0.2, 0.3]]), Config(**FAST))
+    with pytest.raises(DataError, match="empty"):
+        vaekit.fit(np.zeros((0, 4), dtype=np.float32), Config(**FAST))
+    with pytest.raises(ConfigError, match="latent_dim"):
+        Config(latent_dim=0)
+    with pytest.raises(ConfigError, match="epochs"):
+        Config(epochs=-1)
+    with pytest.raises(ConfigError, match="arch"):
+        Config(arch="transformer")
+    with pytest.raises(ConfigError, match="conv"):
+        vaekit.fit(torch.rand(10, 5), Config(arch="conv", **FAST))
+    with pytest.raises(DataError, match="outside"):
+        vaekit.fit(torch.randn(10, 5) * 3, Config(likelihood="bernoulli", **FAST))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("precious")
+    with pytest.raises(OutputExistsError, match="--force"):
+        vaekit.fit(digits, Config(**FAST), out=tmp_path / "full")
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
+
+
+def test_nonfinite_loss_is_caught_at_its_step(digits, tmp_path):
+    model = vaekit.VAE.from_config(Config(input_shape=[1, 8, 8], likelihood="bernoulli", **FAST))
+    with torch.no_grad():
+        model.decoder.net[0].weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="epoch 1, step 0"):
+        vaekit.fit(digits, Config(**FAST), out=tmp_path / "nan", model=model)
+    assert not (tmp_path / "nan").exists() and not (tmp_path / "nan.partial").exists()
+
+
+def test_config_json_round_trip():
+    c = Config(latent_dim=7, hidden=[10, 20], beta=0.5, arch="conv", input_shape=[1, 8, 8])
+    assert Config.from_json(c.to_json()) == c
+    with pytest.raises(ConfigError, match="unknown config field"):
+        Config.from_dict({"latent_dims": 3})
