@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta", type=float, help="KL weight (1 = plain VAE)")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
+    t.add_argument("--lr-schedule", choices=["constant", "cosine"])
+    t.add_argument("--lr-warmup", type=float, help="epochs of linear learning-rate warm-up")
+    t.add_argument("--lr-final", type=float, help="cosine schedule ends at lr * this")
+    t.add_argument("--val-nll-k", type=int, help="log the importance-sampled validation NLL with K samples per epoch")
     t.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
     t.add_argument("--val-fraction", type=float)
     t.add_argument("--grad-clip", type=float)
@@ -100,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRAIN_FLAGS = ("epochs", "latent_dim", "arch", "hidden", "channels", "activation", "likelihood", "binarize",
-               "objective", "k", "beta", "batch_size", "lr", "patience", "val_fraction", "grad_clip", "seed",
-               "device")
+               "objective", "k", "beta", "batch_size", "lr", "lr_schedule", "lr_warmup", "lr_final", "val_nll_k",
+               "patience", "val_fraction", "grad_clip", "seed", "device")
 
 
 def cmd_train(args) -> int:

@@ -18,6 +18,7 @@ LikelihoodName = Literal["auto", "bernoulli", "gaussian"]
 Binarize = Literal["auto", "dynamic", "none"]
 Objective = Literal["elbo", "iwae"]
 Activation = Literal["relu", "tanh", "elu", "silu"]
+LrSchedule = Literal["constant", "cosine"]
 
 
 @dataclass
@@ -34,11 +35,15 @@ class Config:
     beta: float = 1.0  # weight of the KL term; 1 is the plain VAE, >1 a beta-VAE
     epochs: int = 30  # passes over the training data (upper bound with early stopping)
     batch_size: int = 128  # examples per gradient step
-    lr: float = 1e-3  # Adam learning rate
+    lr: float = 1e-3  # Adam learning rate (peak value when a schedule is used)
+    lr_schedule: LrSchedule = "constant"  # constant, or cosine decay to lr * lr_final per step
+    lr_warmup: float = 0.0  # epochs of linear warm-up from 0 to lr (fractions allowed)
+    lr_final: float = 0.01  # cosine schedule ends at lr * lr_final
     weight_decay: float = 0.0  # Adam L2 penalty
     grad_clip: float = 100.0  # max global gradient norm; 0 disables clipping
     val_fraction: float = 0.1  # share of training data held out for validation / early stopping
     patience: int = 10  # epochs without validation improvement before stopping; 0 disables
+    val_nll_k: int = 0  # > 0: log the importance-sampled validation NLL with k samples each epoch
     seed: int = 0  # seeds the split, initialisation, batches and sampling
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True  # show a progress bar with the running loss on stderr
@@ -67,6 +72,10 @@ class Config:
             raise ConfigError(f"lr={self.lr} must be a positive learning rate such as 1e-3 (--lr)")
         if not self.beta >= 0:
             raise ConfigError(f"beta={self.beta} must be >= 0 (--beta); 1 is the plain VAE")
+        if self.lr_warmup < 0 or not 0 <= self.lr_final <= 1:
+            raise ConfigError("lr_warmup must be >= 0 epochs and lr_final in [0, 1] (--lr-warmup, --lr-final)")
+        if isinstance(self.val_nll_k, bool) or not isinstance(self.val_nll_k, int) or self.val_nll_k < 0:
+            raise ConfigError(f"val_nll_k={self.val_nll_k!r} must be an integer >= 0 (--val-nll-k; 0 = off)")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction={self.val_fraction} must be in [0, 1), e.g. 0.1")
         if self.patience < 0 or self.grad_clip < 0 or self.weight_decay < 0:

@@ -53,8 +53,9 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]  # (B, *shape)
+        q = model.encode(xb)  # once per batch, shared by every chunk of samples
         log_w = torch.cat([
-            log_weights(model, xb, c, None if noise is None else noise((c, len(xb), model.latent_dim)))[0].double()
+            log_weights(model, xb, c, None if noise is None else noise((c, len(xb), model.latent_dim)), q)[0].double()
             for c in (min(chunk, k - j) for j in range(0, k, chunk))])  # (k, B)
         out.append(torch.logsumexp(log_w, dim=0) - math.log(k))  # (B,)
     return torch.cat(out)

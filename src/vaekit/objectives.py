@@ -39,14 +39,15 @@ def elbo(model, x: torch.Tensor, beta: float = 1.0) -> Bound:
     return Bound(recon - beta * kl, recon, kl)
 
 
-def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None
+def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None, q=None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Importance log-weights log p(x, z_i) - log q(z_i|x) for z_i ~ q(z|x), i = 1..k.
 
-    `eps` (k, B, d), if given, is the standard-normal noise to use (z = mu + sigma * eps).
+    `eps` (k, B, d), if given, is the standard-normal noise to use (z = mu + sigma * eps);
+    `q`, if given, is q(z|x) already computed (evaluation reuses it across chunks of k).
     Returns (log_w, log_px_z, log_ratio), each (k, B); log_ratio = log q(z_i|x) - log p(z_i).
     """
-    q = model.encode(x)
+    q = model.encode(x) if q is None else q
     z = q.rsample((k,)) if eps is None else q.mean + q.stddev * eps  # (k, B, d)
     log_px_z = model.decode(z).log_prob(x)  # (k, B): x broadcasts over the k samples
     log_ratio = q.log_prob(z) - model.prior_dist().log_prob(z)  # (k, B)

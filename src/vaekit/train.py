@@ -23,6 +23,7 @@ from . import checkpoint
 from .config import Config
 from .data import Dataset, check_finite, is_binary
 from .errors import ConfigError, DataError, NonFiniteError
+from .evaluate import log_likelihood
 from .model import VAE
 from .objectives import Bound, elbo, iwae
 
@@ -118,6 +119,18 @@ def evaluate_bound(model: VAE, x: torch.Tensor, config: Config, batch_size: int 
     return {"loss": loss, "recon": recon, "kl": kl}
 
 
+def learning_rate(config: Config, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """The learning rate at a global step: linear warm-up, then constant or cosine decay.
+    A pure function of the step, so resuming needs no scheduler state."""
+    warmup = config.lr_warmup * steps_per_epoch
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.lr_schedule == "constant":
+        return config.lr
+    t = min(1.0, (step - warmup) / max(1.0, total_steps - warmup))
+    return config.lr * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
 def nonfinite_message(what: str, epoch: int, step: int) -> str:
     return (f"{what} became non-finite at epoch {epoch + 1}, step {step}; lower --lr, "
             "raise --grad-clip protection or check the data for extreme values")
@@ -176,6 +189,9 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                 loss = -b.bound.mean()
                 if not torch.isfinite(loss):
                     raise NonFiniteError(nonfinite_message("the loss", epoch, step))
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(config, epoch * steps_per_epoch + step,
+                                                config.epochs * steps_per_epoch, steps_per_epoch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
@@ -196,6 +212,9 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             if len(x_val):
                 val = evaluate_bound(model, x_val, config)
                 row.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
+                if config.val_nll_k:
+                    row["val_nll"] = -float(log_likelihood(model, x_val, k=config.val_nll_k).mean())
+            row["lr"] = opt.param_groups[0]["lr"]
             row["seconds"] = time.perf_counter() - t0
             history.epochs.append(row)
             if config.progress:
