@@ -46,9 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--activation", choices=["relu", "tanh", "elu", "silu"])
     t.add_argument("--likelihood", choices=["auto", "bernoulli", "gaussian"])
     t.add_argument("--binarize", choices=["auto", "dynamic", "none"])
-    t.add_argument("--objective", choices=["elbo", "iwae"])
+    t.add_argument("--objective", choices=["elbo", "iwae", "wae-mmd"])
     t.add_argument("--k", type=int, help="importance samples for --objective iwae")
     t.add_argument("--beta", type=float, help="KL weight (1 = plain VAE)")
+    t.add_argument("--kl-warmup", type=float, help="epochs over which the KL weight rises from 0 to beta")
+    t.add_argument("--free-bits", type=float, help="nats per latent dim not penalised (against collapse)")
+    t.add_argument("--prior", choices=["normal", "vamp", "mog"], help="p(z): N(0, I), VampPrior, mixture")
+    t.add_argument("--pseudo-inputs", "--prior-components", dest="prior_components", type=int,
+                   help="VampPrior pseudo-inputs / mixture components (default 500 / 10)")
+    t.add_argument("--mmd-kernel", choices=["imq", "rbf"], help="WAE-MMD kernel")
+    t.add_argument("--mmd-weight", type=float, help="WAE-MMD penalty weight lambda (default 10)")
+    t.add_argument("--wae-stochastic", action="store_true", help="WAE-MMD with a sampled (Gaussian) encoder")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--lr-schedule", choices=["constant", "cosine"])
@@ -104,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRAIN_FLAGS = ("epochs", "latent_dim", "arch", "hidden", "channels", "activation", "likelihood", "binarize",
-               "objective", "k", "beta", "batch_size", "lr", "lr_schedule", "lr_warmup", "lr_final", "val_nll_k",
+               "objective", "k", "beta", "kl_warmup", "free_bits", "prior", "prior_components", "mmd_kernel",
+               "mmd_weight", "batch_size", "lr", "lr_schedule", "lr_warmup", "lr_final", "val_nll_k",
                "patience", "val_fraction", "grad_clip", "seed", "device")
 
 
@@ -122,6 +131,8 @@ def cmd_train(args) -> int:
     overrides = {f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f) is not None}
     if args.objective == "iwae" and args.k is None and base.get("k") is None:
         overrides["k"] = 5
+    if args.wae_stochastic:
+        overrides["wae_deterministic"] = False
     if args.no_progress:
         overrides["progress"] = False
     config = Config.from_dict({**base, **overrides})

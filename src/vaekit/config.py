@@ -16,7 +16,9 @@ from .errors import ConfigError
 Arch = Literal["mlp", "conv"]
 LikelihoodName = Literal["auto", "bernoulli", "gaussian"]
 Binarize = Literal["auto", "dynamic", "none"]
-Objective = Literal["elbo", "iwae"]
+Objective = Literal["elbo", "iwae", "wae-mmd"]
+PriorName = Literal["normal", "vamp", "mog"]
+Kernel = Literal["imq", "rbf"]
 Activation = Literal["relu", "tanh", "elu", "silu"]
 LrSchedule = Literal["constant", "cosine"]
 
@@ -33,6 +35,13 @@ class Config:
     objective: Objective = "elbo"  # training bound: ELBO, or the importance-weighted bound (IWAE)
     k: int = 1  # importance samples per example for the IWAE objective (1 = ELBO)
     beta: float = 1.0  # weight of the KL term; 1 is the plain VAE, >1 a beta-VAE
+    kl_warmup: float = 0.0  # epochs over which the KL weight rises linearly from 0 to beta
+    free_bits: float = 0.0  # nats per latent dim below which the KL is not penalised (0 = off)
+    prior: PriorName = "normal"  # p(z): N(0, I), VampPrior, or a learned mixture of Gaussians
+    prior_components: int = 0  # pseudo-inputs (vamp) or mixture components (mog); 0: 500 / 10
+    mmd_kernel: Kernel = "imq"  # WAE-MMD kernel: inverse multiquadratic or RBF
+    mmd_weight: float = 10.0  # WAE-MMD: lambda, the weight of the MMD penalty
+    wae_deterministic: bool = True  # WAE-MMD: encode to z = mu(x) instead of sampling q(z|x)
     epochs: int = 30  # passes over the training data (upper bound with early stopping)
     batch_size: int = 128  # examples per gradient step
     lr: float = 1e-3  # Adam learning rate (peak value when a schedule is used)
@@ -80,7 +89,14 @@ class Config:
             raise ConfigError(f"val_fraction={self.val_fraction} must be in [0, 1), e.g. 0.1")
         if self.patience < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("patience, grad_clip and weight_decay must be >= 0 (0 disables them)")
-        if self.objective == "elbo" and self.k != 1:
+        if self.kl_warmup < 0 or self.free_bits < 0 or self.mmd_weight < 0:
+            raise ConfigError("kl_warmup, free_bits and mmd_weight must be >= 0 (--kl-warmup, --free-bits, --mmd-weight)")
+        if isinstance(self.prior_components, bool) or not isinstance(self.prior_components, int) \
+                or self.prior_components < 0:
+            raise ConfigError(f"prior_components={self.prior_components!r} must be an integer >= 0 (--pseudo-inputs)")
+        if self.objective == "wae-mmd" and self.prior != "normal":
+            raise ConfigError("--objective wae-mmd matches the encoded codes to N(0, I); use --prior normal")
+        if self.objective != "iwae" and self.k != 1:
             raise ConfigError(f"k={self.k} only applies to --objective iwae; drop --k or add --objective iwae")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):

@@ -18,7 +18,7 @@ from torch.distributions import Distribution, Independent, Normal
 from .config import Config
 from .likelihoods import make_likelihood
 from .nets import MLP, ConvDecoder, ConvEncoder
-from .priors import StandardNormal
+from .priors import make_prior
 
 
 class VAE(nn.Module):
@@ -47,7 +47,8 @@ class VAE(nn.Module):
         else:
             encoder = MLP(shape, config.hidden, (2 * d,), config.activation)
             decoder = MLP((d,), config.hidden[::-1], out_shape, config.activation)
-        return cls(encoder, decoder, StandardNormal(d), likelihood, d, shape, config)
+        prior = make_prior(config.prior, d, shape, config.prior_components or (500 if config.prior == "vamp" else 10))
+        return cls(encoder, decoder, prior, likelihood, d, shape, config)
 
     @property
     def device(self) -> torch.device:
@@ -68,7 +69,8 @@ class VAE(nn.Module):
         return self.likelihood(params.reshape(*lead, *params.shape[1:]))
 
     def prior_dist(self) -> Distribution:
-        return self.prior()
+        """p(z), event shape (d,). Learned priors (VampPrior) depend on the encoder."""
+        return self.prior(self.encode)
 
     # ---- generation -----------------------------------------------------------------
     @torch.no_grad()
@@ -78,15 +80,8 @@ class VAE(nn.Module):
         mean), decoded; the likelihood's mean by default, or a draw from p(x|z)."""
         if n < 1:
             raise ValueError(f"n={n} must be >= 1")
-        dev = self.device
-        eps = torch.randn(n, self.latent_dim, generator=generator, device="cpu").to(dev)  # (n, d)
-        z = self._prior_draw(eps, temperature)
+        z = self.prior.draw(n, temperature, generator, self.encode)  # (n, d)
         return self._output(self.decode(z), mean, generator)
-
-    def _prior_draw(self, eps: torch.Tensor, temperature: float) -> torch.Tensor:
-        p = self.prior_dist()
-        base = p.base_dist
-        return base.loc + temperature * base.scale * eps  # (n, d)
 
     def _output(self, px: Distribution, mean: bool, generator: torch.Generator | None) -> torch.Tensor:
         if mean:

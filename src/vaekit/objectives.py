@@ -3,6 +3,8 @@ per example, and its terms, so the loss you see is the quantity it is named afte
 
     ELBO  log p(x) >= E_q[log p(x|z)] - KL(q(z|x) || p(z))           Kingma & Welling 2014
     IWAE  log p(x) >= E[log 1/k sum_i p(x, z_i) / q(z_i|x)]           Burda et al. 2016
+    WAE-MMD  E[log p(x|z)] - lambda MMD(q(z), p(z)), z from the encoder  Tolstikhin et al. 2018
+             (not a bound on log p(x): its `kl` field carries the MMD)
 """
 
 from __future__ import annotations
@@ -29,14 +31,30 @@ def kl_term(q, p, z: torch.Tensor) -> torch.Tensor:
         return q.log_prob(z) - p.log_prob(z)
 
 
-def elbo(model, x: torch.Tensor, beta: float = 1.0) -> Bound:
+def elbo(model, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0) -> Bound:
     """ELBO with KL weight `beta` (beta = 1: the evidence lower bound; otherwise a beta-VAE
-    objective, Higgins et al. 2017). x: (B, *shape) -> per-example terms (B,)."""
+    objective, Higgins et al. 2017). x: (B, *shape) -> per-example terms (B,).
+
+    `free_bits` > 0 (nats per latent dim, Kingma et al. 2016): a dimension whose batch-mean
+    KL is below it is not penalised below it, against posterior collapse. The returned
+    `kl` stays the true KL; only `bound` (the training objective) changes.
+    """
     q = model.encode(x)
     z = q.rsample()  # (B, d), reparameterised: gradients reach the encoder
     recon = model.decode(z).log_prob(x)  # (B,)
-    kl = kl_term(q, model.prior_dist(), z)  # (B,)
-    return Bound(recon - beta * kl, recon, kl)
+    p = model.prior_dist()
+    kl = kl_term(q, p, z)  # (B,)
+    if free_bits <= 0:
+        return Bound(recon - beta * kl, recon, kl)
+    try:
+        per_dim = kl_divergence(q.base_dist, p.base_dist)  # (B, d)
+    except (NotImplementedError, AttributeError):
+        per_dim = kl.unsqueeze(-1)  # a non-factorised prior: one group with d free bits
+        free_bits = free_bits * z.shape[-1]
+    # a group under its allowance costs the constant allowance (no gradient pushes it lower)
+    low = per_dim.mean(0, keepdim=True) < free_bits  # (1, groups)
+    penalised = torch.where(low, torch.full_like(per_dim, free_bits), per_dim).sum(-1)  # (B,)
+    return Bound(recon - beta * penalised, recon, kl)
 
 
 def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None, q=None
@@ -59,3 +77,40 @@ def iwae(model, x: torch.Tensor, k: int = 5) -> Bound:
     log_w, log_px_z, log_ratio = log_weights(model, x, k)
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)  # (B,)
     return Bound(bound, log_px_z.mean(0), log_ratio.mean(0))
+
+
+def _kernel(a: torch.Tensor, b: torch.Tensor, kernel: str) -> torch.Tensor:
+    """Sum over scales of k(a_i, b_j): (n, d), (m, d) -> (n, m). Scales follow the WAE paper:
+    C = 2 d sigma^2 (sigma^2 = 1, the prior's variance) times 0.1 ... 10."""
+    d2 = torch.cdist(a, b).pow(2)  # (n, m)
+    base = 2.0 * a.shape[-1]
+    out = torch.zeros_like(d2)
+    for s in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0):
+        c = base * s
+        out = out + (c / (c + d2) if kernel == "imq" else torch.exp(-d2 / c))
+    return out
+
+
+def mmd(a: torch.Tensor, b: torch.Tensor, kernel: str = "imq", unbiased: bool = True) -> torch.Tensor:
+    """Maximum mean discrepancy between samples a (n, d) and b (m, d). The unbiased
+    U-statistic drops the i = j terms; the biased V-statistic is exactly 0 when a == b."""
+    kaa, kbb, kab = _kernel(a, a, kernel), _kernel(b, b, kernel), _kernel(a, b, kernel)
+    n, m = len(a), len(b)
+    if unbiased:
+        if n < 2 or m < 2:
+            raise ValueError("the unbiased MMD needs at least 2 samples on each side")
+        return ((kaa.sum() - kaa.diagonal().sum()) / (n * (n - 1))
+                + (kbb.sum() - kbb.diagonal().sum()) / (m * (m - 1)) - 2 * kab.mean())
+    return kaa.mean() + kbb.mean() - 2 * kab.mean()
+
+
+def wae_mmd(model, x: torch.Tensor, weight: float = 10.0, kernel: str = "imq",
+            deterministic: bool = True) -> Bound:
+    """WAE-MMD: reconstruct through the encoder's code and match the aggregate of codes to
+    the prior with an MMD penalty. `bound` is the per-example objective (B,)."""
+    q = model.encode(x)
+    z = q.mean if deterministic else q.rsample()  # (B, d)
+    recon = model.decode(z).log_prob(x)  # (B,)
+    z_prior = model.prior.draw(len(x), encode=model.encode).to(z.dtype)  # (B, d)
+    penalty = mmd(z, z_prior, kernel) if len(x) > 1 else z.new_zeros(())
+    return Bound(recon - weight * penalty, recon, penalty.expand_as(recon))

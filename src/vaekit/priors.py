@@ -1,10 +1,21 @@
-"""p(z): the prior over the latent space, returned as a `torch.distributions` object."""
+"""p(z): the prior over the latent space, returned as a `torch.distributions` object.
+
+A prior is an `nn.Module` called as `prior(encode)`, where `encode` is the model's x -> q(z|x)
+(the VampPrior needs it; the others ignore it). It returns a distribution with event shape
+(d,), and `draw(n, temperature, generator, encode)` gives n latent points for generation.
+"""
 
 from __future__ import annotations
 
+
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
+
+
+def _noise(shape, generator, device) -> torch.Tensor:
+    # drawn on the CPU so the same generator gives the same samples on any device
+    return torch.randn(shape, generator=generator).to(device)
 
 
 class StandardNormal(nn.Module):
@@ -15,5 +26,75 @@ class StandardNormal(nn.Module):
         self.register_buffer("loc", torch.zeros(latent_dim), persistent=False)
         self.register_buffer("scale", torch.ones(latent_dim), persistent=False)
 
-    def forward(self) -> Distribution:
+    def forward(self, encode=None) -> Distribution:
         return Independent(Normal(self.loc, self.scale), 1)  # event shape (d,)
+
+    def draw(self, n: int, temperature: float = 1.0, generator=None, encode=None) -> torch.Tensor:
+        return self.loc + temperature * self.scale * _noise((n, len(self.loc)), generator, self.loc.device)
+
+
+class _Mixture(nn.Module):
+    """Shared by the mixture priors: sample a component, then its Normal scaled by temperature."""
+
+    def components(self, encode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, encode=None) -> Distribution:
+        logits, loc, scale = self.components(encode)  # (K,), (K, d), (K, d)
+        return MixtureSameFamily(Categorical(logits=logits), Independent(Normal(loc, scale), 1))
+
+    @torch.no_grad()
+    def draw(self, n: int, temperature: float = 1.0, generator=None, encode=None) -> torch.Tensor:
+        logits, loc, scale = self.components(encode)
+        probs = torch.softmax(logits.double(), 0).cpu()
+        k = torch.multinomial(probs, n, replacement=True, generator=generator).to(loc.device)  # (n,)
+        return loc[k] + temperature * scale[k] * _noise(loc[k].shape, generator, loc.device)  # (n, d)
+
+
+class MixturePrior(_Mixture):
+    """A learned mixture of K diagonal Gaussians: p(z) = sum_k pi_k N(m_k, diag s_k^2)."""
+
+    def __init__(self, latent_dim: int, components: int = 10):
+        super().__init__()
+        # spread the means so the components do not start identical (they would stay so)
+        self.loc = nn.Parameter(torch.randn(components, latent_dim, generator=torch.Generator().manual_seed(0)))
+        self.raw_scale = nn.Parameter(torch.zeros(components, latent_dim))
+        self.logits = nn.Parameter(torch.zeros(components))
+
+    def components(self, encode):
+        return self.logits, self.loc, nn.functional.softplus(self.raw_scale) + 1e-4
+
+
+class VampPrior(_Mixture):
+    """The VampPrior: p(z) = 1/K sum_k q(z | u_k), a mixture of the encoder's posteriors at K
+    learned pseudo-inputs u_k (Tomczak & Welling, VAE with a VampPrior, 2018)."""
+
+    def __init__(self, input_shape: tuple[int, ...], components: int = 500):
+        super().__init__()
+        self.pseudo_inputs = nn.Parameter(torch.rand(components, *input_shape) * 0.1 + 0.45)  # (K, *shape)
+        self.register_buffer("logits", torch.zeros(components), persistent=False)
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Start the pseudo-inputs at random training examples (plus a little noise)."""
+        idx = torch.randint(len(x), (len(self.pseudo_inputs),), generator=generator).to(x.device)
+        self.pseudo_inputs.copy_(x[idx] + 0.01 * torch.randn_like(x[idx]))
+
+    def components(self, encode):
+        if encode is None:
+            raise ValueError("the VampPrior needs the model's encoder: use model.prior_dist()")
+        q = encode(self.pseudo_inputs)  # batch (K,), event (d,)
+        return self.logits, q.mean, q.stddev
+
+
+def make_prior(name: str, latent_dim: int, input_shape: tuple[int, ...], components: int) -> nn.Module:
+    match name:
+        case "normal":
+            return StandardNormal(latent_dim)
+        case "mog":
+            return MixturePrior(latent_dim, components)
+        case "vamp":
+            return VampPrior(input_shape, components)
+    raise ValueError(f"unknown prior {name!r}")
+
+

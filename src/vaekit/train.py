@@ -25,7 +25,7 @@ from .data import Dataset, check_finite, is_binary
 from .errors import ConfigError, DataError, NonFiniteError
 from .evaluate import log_likelihood
 from .model import VAE
-from .objectives import Bound, elbo, iwae
+from .objectives import Bound, elbo, iwae, wae_mmd
 
 METRICS = "metrics.jsonl"
 
@@ -98,13 +98,25 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor,
     return order[n_val:], order[:n_val]
 
 
-def objective(model: VAE, x: torch.Tensor, config: Config) -> Bound:
+def objective(model: VAE, x: torch.Tensor, config: Config, beta: float | None = None,
+              free_bits: float | None = None) -> Bound:
+    """The configured objective on a batch; `beta`/`free_bits` override the config's (warm-up)."""
     match config.objective:
         case "elbo":
-            return elbo(model, x, beta=config.beta)
+            return elbo(model, x, beta=config.beta if beta is None else beta,
+                        free_bits=config.free_bits if free_bits is None else free_bits)
         case "iwae":
             return iwae(model, x, k=config.k)
+        case "wae-mmd":
+            return wae_mmd(model, x, weight=config.mmd_weight, kernel=config.mmd_kernel,
+                           deterministic=config.wae_deterministic)
     raise ConfigError(f"unknown objective {config.objective!r}")
+
+
+def kl_weight(config: Config, step: int, steps_per_epoch: int) -> float:
+    """beta, reached linearly over `kl_warmup` epochs (Bowman et al. 2016; Sønderby et al. 2016)."""
+    warm = config.kl_warmup * steps_per_epoch
+    return config.beta if step >= warm else config.beta * (step + 1) / warm
 
 
 @torch.no_grad()
@@ -158,10 +170,13 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         # the validation set is binarised once with a fixed seed: every epoch scores the same bits
         x_val = torch.bernoulli(x_val, generator=torch.Generator(device=device).manual_seed(config.seed + 1))
 
-    model = model if model is not None else VAE.from_config(config)
+    fresh = model is None
+    model = VAE.from_config(config) if fresh else model
     model.config = config
     if hasattr(model.likelihood, "set_data_stats"):
         model.likelihood.set_data_stats(x_train)
+    if fresh and hasattr(model.prior, "init_from_data"):
+        model.prior.init_from_data(x_train, torch.Generator().manual_seed(config.seed))
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -185,7 +200,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                 xb = x_train[perm[step * config.batch_size:(step + 1) * config.batch_size]]  # (B, *shape)
                 if config.binarize == "dynamic":
                     xb = torch.bernoulli(xb, generator=gen)  # fresh bits every time an image is used
-                b = objective(model, xb, config)
+                b = objective(model, xb, config, beta=kl_weight(config, epoch * steps_per_epoch + step, steps_per_epoch))
                 loss = -b.bound.mean()
                 if not torch.isfinite(loss):
                     raise NonFiniteError(nonfinite_message("the loss", epoch, step))
