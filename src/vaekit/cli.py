@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="JSON file of Config fields; flags given here override it")
     t.add_argument("--epochs", type=int)
     t.add_argument("--latent-dim", type=int)
-    t.add_argument("--arch", choices=["mlp", "conv"])
+    t.add_argument("--arch", choices=["mlp", "conv", "ladder"])
+    t.add_argument("--latent-dims", type=_ints, help="arch=ladder: stochastic layer sizes, bottom first, e.g. 100,50")
+    t.add_argument("--ladder-hidden", type=_ints, help="arch=ladder: widths between stochastic layers, e.g. 100,100")
     t.add_argument("--hidden", type=_ints, help="MLP widths, e.g. 256,256")
     t.add_argument("--channels", type=_ints, help="conv widths, e.g. 32,64")
     t.add_argument("--activation", choices=["relu", "tanh", "elu", "silu"])
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TRAIN_FLAGS = ("epochs", "latent_dim", "arch", "hidden", "channels", "activation", "likelihood", "binarize",
+TRAIN_FLAGS = ("epochs", "latent_dim", "arch", "latent_dims", "ladder_hidden", "hidden", "channels", "activation", "likelihood", "binarize",
                "objective", "k", "beta", "kl_warmup", "free_bits", "prior", "prior_components", "mmd_kernel",
                "mmd_weight", "batch_size", "lr", "lr_schedule", "lr_warmup", "lr_final", "val_nll_k",
                "patience", "val_fraction", "grad_clip", "seed", "device")
@@ -252,6 +254,8 @@ def cmd_evaluate(args) -> int:
     print(f"ELBO: {result['elbo']:.3f} nats = recon {result['recon']:.3f} - KL {result['kl']:.3f}")
     print(f"active units: {result['active_units']} of {len(result['kl_per_dim'])}")
     print("KL per dim: " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
+    if "kl_per_layer" in result:
+        print("KL per stochastic layer (bottom first): " + " ".join(f"{v:.2f}" for v in result["kl_per_layer"]))
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args, get_type_hints
 
 from .errors import ConfigError
 
-Arch = Literal["mlp", "conv"]
+Arch = Literal["mlp", "conv", "ladder"]
 LikelihoodName = Literal["auto", "bernoulli", "gaussian"]
 Binarize = Literal["auto", "dynamic", "none"]
 Objective = Literal["elbo", "iwae", "wae-mmd"]
@@ -28,6 +28,8 @@ class Config:
     latent_dim: int = 16  # d, the number of independent normal latents per example
     arch: Arch = "mlp"  # encoder/decoder networks: MLP on flattened input, or conv for images
     hidden: list[int] = field(default_factory=lambda: [256, 256])  # MLP widths (encoder; decoder reversed)
+    latent_dims: list[int] = field(default_factory=list)  # arch=ladder: stochastic layer sizes, bottom first
+    ladder_hidden: list[int] = field(default_factory=lambda: [100, 100])  # arch=ladder: widths between layers
     channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths per stride-2 stage
     activation: Activation = "relu"  # nonlinearity between layers
     likelihood: LikelihoodName = "auto"  # p(x|z); auto: Bernoulli for data in [0, 1], Gaussian otherwise
@@ -75,6 +77,17 @@ class Config:
         _positive_int(self, "k", "--k")
         if not self.hidden or min(self.hidden) < 1:
             raise ConfigError(f"hidden={self.hidden} must list positive layer widths, e.g. [256, 256]")
+        self.latent_dims = [int(d) for d in self.latent_dims]
+        self.ladder_hidden = [int(h) for h in self.ladder_hidden]
+        if self.arch == "ladder":
+            if len(self.latent_dims) < 2 or min(self.latent_dims) < 1:
+                raise ConfigError(f"arch=ladder needs two or more stochastic layer sizes, bottom first: "
+                                  f"--latent-dims 100,50 (got {self.latent_dims})")
+            if not self.ladder_hidden or min(self.ladder_hidden) < 1:
+                raise ConfigError("ladder_hidden must list positive widths, e.g. --ladder-hidden 100,100")
+            if self.prior != "normal":
+                raise ConfigError("arch=ladder has its own hierarchical prior; drop --prior")
+            self.latent_dim = sum(self.latent_dims)
         if not self.channels or min(self.channels) < 1:
             raise ConfigError(f"channels={self.channels} must list positive channel counts, e.g. [32, 64]")
         if not (self.lr > 0 and self.lr < 10):

@@ -69,6 +69,7 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     ll = log_likelihood(model, x, k=k, batch_size=batch_size, chunk=chunk)  # (N,)
     n = len(x)
     recon_sum, kl_dims, means = 0.0, torch.zeros(model.latent_dim, dtype=torch.float64), []
+    kl_layers = None
     prior = model.prior_dist()
     for i in range(0, n, batch_size):
         xb = x[i:i + batch_size]
@@ -77,6 +78,9 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
         recon_sum += float(model.decode(z).log_prob(xb).double().sum())
         kl_dims += _kl_per_dim(q, prior, z).double().sum(0).cpu()
         means.append(q.mean.double().cpu())
+        if hasattr(q, "layer_log_probs"):  # hierarchical: log q(z_l|.) - log p(z_l|.) per layer
+            per = torch.stack([a - b for a, b in zip(q.layer_log_probs(z), prior.layer_log_probs(z))])  # (L, B)
+            kl_layers = per.double().sum(1).cpu() + (0 if kl_layers is None else kl_layers)
     mu = torch.cat(means)  # (N, d)
     kl_per_dim = kl_dims / n
     activity = mu.var(0, unbiased=False) if n > 1 else torch.zeros(model.latent_dim, dtype=torch.float64)
@@ -92,6 +96,8 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
         "k": k,
         "n": n,
     }
+    if kl_layers is not None:
+        result["kl_per_layer"] = [round(v, 6) for v in (kl_layers / n).tolist()]
     if len(model.input_shape) == 3:  # images: also bits per dimension
         result["bits_per_dim"] = nll / (math.prod(model.input_shape) * math.log(2))
     return result

@@ -16,6 +16,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
 from .config import Config
+from .ladder import LadderEncoder, LadderPrior, TakeBottom
 from .likelihoods import make_likelihood
 from .nets import MLP, ConvDecoder, ConvEncoder
 from .priors import make_prior
@@ -39,6 +40,11 @@ class VAE(nn.Module):
         shape, d = tuple(config.input_shape), config.latent_dim
         likelihood = make_likelihood(config.likelihood, shape)
         out_shape = (likelihood.n_params, *shape)
+        if config.arch == "ladder":
+            dims, act = config.latent_dims, config.activation
+            encoder = LadderEncoder(shape, config.hidden, config.ladder_hidden, dims, act)
+            decoder = TakeBottom(dims[0], MLP((dims[0],), config.hidden[::-1], out_shape, act))
+            return cls(encoder, decoder, LadderPrior(dims, config.ladder_hidden, act), likelihood, sum(dims), shape, config)
         if config.arch == "conv":
             if len(shape) != 3:
                 raise ValueError(f"arch=conv needs images (C, H, W); this data has shape {shape}")
@@ -57,6 +63,8 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor) -> Distribution:
         """q(z|x) for x (B, *shape): a distribution with batch (B,) and event (d,)."""
         h = self.encoder(self.likelihood.standardize(x))  # (B, 2d)
+        if hasattr(self.prior, "posterior"):  # hierarchical: top-down inference shares the prior's nets
+            return self.prior.posterior(h)
         mu, raw = h.chunk(2, dim=-1)  # each (B, d)
         # softplus, not exp(logvar/2): no overflow for large pre-activations, floor keeps log q finite
         sigma = F.softplus(raw) + self.min_sigma

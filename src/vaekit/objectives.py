@@ -13,7 +13,7 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch.distributions import kl_divergence
+from torch.distributions import Independent, Normal, kl_divergence
 
 
 class Bound(NamedTuple):
@@ -66,7 +66,12 @@ def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None,
     Returns (log_w, log_px_z, log_ratio), each (k, B); log_ratio = log q(z_i|x) - log p(z_i).
     """
     q = model.encode(x) if q is None else q
-    z = q.rsample((k,)) if eps is None else q.mean + q.stddev * eps  # (k, B, d)
+    if eps is None:
+        z = q.rsample((k,))  # (k, B, d)
+    elif isinstance(q, Independent) and isinstance(q.base_dist, Normal):
+        z = q.mean + q.stddev * eps
+    else:
+        raise ValueError("eps can be given only for a factorised Normal q(z|x)")
     log_px_z = model.decode(z).log_prob(x)  # (k, B): x broadcasts over the k samples
     log_ratio = q.log_prob(z) - model.prior_dist().log_prob(z)  # (k, B)
     return log_px_z - log_ratio, log_px_z, log_ratio
