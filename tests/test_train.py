@@ -130,4 +130,4 @@ def test_config_json_round_trip():
     c = Config(latent_dim=7, hidden=[10, 20], beta=0.5, arch="conv", input_shape=[1, 8, 8])
     assert Config.from_json(c.to_json()) == c
     with pytest.raises(ConfigError, match="unknown config field"):
-        Config.from_dict({"latent_dims": 3})
+        Config.from_dict({"latent_dimz": 3})
