@@ -68,13 +68,13 @@ class _Joint(Distribution):
         """The conditional of layer l given the sample of layer l + 1 (None at the top)."""
         p_mu, p_sigma = self.prior.conditional(l, above, self.batch_shape)
         if self.estimates is None:
-            return Normal(p_mu, p_sigma)
+            return Normal(p_mu, p_sigma, validate_args=False)
         e_mu, e_sigma = self.estimates[l]
         if above is None:  # the top layer: the bottom-up estimate is the posterior
-            return Normal(e_mu.expand_as(p_mu), e_sigma.expand_as(p_sigma))
+            return Normal(e_mu.expand_as(p_mu), e_sigma.expand_as(p_sigma), validate_args=False)
         prec_e, prec_p = e_sigma.pow(-2), p_sigma.pow(-2)
         var = 1.0 / (prec_e + prec_p)  # precision weighting (Sønderby et al. 2016, eq. 18-19)
-        return Normal((e_mu * prec_e + p_mu * prec_p) * var, var.sqrt())
+        return Normal((e_mu * prec_e + p_mu * prec_p) * var, var.sqrt(), validate_args=False)
 
     def _walk(self, pick) -> tuple[torch.Tensor, list[torch.Tensor]]:
         zs: list[torch.Tensor | None] = [None] * len(self.prior.dims)

@@ -29,7 +29,7 @@ class Bernoulli(nn.Module):
     def forward(self, params: torch.Tensor) -> Distribution:
         logits = params.squeeze(-len(self.shape) - 1)  # (..., *shape)
         # validate_args off: soft targets in [0, 1] are allowed when binarisation is off.
-        return Independent(TorchBernoulli(logits=logits, validate_args=False), len(self.shape))
+        return Independent(TorchBernoulli(logits=logits, validate_args=False), len(self.shape), validate_args=False)
 
 
 class Gaussian(nn.Module):
@@ -62,7 +62,8 @@ class Gaussian(nn.Module):
     def forward(self, params: torch.Tensor) -> Distribution:
         loc, raw = params.unbind(-len(self.shape) - 1)  # each (..., *shape)
         sd = F.softplus(raw) + self.min_scale
-        return Independent(Normal(self.shift + self.scale * loc, self.scale * sd), len(self.shape))
+        return Independent(Normal(self.shift + self.scale * loc, self.scale * sd, validate_args=False), len(self.shape),
+                           validate_args=False)
 
 
 def make_likelihood(name: str, shape: tuple[int, ...]) -> nn.Module:

@@ -27,7 +27,7 @@ class StandardNormal(nn.Module):
         self.register_buffer("scale", torch.ones(latent_dim), persistent=False)
 
     def forward(self, encode=None) -> Distribution:
-        return Independent(Normal(self.loc, self.scale), 1)  # event shape (d,)
+        return Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)  # event (d,)
 
     def draw(self, n: int, temperature: float = 1.0, generator=None, encode=None) -> torch.Tensor:
         return self.loc + temperature * self.scale * _noise((n, len(self.loc)), generator, self.loc.device)
@@ -41,7 +41,9 @@ class _Mixture(nn.Module):
 
     def forward(self, encode=None) -> Distribution:
         logits, loc, scale = self.components(encode)  # (K,), (K, d), (K, d)
-        return MixtureSameFamily(Categorical(logits=logits), Independent(Normal(loc, scale), 1))
+        return MixtureSameFamily(Categorical(logits=logits, validate_args=False),
+                                 Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False),
+                                 validate_args=False)
 
     @torch.no_grad()
     def draw(self, n: int, temperature: float = 1.0, generator=None, encode=None) -> torch.Tensor:
