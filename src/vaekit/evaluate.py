@@ -41,7 +41,7 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     """Importance-sampled log p(x) per example: x (N, *shape) -> (N,) float64, in nats.
 
     Vectorised over (k, batch); the k samples are drawn `chunk` at a time (default: as many
-    as keep each chunk near 2^22 decoded values), so memory is bounded for any k; the
+    as keep each chunk near 2^21 decoded values, cache-sized), so memory is bounded for any k; the
     log-weights are combined with logsumexp in float64. `noise(shape)`, if given, supplies
     the standard-normal draws (tests use it to feed the same draws to any chunking).
     """
@@ -49,7 +49,7 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
         raise ValueError(f"k={k} must be >= 1")
     model.eval()
     values = math.prod(model.input_shape)
-    chunk = chunk or max(1, min(k, (1 << 22) // max(1, batch_size * values)))
+    chunk = chunk or max(1, min(k, (1 << 21) // max(1, batch_size * values)))
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]  # (B, *shape)
