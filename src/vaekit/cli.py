@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-n", type=int, help="use only the first N examples")
     e.add_argument("--batch-size", type=int, default=100)
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--compile", action="store_true", help="torch.compile the estimator (faster for large N x k)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
 
@@ -243,7 +244,7 @@ def cmd_evaluate(args) -> int:
     model = _load_run(args)
     x, ds = _eval_data(args, model, args.n)
     torch.manual_seed(args.seed)
-    result = evaluate(model, x, k=args.k, batch_size=args.batch_size)
+    result = evaluate(model, x, k=args.k, batch_size=args.batch_size, compile=args.compile)
     if args.json:
         print(json.dumps(result))
         return 0
