@@ -283,7 +283,8 @@ def cmd_demo(args) -> int:
     try:
         train, test = load_data("digits", "train"), load_data("digits", "test")
         config = Config(latent_dim=8, hidden=[256, 128], epochs=args.epochs, batch_size=64, lr=2e-3,
-                        patience=15, seed=0)
+                        patience=15, seed=0, progress=False)
+        print(f"training a VAE on scikit-learn's digits for up to {args.epochs} epochs ...", flush=True)
         model = fit(train, config, out=staging / "run")
         write_output(model.sample(64, generator=torch.Generator().manual_seed(0)), staging / "samples.png")
         x = test.x[:16]
