@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files to RUN/tensorboard")
 
     s = sub.add_parser("sample", help="generate new examples from a trained run")
     s.add_argument("run", metavar="RUN")
@@ -138,6 +139,8 @@ def cmd_train(args) -> int:
         overrides["wae_deterministic"] = False
     if args.no_progress:
         overrides["progress"] = False
+    if args.tensorboard:
+        overrides["tensorboard"] = True
     config = Config.from_dict({**base, **overrides})
     ds = load_data(args.data, args.split, args.data_dir, args.download)
     model = fit(ds, config, out=args.out, force=args.force)

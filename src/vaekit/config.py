@@ -58,6 +58,7 @@ class Config:
     seed: int = 0  # seeds the split, initialisation, batches and sampling
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True  # show a progress bar with the running loss on stderr
+    tensorboard: bool = False  # also write TensorBoard event files to <run>/tensorboard (needs out=)
     input_shape: list[int] | None = None  # shape of one example, recorded from the data by fit()
 
     def __post_init__(self) -> None:
@@ -111,6 +112,8 @@ class Config:
             raise ConfigError("--objective wae-mmd matches the encoded codes to N(0, I); use --prior normal")
         if self.objective != "iwae" and self.k != 1:
             raise ConfigError(f"k={self.k} only applies to --objective iwae; drop --k or add --objective iwae")
+        if not isinstance(self.tensorboard, bool):
+            raise ConfigError(f"tensorboard={self.tensorboard!r} must be true or false (--tensorboard)")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"device={dev!r} is not auto, cpu, cuda or cuda:N")

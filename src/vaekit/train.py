@@ -160,6 +160,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     target = Path(out) if out is not None else None
     if target is not None:
         checkpoint.check_output_dir(target, force)  # before any work: bad --out costs nothing
+    if config.tensorboard:
+        _check_tensorboard(target)
 
     torch.manual_seed(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed)  # batches and binarisation
@@ -186,6 +188,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
+    board = _tensorboard(run_dir) if config.tensorboard else None  # per-epoch scalars, next to metrics.jsonl
     history = History()
     best_loss, best_state, bad_epochs = math.inf, None, 0
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
@@ -217,7 +220,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                 sums += torch.stack([-b.bound.sum(), b.recon.sum(), b.kl.sum()]).detach().double()
                 if bar is not None:
                     seen = min((step + 1) * config.batch_size, len(x_train))
-                    bar.set_postfix(loss=f"{sums[0].item() / seen:.3f}", kl=f"{sums[2].item() / seen:.2f}", refresh=False)
+                    bar.set_postfix(_live_terms(sums / seen, config), refresh=False)
                     bar.update(1)
             if bar is not None:
                 bar.close()
@@ -237,6 +240,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             if run_dir is not None:
                 with open(run_dir / METRICS, "a") as f:
                     f.write(json.dumps(row) + "\n")
+            if board is not None:
+                board(row)
             score = row.get("val_loss", train_loss)
             if score < best_loss:
                 best_loss, bad_epochs, history.best_epoch = score, 0, epoch + 1
@@ -250,11 +255,15 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             model.load_state_dict(best_state)
         model.eval()
         model.history = history
+        if board is not None:
+            board.close()  # event files complete before the folder is published
         if run_dir is not None:
             extra = (METRICS,) if (run_dir / METRICS).exists() else ()
             checkpoint.write_model_files(model, run_dir, extra=extra)
             checkpoint.publish(run_dir, target)
     except BaseException:
+        if board is not None:
+            board.close()
         if run_dir is not None and run_dir.exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -264,7 +273,47 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
 def _report_epoch(row: dict[str, Any], config: Config) -> None:
     val = f", val {row['val_loss']:.4f}" if "val_loss" in row else ""
     print(f"epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.4f} (recon {row['train_recon']:.3f}, "
-          f"kl {row['train_kl']:.3f}){val} [{row['seconds']:.1f}s]", file=sys.stderr, flush=True)
+          f"{_kl_name(config)} {row['train_kl']:.3f}){val} [{row['seconds']:.1f}s]", file=sys.stderr, flush=True)
+
+
+def _kl_name(config: Config) -> str:
+    return "mmd" if config.objective == "wae-mmd" else "kl"  # WAE-MMD's second term is the MMD
+
+
+def _live_terms(means: torch.Tensor, config: Config) -> dict[str, str]:
+    """The bar's postfix: running means of the loss and the objective's two terms."""
+    loss, recon, second = means.tolist()
+    return {"loss": f"{loss:.3f}", "recon": f"{recon:.3f}", _kl_name(config): f"{second:.3f}"}
+
+
+def _check_tensorboard(target: Path | None) -> None:
+    """Fail before training when TensorBoard logging cannot work."""
+    if target is None:
+        raise ConfigError("tensorboard=True writes event files into the run folder; pass out=... (--out)")
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (needs the tensorboard package)
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                          "(or vaekit[tensorboard])") from None
+
+
+def _tensorboard(run_dir: Path):
+    """A callback writing each epoch's numbers as TensorBoard scalars to <run>/tensorboard:
+    `train_loss` becomes `loss/train`, so train and validation share one chart."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                split, _, term = key.partition("_")
+                tag = f"{term}/{split}" if split in ("train", "val") and term else key
+                writer.add_scalar(tag, value, row["epoch"])
+        writer.flush()  # a live `tensorboard --logdir` sees each epoch as it ends
+
+    log.close = writer.close
+    return log
 
 
 def _progress(total: int, epoch: int, config: Config):
