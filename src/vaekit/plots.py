@@ -101,8 +101,8 @@ def histograms(real: np.ndarray | None, fake: np.ndarray, max_features: int = 12
         both = fake[:, j] if real is None else np.concatenate([real[:, j], fake[:, j]])
         bins = np.histogram_bin_edges(both[np.isfinite(both)], bins=30)
         if real is not None:
-            ax.hist(real[:, j], bins=bins, density=True, alpha=0.55, color=REAL, label="real")
-        ax.hist(fake[:, j], bins=bins, density=True, alpha=0.55, color=FAKE, label="generated")
+            ax.hist(real[:, j], bins=bins, density=True, alpha=0.5, color=REAL, label="real")
+        ax.hist(fake[:, j], bins=bins, density=True, histtype="step", linewidth=1.5, color=FAKE, label="generated")
         ax.set_title(f"feature {j}", fontsize=9)
         ax.tick_params(labelsize=7)
         if j == 0:
@@ -161,18 +161,24 @@ def kl_bars(kl_per_dim: Sequence[float], active: Sequence[bool]) -> bytes:
 
 def marginal(real, fake, name: str, numeric: bool, max_categories: int = 20) -> bytes:
     """One table column, real vs synthetic: shared-bin histograms for numbers, side-by-side
-    category frequencies (the most common `max_categories` of the real data) otherwise."""
+    value shares (the most common `max_categories` of the real data) for categories and for
+    numbers with few distinct values (e.g. a year)."""
     fig = figure(3.6, 2.6)
     ax = fig.subplots()
     r, f = real.dropna(), fake.dropna()
-    if numeric:
+    if numeric and r.nunique() > 12:
         both = np.concatenate([r.to_numpy(float), f.to_numpy(float)])
         bins = np.histogram_bin_edges(both, bins=30) if len(both) else 10
-        ax.hist(r.to_numpy(float), bins=bins, density=True, alpha=0.55, color=REAL, label="real")
-        ax.hist(f.to_numpy(float), bins=bins, density=True, alpha=0.55, color=FAKE, label="synthetic")
+        ax.hist(r.to_numpy(float), bins=bins, density=True, alpha=0.5, color=REAL, label="real")
+        ax.hist(f.to_numpy(float), bins=bins, density=True, histtype="step", linewidth=1.5, color=FAKE,
+                label="synthetic")
     else:
-        pr = r.astype(str).value_counts(normalize=True)
-        pf = f.astype(str).value_counts(normalize=True)
+        if numeric:  # few distinct numbers: one bar per value, in numeric order
+            r, f = r.round(6), f.round(6)
+        pr = r.value_counts(normalize=True).sort_index() if numeric else r.astype(str).value_counts(normalize=True)
+        pf = (f if numeric else f.astype(str)).value_counts(normalize=True)
+        pr.index, pf.index = pr.index.map(_label), pf.index.map(_label)
+        pf = pf.groupby(level=0).sum()
         cats = list(pr.index[:max_categories]) + [c for c in pf.index if c not in pr.index][:3]
         x = np.arange(len(cats))
         ax.bar(x - 0.2, [pr.get(c, 0.0) for c in cats], 0.4, color=REAL, label="real")
@@ -184,6 +190,10 @@ def marginal(real, fake, name: str, numeric: bool, max_categories: int = 20) -> 
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7)
     return png(fig)
+
+
+def _label(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def matrices(names: Sequence[str], left: np.ndarray, right: np.ndarray, titles: tuple[str, str]) -> bytes:

@@ -32,7 +32,7 @@ CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 img{max-width:100%;height:auto;display:block;margin:.4em 0}img.grid{image-rendering:pixelated}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left}
-.note{color:#666;font-size:.9em}.cols{display:flex;flex-wrap:wrap;gap:.5em}.cols img{max-width:360px}"""
+.note{color:#666;font-size:.9em}.kv{columns:3 16em;font-size:.9em}.kv div{break-inside:avoid;padding:.1em 0}.cols{display:flex;flex-wrap:wrap;gap:.5em}.cols img{max-width:360px}"""
 
 
 def check_output_html(out: str | os.PathLike) -> Path:
@@ -88,6 +88,8 @@ def report(run_or_model, data: Any = None, out: str | os.PathLike = "report.html
             f"<p>latent dimensions {model.latent_dim}, input shape {tuple(model.input_shape)}, "
             f"{model.num_parameters():,} parameters"
             + (f"; data: {_e(ds.name)}" if ds is not None else "") + "</p>"]
+    data_parts = _data_sections(model, ds, n, k, image) if ds is not None else []
+    body += data_parts[:1]  # the evaluation numbers first
     if rows:
         body.append(_section("Training", _img(plots.curves(rows, second), "training curves")
                              + f"<p class=note>{len(rows)} epochs from metrics.jsonl; the loss is the negative "
@@ -96,11 +98,10 @@ def report(run_or_model, data: Any = None, out: str | os.PathLike = "report.html
     if ds is None:
         body.append("<p class=note>No data given: pass DATA (e.g. <code>vaekit report RUN digits</code>) for "
                     "reconstructions, interpolations, traversals, the latent space and the evaluation.</p>")
-    else:
-        body += _data_sections(model, ds, n, k, image, second)
-    body += list(sections)
+    body += data_parts[1:] + list(sections)
     if config is not None:
-        body.append(_section("Config", _table(config.to_dict())))
+        items = "".join(f"<div><b>{_e(key)}</b> {_e(_fmt(v))}</div>" for key, v in config.to_dict().items())
+        body.append(_section("Config", f"<div class=kv>{items}</div>"))
     write_atomic(path, page(f"vaekit report: {name}", body).encode())
     return path
 
@@ -128,13 +129,19 @@ def _samples(model, ds, gen: torch.Generator, image: bool) -> str:
               "histograms of generated (orange) vs real (blue) values.</p>")
 
 
-def _data_sections(model, ds, n: int, k: int, image: bool, second: str) -> list[str]:
+def _data_sections(model, ds, n: int, k: int, image: bool) -> list[str]:
+    """Evaluation first, then reconstructions, interpolations, traversals, latent space."""
     from .evaluate import evaluate, prepare_eval_data
 
     x = prepare_eval_data(model, ds.x[:n])  # shape checked; binarised as the model was evaluated
     raw = ds.x[:n].to(model.device, torch.float32)
     result = evaluate(model, x, k=k, batch_size=100)
-    out = []
+    out = [_section("Evaluation", _table({key: v for key, v in result.items() if key != "kl_per_dim"})
+                    + f"<p class=note>On the first {result['n']} examples of {_e(ds.name)}; NLL importance-"
+                    f"sampled with k = {k} (a stochastic lower bound on log p(x), tighter with larger k).</p>")]
+    with torch.no_grad():
+        mu = torch.cat([model.encode(raw[i:i + 500]).mean for i in range(0, len(raw), 500)]).double().cpu()  # (N, d)
+    active = (mu.var(0, unbiased=False) > ACTIVE).tolist() if len(mu) > 1 else [False] * model.latent_dim
     m = min(16, len(raw))
     recon = model.reconstruct(raw[:m])
     if image:
@@ -155,37 +162,32 @@ def _data_sections(model, ds, n: int, k: int, image: bool, second: str) -> list[
         out.append(_section("Interpolations", pics + "<p class=note>Each row (panel) decodes 10 evenly spaced "
                             "points on the line between the posterior means of two inputs.</p>"))
     kl = np.asarray(result["kl_per_dim"])
-    top = [int(i) for i in np.argsort(-kl, kind="stable")[:min(6, model.latent_dim)]]
+    ranked = [int(i) for i in np.argsort(-kl, kind="stable")]
+    top = ([d for d in ranked if active[d]] or ranked[:1])[:6]  # collapsed units would show no change
     walks = [model.traverse(raw[0], d, span=3.0, steps=9) for d in top]  # each (9, *shape)
     if image:
         pics = _img(_grid(torch.cat(walks), 9), "traversals", grid=True)
     else:
         pics = _img(plots.heatmaps([(f"z{d}", _flat(w)) for d, w in zip(top, walks)], "step"), "traversals")
-    out.append(_section("Latent traversals", pics + "<p class=note>Rows: latent dimensions "
-                        + ", ".join(f"z{d} (KL {kl[d]:.2f})" for d in top) + ", the most active first. Each varies "
+    out.append(_section("Latent traversals", pics + "<p class=note>Rows (panels): latent dimensions "
+                        + ", ".join(f"z{d} (KL {kl[d]:.2f})" for d in top) + ", the active ones with the most KL first. Each varies "
                         "one coordinate of the first input's posterior mean from -3 to 3.</p>"))
-    out.append(_section("Latent space", _latent(model, raw, ds.labels, kl, second)))
-    out.append(_section("Evaluation", _table({key: v for key, v in result.items() if key != "kl_per_dim"})
-                        + f"<p class=note>On the first {result['n']} examples of {_e(ds.name)}; NLL importance-"
-                        f"sampled with k = {k} (a stochastic lower bound on log p(x), tighter with larger k).</p>"))
+    out.append(_section("Latent space", _latent(model, mu, active, ds.labels, kl)))
     return out
 
 
-@torch.no_grad()
-def _latent(model, raw: torch.Tensor, labels, kl: np.ndarray, second: str) -> str:
-    mu = torch.cat([model.encode(raw[i:i + 500]).mean for i in range(0, len(raw), 500)]).double().cpu()  # (N, d)
-    active = (mu.var(0, unbiased=False) > ACTIVE).tolist() if len(mu) > 1 else [False] * model.latent_dim
+def _latent(model, mu: torch.Tensor, active: list[bool], labels, kl: np.ndarray) -> str:
     dims = [int(i) for i in np.argsort(-kl, kind="stable")[:2]]
     if len(dims) < 2:
         dims = dims * 2  # a 1-d latent space: the diagonal
     z = mu[:, dims].numpy()  # (N, 2)
-    lab = labels[:len(raw)].numpy() if labels is not None else None
+    lab = labels[:len(mu)].numpy() if labels is not None else None
     pic = plots.latent_scatter(z, (f"z{dims[0]}", f"z{dims[1]}"), lab, _prior_grid(model, dims, z))
     bars = plots.kl_bars(kl.tolist(), active)
     return (_img(pic, "latent space") + "<p class=note>Posterior means of the data in the two dimensions with "
             f"the largest KL (z{dims[0]}, z{dims[1]})" + (", coloured by label" if lab is not None else "")
             + "; grey contours: the prior's density on those two dimensions.</p>" + _img(bars, "KL per dimension")
-            + f"<p class=note>{'MMD share' if second == 'mmd' else 'KL'} per dimension; a unit is active when "
+            + "<p class=note>KL(q(z|x) || p(z)) per dimension, averaged over the data; a unit is active when "
             f"the variance over the data of its posterior mean exceeds {ACTIVE}.</p>")
 
 
@@ -317,7 +319,7 @@ def _img(data: bytes, alt: str, grid: bool = False) -> str:
     size = ""
     if grid:
         width = int.from_bytes(data[16:20], "big")  # the PNG header's IHDR width
-        size = f" class=grid width={2 * width}" if width < 500 else " class=grid"
+        size = f" class=grid width={2 * width}" if 2 * width <= 1060 else " class=grid"
     return f"<img{size} alt='{_e(alt)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
 
 
