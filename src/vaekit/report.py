@@ -341,8 +341,13 @@ def _e(text: Any) -> str:
 
 
 def _grid(x: torch.Tensor, nrow: int) -> bytes:
+    """An image grid; values outside [0, 1] (a Gaussian model of raw pixels) are rescaled
+    to the picture's own range instead of clipped."""
     from .sample import png_bytes
 
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        x = (x - lo) / max(hi - lo, 1e-12)
     return png_bytes(x, nrow)
 
 
