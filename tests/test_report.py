@@ -158,6 +158,19 @@ def test_report_refuses_bad_input_before_work(run, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.npy"]
 
 
+def test_report_without_matplotlib_names_the_fix(run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
+    assert main(["report", str(run), "digits", "-o", str(tmp_path / "r.html")]) == 2
+    assert "pip install matplotlib" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_same_seed_same_report(run, tmp_path):
+    a = vaekit.report(run, "digits", out=tmp_path / "a.html", k=2, n=30, seed=3)
+    b = vaekit.report(run, "digits", out=tmp_path / "b.html", k=2, n=30, seed=3)
+    assert a.read_bytes() == b.read_bytes()
+
+
 def hand_made_tables():
     import pandas as pd
 

@@ -19,13 +19,19 @@ DPI = 100
 REAL, FAKE = "#1f77b4", "#ff7f0e"  # real data blue, generated orange, in every picture
 
 
-def figure(width: float, height: float):
-    """A new Agg-backed Figure; a missing matplotlib is a one-line error with the fix."""
+def require():
+    """The Figure and Agg canvas classes; a missing matplotlib is a one-line error with the fix."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise ConfigError("the report needs matplotlib: pip install matplotlib (or vaekit[report])") from None
+    return Figure, FigureCanvasAgg
+
+
+def figure(width: float, height: float):
+    """A new Figure drawn by the Agg canvas."""
+    Figure, FigureCanvasAgg = require()
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig

@@ -62,6 +62,7 @@ def report(run_or_model, data: Any = None, out: str | os.PathLike = "report.html
     path = check_output_html(out)
     if k < 1 or n < 1:
         raise ConfigError(f"k={k} and n={n} must be >= 1 (--k, -n)")
+    plots.require()  # before any work
     rows: list[dict[str, Any]] = []
     if isinstance(run_or_model, (str, os.PathLike)):
         folder = Path(run_or_model)
