@@ -25,6 +25,7 @@ from .data import Dataset, check_finite, is_binary
 from .errors import ConfigError, DataError, NonFiniteError
 from .evaluate import log_likelihood
 from .model import VAE
+from .monitor import check_tensorboard, live_terms, second_term, tensorboard_writer
 from .objectives import Bound, elbo, iwae, wae_mmd
 
 METRICS = "metrics.jsonl"
@@ -161,7 +162,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     if target is not None:
         checkpoint.check_output_dir(target, force)  # before any work: bad --out costs nothing
     if config.tensorboard:
-        _check_tensorboard(target)
+        check_tensorboard(target)
 
     torch.manual_seed(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed)  # batches and binarisation
@@ -188,7 +189,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-    board = _tensorboard(run_dir) if config.tensorboard else None  # per-epoch scalars, next to metrics.jsonl
+    board = tensorboard_writer(run_dir) if config.tensorboard else None  # per-epoch scalars, next to metrics.jsonl
     history = History()
     best_loss, best_state, bad_epochs = math.inf, None, 0
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
@@ -220,7 +221,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                 sums += torch.stack([-b.bound.sum(), b.recon.sum(), b.kl.sum()]).detach().double()
                 if bar is not None:
                     seen = min((step + 1) * config.batch_size, len(x_train))
-                    bar.set_postfix(_live_terms(sums / seen, config), refresh=False)
+                    bar.set_postfix(live_terms(sums / seen, config), refresh=False)
                     bar.update(1)
             if bar is not None:
                 bar.close()
@@ -273,47 +274,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
 def _report_epoch(row: dict[str, Any], config: Config) -> None:
     val = f", val {row['val_loss']:.4f}" if "val_loss" in row else ""
     print(f"epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.4f} (recon {row['train_recon']:.3f}, "
-          f"{_kl_name(config)} {row['train_kl']:.3f}){val} [{row['seconds']:.1f}s]", file=sys.stderr, flush=True)
-
-
-def _kl_name(config: Config) -> str:
-    return "mmd" if config.objective == "wae-mmd" else "kl"  # WAE-MMD's second term is the MMD
-
-
-def _live_terms(means: torch.Tensor, config: Config) -> dict[str, str]:
-    """The bar's postfix: running means of the loss and the objective's two terms."""
-    loss, recon, second = means.tolist()
-    return {"loss": f"{loss:.3f}", "recon": f"{recon:.3f}", _kl_name(config): f"{second:.3f}"}
-
-
-def _check_tensorboard(target: Path | None) -> None:
-    """Fail before training when TensorBoard logging cannot work."""
-    if target is None:
-        raise ConfigError("tensorboard=True writes event files into the run folder; pass out=... (--out)")
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (needs the tensorboard package)
-    except ImportError:
-        raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard "
-                          "(or vaekit[tensorboard])") from None
-
-
-def _tensorboard(run_dir: Path):
-    """A callback writing each epoch's numbers as TensorBoard scalars to <run>/tensorboard:
-    `train_loss` becomes `loss/train`, so train and validation share one chart."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-
-    def log(row: dict[str, Any]) -> None:
-        for key, value in row.items():
-            if key != "epoch" and isinstance(value, (int, float)):
-                split, _, term = key.partition("_")
-                tag = f"{term}/{split}" if split in ("train", "val") and term else key
-                writer.add_scalar(tag, value, row["epoch"])
-        writer.flush()  # a live `tensorboard --logdir` sees each epoch as it ends
-
-    log.close = writer.close
-    return log
+          f"{second_term(config)} {row['train_kl']:.3f}){val} [{row['seconds']:.1f}s]", file=sys.stderr, flush=True)
 
 
 def _progress(total: int, epoch: int, config: Config):
