@@ -215,7 +215,8 @@ def test_associations_match_their_definitions():
     v = ["r"] * 30 + ["s"] * 10 + ["r"] * 10 + ["s"] * 30
     assert associations(pd.DataFrame({"u": u, "v": v}))[0, 1] == pytest.approx(0.5)
     # eta of two groups with means -1 and 1 and no spread inside them is 1
-    assert associations(pd.DataFrame({"n": [-1.0, -1.0, 1.0, 1.0], "g": ["a", "a", "b", "b"]}))[0, 1] == pytest.approx(1)
+    two_groups = pd.DataFrame({"n": [-1.0, -1.0, 1.0, 1.0], "g": ["a", "a", "b", "b"]})
+    assert associations(two_groups)[0, 1] == pytest.approx(1)
     assert associations(synthetic)[0, 1] == pytest.approx(np.corrcoef(synthetic.x, synthetic.y)[0, 1])
 
 

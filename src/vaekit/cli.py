@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("data", metavar="DATA", nargs="?",
                     help="digits | mnist | path to .npy/.npz or an image folder (optional: adds the data's pictures)")
     rp.add_argument("--data-dir", help="folder of the MNIST *-ubyte.gz files (DATA = mnist)")
-    rp.add_argument("--split", default="test", choices=["train", "test", "all"], help="part of digits/mnist (default test)")
+    rp.add_argument("--split", default="test", choices=["train", "test", "all"],
+                    help="part of digits/mnist (default test)")
     rp.add_argument("-o", "--output", required=True, help="the .html file to write")
     rp.add_argument("--k", type=int, default=100, help="importance samples for the evaluation (default 100)")
     rp.add_argument("-n", type=int, default=1000, help="examples used, from the start (default 1000)")

@@ -28,11 +28,12 @@ from . import plots
 from .errors import ConfigError
 
 ACTIVE = 0.01  # a unit is active when Var_x E[z|x] > 0.01, as in evaluate() (Burda et al. 2016)
-CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222;background:#fff}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
+body{background:#fff}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 img{max-width:100%;height:auto;display:block;margin:.4em 0}img.grid{image-rendering:pixelated}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left}
-.note{color:#666;font-size:.9em}.kv{columns:3 16em;font-size:.9em}.kv div{break-inside:avoid;padding:.1em 0}.cols{display:flex;flex-wrap:wrap;gap:.5em}.cols img{max-width:360px}"""
+.note{color:#666;font-size:.9em}.kv{columns:3 16em;font-size:.9em}.kv div{break-inside:avoid;padding:.1em 0}
+.cols{display:flex;flex-wrap:wrap;gap:.5em}.cols img{max-width:360px}"""
 
 
 def check_output_html(out: str | os.PathLike) -> Path:
@@ -171,7 +172,8 @@ def _data_sections(model, ds, n: int, k: int, image: bool) -> list[str]:
     else:
         pics = _img(plots.heatmaps([(f"z{d}", _flat(w)) for d, w in zip(top, walks)], "step"), "traversals")
     out.append(_section("Latent traversals", pics + "<p class=note>Rows (panels): latent dimensions "
-                        + ", ".join(f"z{d} (KL {kl[d]:.2f})" for d in top) + ", the active ones with the most KL first. Each varies "
+                        + ", ".join(f"z{d} (KL {kl[d]:.2f})" for d in top)
+                        + ", the active ones with the most KL first. Each varies "
                         "one coordinate of the first input's posterior mean from -3 to 3.</p>"))
     out.append(_section("Latent space", _latent(model, mu, active, ds.labels, kl)))
     return out
@@ -241,7 +243,8 @@ def table_section(real, synthetic, scores: dict[str, Any] | None = None, title: 
     if scores:
         body += "<h3>Scores</h3>" + _table(_flatten(scores))
     note = f"<p class=note>{len(real)} real and {len(synthetic)} synthetic rows"
-    note += f"; the first {max_columns} of {len(real.columns)} columns shown.</p>" if len(real.columns) > max_columns else ".</p>"
+    shown = len(real.columns) > max_columns
+    note += f"; the first {max_columns} of {len(real.columns)} columns shown.</p>" if shown else ".</p>"
     return _section(title, note + body)
 
 
