@@ -143,7 +143,8 @@ def _data_sections(model, ds, n: int, k: int, image: bool) -> list[str]:
                     f"sampled with k = {k} (a stochastic lower bound on log p(x), tighter with larger k).</p>")]
     with torch.no_grad():
         mu = torch.cat([model.encode(raw[i:i + 500]).mean for i in range(0, len(raw), 500)]).double().cpu()  # (N, d)
-    active = (mu.var(0, unbiased=False) > ACTIVE).tolist() if len(mu) > 1 else [False] * model.latent_dim
+    spread = mu.var(0, unbiased=False).numpy() if len(mu) > 1 else np.zeros(model.latent_dim)  # (d,)
+    active = (spread > ACTIVE).tolist()
     m = min(16, len(raw))
     recon = model.reconstruct(raw[:m])
     if image:
@@ -164,7 +165,8 @@ def _data_sections(model, ds, n: int, k: int, image: bool) -> list[str]:
         out.append(_section("Interpolations", pics + "<p class=note>Each row (panel) decodes 10 evenly spaced "
                             "points on the line between the posterior means of two inputs.</p>"))
     kl = np.asarray(result["kl_per_dim"])
-    ranked = [int(i) for i in np.argsort(-kl, kind="stable")]
+    # most KL first; ties (a hierarchical model's KL is split evenly) by the spread of the means
+    ranked = [int(i) for i in np.lexsort((-spread, -kl))]
     top = ([d for d in ranked if active[d]] or ranked[:1])[:6]  # collapsed units would show no change
     walks = [model.traverse(raw[0], d, span=3.0, steps=9) for d in top]  # each (9, *shape)
     if image:
@@ -175,12 +177,12 @@ def _data_sections(model, ds, n: int, k: int, image: bool) -> list[str]:
                         + ", ".join(f"z{d} (KL {kl[d]:.2f})" for d in top)
                         + ", the active ones with the most KL first. Each varies "
                         "one coordinate of the first input's posterior mean from -3 to 3.</p>"))
-    out.append(_section("Latent space", _latent(model, mu, active, ds.labels, kl)))
+    out.append(_section("Latent space", _latent(model, mu, active, ds.labels, kl, ranked)))
     return out
 
 
-def _latent(model, mu: torch.Tensor, active: list[bool], labels, kl: np.ndarray) -> str:
-    dims = [int(i) for i in np.argsort(-kl, kind="stable")[:2]]
+def _latent(model, mu: torch.Tensor, active: list[bool], labels, kl: np.ndarray, ranked: list[int]) -> str:
+    dims = ranked[:2]
     if len(dims) < 2:
         dims = dims * 2  # a 1-d latent space: the diagonal
     z = mu[:, dims].numpy()  # (N, 2)
