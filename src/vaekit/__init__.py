@@ -38,7 +38,9 @@ _EXPORTS = {
     "load": "checkpoint",
     "log_likelihood": "evaluate",
     "write_output": "sample",
+    "table_section": "report",
     "errors": None,
+    "report": None,  # the module is callable: vaekit.report(run, data, out=...)
 }
 
 __all__ = sorted(_EXPORTS)
@@ -56,7 +58,7 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from . import errors
+    from . import errors, report
     from .checkpoint import load, save
     from .config import Config
     from .data import Dataset, download_mnist, load_data
@@ -66,5 +68,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .nets import MLP, ConvDecoder, ConvEncoder
     from .objectives import Bound, elbo, iwae
     from .priors import StandardNormal
+    from .report import table_section
     from .sample import write_output
     from .train import History, fit

@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files to RUN/tensorboard")
 
     s = sub.add_parser("sample", help="generate new examples from a trained run")
     s.add_argument("run", metavar="RUN")
@@ -112,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
 
+    rp = sub.add_parser("report", help="one self-contained HTML file: curves, samples, latent space, evaluation")
+    rp.add_argument("run", metavar="RUN")
+    rp.add_argument("data", metavar="DATA", nargs="?",
+                    help="digits | mnist | path to .npy/.npz or an image folder (optional: adds the data's pictures)")
+    rp.add_argument("--data-dir", help="folder of the MNIST *-ubyte.gz files (DATA = mnist)")
+    rp.add_argument("--split", default="test", choices=["train", "test", "all"],
+                    help="part of digits/mnist (default test)")
+    rp.add_argument("-o", "--output", required=True, help="the .html file to write")
+    rp.add_argument("--k", type=int, default=100, help="importance samples for the evaluation (default 100)")
+    rp.add_argument("-n", type=int, default=1000, help="examples used, from the start (default 1000)")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--device", default="auto")
+
     d = sub.add_parser("demo", help="train on digits in seconds and write sample and reconstruction grids")
     d.add_argument("--out", default="vaekit-demo", help="folder for the demo (default vaekit-demo)")
     d.add_argument("--epochs", type=int, default=80)
@@ -143,6 +157,8 @@ def cmd_train(args) -> int:
         overrides["wae_deterministic"] = False
     if args.no_progress:
         overrides["progress"] = False
+    if args.tensorboard:
+        overrides["tensorboard"] = True
     config = Config.from_dict({**base, **overrides})
     ds = load_data(args.data, args.split, args.data_dir, args.download)
     model = fit(ds, config, out=args.out, force=args.force)
@@ -297,12 +313,25 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import check_output_html, report
+
+    _positive(args.k, "--k")
+    _positive(args.n, "-n")
+    check_output_html(args.output)
+    path = report(args.run, args.data, args.output, k=args.k, n=args.n, split=args.split, data_dir=args.data_dir,
+                  seed=args.seed, device=args.device)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import torch
 
     from .config import Config
     from .data import load_data
     from .train import fit
+    from .report import report
     from .sample import write_output
 
     out = Path(args.out)
@@ -328,6 +357,7 @@ def cmd_demo(args) -> int:
         write_output(torch.cat([x, model.reconstruct(x)]), staging / "reconstructions.png", nrow=16)
         path = model.interpolate(x[0:8:2], x[1:8:2], steps=10)  # (10, 4, 1, 8, 8)
         write_output(path.transpose(0, 1).reshape(-1, *path.shape[2:]), staging / "interpolations.png", nrow=10)
+        report(model, test, staging / "report.html", k=100, title="digits demo")
         (staging / "demo.json").write_text(json.dumps({"epochs": len(model.history.epochs)}))
         publish(staging, out)
     finally:
@@ -335,13 +365,13 @@ def cmd_demo(args) -> int:
             shutil.rmtree(staging, ignore_errors=True)
     h = model.history
     print(f"trained on digits for {len(h.epochs)} epochs (val loss {h.epochs[h.best_epoch - 1]['val_loss']:.2f} nats)")
-    for name in ("samples.png", "reconstructions.png", "interpolations.png", "run"):
+    for name in ("report.html", "samples.png", "reconstructions.png", "interpolations.png", "run"):
         print(f"  {out / name}")
     return 0
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
-            "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "demo": cmd_demo}
+            "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "report": cmd_report, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,7 @@ class Config:
     seed: int = 0  # seeds the split, initialisation, batches and sampling
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True  # show a progress bar with the running loss on stderr
+    tensorboard: bool = False  # also write TensorBoard event files to <run>/tensorboard (needs out=)
     input_shape: list[int] | None = None  # shape of one example, recorded from the data by fit()
     condition_on: str | None = None  # conditional VAE: "labels" (class labels of the data), "columns" (tables)
     condition_dim: int = 0  # size of the condition vector c given to encoder and decoder; fit() records it
@@ -124,6 +125,8 @@ class Config:
             if self.arch == "ladder" or self.prior == "vamp":
                 raise ConfigError("a conditional VAE works with --arch mlp|conv and --prior normal|mog; "
                                   "drop --arch ladder / --prior vamp or the condition")
+        if not isinstance(self.tensorboard, bool):
+            raise ConfigError(f"tensorboard={self.tensorboard!r} must be true or false (--tensorboard)")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"device={dev!r} is not auto, cpu, cuda or cuda:N")

@@ -25,6 +25,7 @@ from .data import Dataset, check_finite, is_binary
 from .errors import ConfigError, DataError, NonFiniteError
 from .evaluate import log_likelihood
 from .model import VAE
+from .monitor import check_tensorboard, live_terms, second_term, tensorboard_writer
 from .objectives import Bound, elbo, iwae, wae_mmd
 
 METRICS = "metrics.jsonl"
@@ -192,6 +193,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     target = Path(out) if out is not None else None
     if target is not None:
         checkpoint.check_output_dir(target, force)  # before any work: bad --out costs nothing
+    if config.tensorboard:
+        check_tensorboard(target)
 
     torch.manual_seed(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed)  # batches and binarisation
@@ -219,6 +222,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
+    board = tensorboard_writer(run_dir) if config.tensorboard else None  # per-epoch scalars, next to metrics.jsonl
     history = History()
     best_loss, best_state, bad_epochs = math.inf, None, 0
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
@@ -253,7 +257,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                 sums += torch.stack([-b.bound.sum(), b.recon.sum(), b.kl.sum()]).detach().double()
                 if bar is not None:
                     seen = min((step + 1) * config.batch_size, len(x_train))
-                    bar.set_postfix(loss=f"{sums[0].item() / seen:.3f}", kl=f"{sums[2].item() / seen:.2f}", refresh=False)
+                    bar.set_postfix(live_terms(sums / seen, config), refresh=False)
                     bar.update(1)
             if bar is not None:
                 bar.close()
@@ -273,6 +277,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             if run_dir is not None:
                 with open(run_dir / METRICS, "a") as f:
                     f.write(json.dumps(row) + "\n")
+            if board is not None:
+                board(row)
             score = row.get("val_loss", train_loss)
             if score < best_loss:
                 best_loss, bad_epochs, history.best_epoch = score, 0, epoch + 1
@@ -286,11 +292,15 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             model.load_state_dict(best_state)
         model.eval()
         model.history = history
+        if board is not None:
+            board.close()  # event files complete before the folder is published
         if run_dir is not None:
             extra = (METRICS,) if (run_dir / METRICS).exists() else ()
             checkpoint.write_model_files(model, run_dir, extra=extra)
             checkpoint.publish(run_dir, target)
     except BaseException:
+        if board is not None:
+            board.close()
         if run_dir is not None and run_dir.exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -300,7 +310,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
 def _report_epoch(row: dict[str, Any], config: Config) -> None:
     val = f", val {row['val_loss']:.4f}" if "val_loss" in row else ""
     print(f"epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.4f} (recon {row['train_recon']:.3f}, "
-          f"kl {row['train_kl']:.3f}){val} [{row['seconds']:.1f}s]", file=sys.stderr, flush=True)
+          f"{second_term(config)} {row['train_kl']:.3f}){val} [{row['seconds']:.1f}s]", file=sys.stderr, flush=True)
 
 
 def _progress(total: int, epoch: int, config: Config):
