@@ -28,8 +28,11 @@ def prepare_eval_data(model, x: torch.Tensor, seed: int = MNIST_TEST_BINARIZE_SE
         raise IncompatibleError(f"the data's examples have shape {tuple(x.shape[1:])} but the model expects "
                                 f"{shape}; evaluate it on data like its training data")
     check_finite(x, "the evaluation data")
-    x = x.to(model.device, torch.float32)
     config = getattr(model, "config", None)
+    if config is not None and config.likelihood == "bernoulli" and not (bool(x.min() >= 0) and bool(x.max() <= 1)):
+        raise IncompatibleError(f"the data has values in {float(x.min()):.3g}..{float(x.max()):.3g} but this model's "
+                                "Bernoulli likelihood needs [0, 1]; use data scaled like its training data")
+    x = x.to(model.device, torch.float32)
     if config is not None and config.binarize == "dynamic":
         x = binarize_fixed(x, seed)
     return x
