@@ -166,6 +166,16 @@ def read_manifest(folder: Path, fmt: str = FORMAT, version: int = FORMAT_VERSION
     return manifest
 
 
+def _check_jsonl(path: Path, data: bytes) -> None:
+    """A metrics file is JSON objects, one a line; anything else was not written by vaekit."""
+    try:
+        ok = all(isinstance(json.loads(line), dict) for line in data.decode().splitlines())
+    except (ValueError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise IntegrityError(f"{path} is not JSON lines as vaekit writes them; restore the original file")
+
+
 def load(path: str | os.PathLike, device: str | torch.device | None = None):
     """Load a saved model folder, verifying every file first. Returns the VAE in eval mode."""
     from safetensors import SafetensorError
@@ -178,6 +188,8 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None):
     # every listed file, not only the two parsed here: a damaged metrics.jsonl is news too
     verified = {name: read_verified(folder, name, manifest) for name in sorted(set(manifest["files"]) | set(MODEL_FILES))}
     config_bytes, weights = verified["config.json"], verified["model.safetensors"]
+    if "metrics.jsonl" in verified:
+        _check_jsonl(folder / "metrics.jsonl", verified["metrics.jsonl"])
     try:
         config = Config.from_json(config_bytes.decode())
         model = VAE.from_config(config)

@@ -73,6 +73,8 @@ def prepare(run_dir: Path, resume: bool, force: bool) -> None:
         raise OutputExistsError(f"{run_dir} is a file; remove it or choose another --out")
     if (run_dir / FOLDER / LATEST).exists():
         if resume:
+            for tmp in run_dir.glob(".*.tmp"):  # a file write cut short by the kill
+                tmp.unlink()
             return
         if not force:
             raise OutputExistsError(f"{run_dir} holds checkpoints of an interrupted run; pass --resume to continue "

@@ -22,7 +22,7 @@ import torch
 from . import checkpoint, resume
 from .config import Config
 from .data import Dataset, check_finite, is_binary
-from .errors import ConfigError, DataError, NonFiniteError
+from .errors import ConfigError, DataError, NonFiniteError, OutputExistsError
 from .evaluate import log_likelihood
 from .model import VAE
 from .objectives import Bound, elbo, iwae, wae_mmd
@@ -163,6 +163,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     device = resolve_device(config.device)
     target = Path(out) if out is not None else None
     if target is not None:
+        if resume_run and (target / checkpoint.MANIFEST).is_file() and not force:
+            raise OutputExistsError(f"{target} is a complete run already; nothing to resume (pass --force to train again)")
         checkpoint.check_output_dir(target, force)  # before any work: bad --out costs nothing
 
     torch.manual_seed(config.seed)

@@ -1,0 +1,419 @@
+"""What vaekit guarantees: a kill costs at most the work since the last checkpoint and a
+resumed run is bit-identical; every file is checked before use and none is ever unpickled;
+NaN stops (or skips) at its step and never reaches a checkpoint; bad input gets one line,
+a non-zero exit code and an untouched output folder."""
+
+import hashlib
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vaekit
+from vaekit import resume, train
+from vaekit.checkpoint import load
+from vaekit.cli import main
+from vaekit.config import Config
+from vaekit.errors import IncompatibleError, IntegrityError, NonFiniteError, OutputExistsError, VaekitError
+
+TINY = dict(latent_dim=2, hidden=[16], batch_size=128, lr=3e-3, progress=False, seed=1)
+SRC = str(Path(vaekit.__file__).resolve().parents[1])
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return vaekit.load_data("digits")
+
+
+def losses(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def tensors_of(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def stop_at(monkeypatch, n):
+    """Make the n-th training batch raise, as a crash would (validation calls are not counted)."""
+    real, calls = train.objective, {"n": 0}
+
+    def objective(model, x, config, *args, **kw):
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise Interrupt(f"batch {n}")
+        return real(model, x, config, *args, **kw)
+
+    monkeypatch.setattr(train, "objective", objective)
+
+
+# ---------------------------------------------------------------- checkpoints and --resume
+
+@pytest.mark.parametrize("minutes", [0.0, 1e-9])  # epoch-end checkpoints only; and one after every step
+def test_interrupted_and_resumed_in_process_is_bit_identical(digits, tmp_path, monkeypatch, minutes):
+    config = Config(epochs=4, checkpoint_minutes=minutes, **TINY)  # 11 batches per epoch
+    ref = vaekit.fit(digits, config, out=tmp_path / "ref")
+    ref_rows, ref_w = losses(ref.history.epochs), tensors_of(ref)
+    out = tmp_path / "run"
+    for n in (7, 12, 20):  # batches into each attempt: mid-epoch, across epoch boundaries
+        stop_at(monkeypatch, n)
+        with pytest.raises(Interrupt):
+            vaekit.fit(digits, config, out=out, resume_run=True)
+        monkeypatch.undo()
+        # the work so far is on disk (before the first epoch ends, only with minute-based checkpoints)
+        assert (resume.latest(out.with_name("run.partial")) is not None) == (n > 11 or minutes > 0)
+    model = vaekit.fit(digits, config, out=out, resume_run=True)
+    assert losses(model.history.epochs) == ref_rows and same_weights(tensors_of(model), ref_w)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert losses(lines) == ref_rows
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
+    assert not (out / "checkpoints").exists() and not out.with_name("run.partial").exists()
+
+
+def test_checkpoint_contents_and_atomic_layout(digits, tmp_path, monkeypatch):
+    stop_at(monkeypatch, 25)  # in epoch 3 of 11 batches
+    with pytest.raises(Interrupt):
+        vaekit.fit(digits, Config(epochs=5, checkpoint_every=2, **TINY), out=tmp_path / "r")
+    root = tmp_path / "r.partial" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["e0002-s000000", "latest"]  # every 2 epochs, no temp folders
+    folder = resume.latest(tmp_path / "r.partial")
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "state.json", "tensors.safetensors"]
+    state = json.loads((folder / "state.json").read_text())
+    assert state["loop"]["epoch"] == 2 and len(state["loop"]["history"]) == 2 and state["loop"]["best_epoch"] >= 1
+    from safetensors.torch import load_file
+
+    keys = set(load_file(folder / "tensors.safetensors"))
+    assert {"rng.batches", "rng.torch"} <= keys
+    assert any(k.startswith("optim.") and k.endswith("exp_avg_sq") for k in keys)
+    assert any(k.startswith("best.") for k in keys) and any(k.startswith("model.") for k in keys)
+    # without --resume, an interrupted run's checkpoints are never deleted silently
+    with pytest.raises(OutputExistsError, match="--resume"):
+        vaekit.fit(digits, Config(epochs=5, checkpoint_every=2, **TINY), out=tmp_path / "r")
+    assert resume.latest(tmp_path / "r.partial") == folder
+
+
+def test_resume_refuses_other_options_or_data(digits, tmp_path, monkeypatch):
+    config = Config(epochs=3, **TINY)
+    stop_at(monkeypatch, 15)
+    with pytest.raises(Interrupt):
+        vaekit.fit(digits, config, out=tmp_path / "r")
+    monkeypatch.undo()
+    with pytest.raises(IncompatibleError, match="latent_dim=2 .now 3."):
+        vaekit.fit(digits, config.replace(latent_dim=3), out=tmp_path / "r", resume_run=True)
+    with pytest.raises(IncompatibleError, match="other training data"):
+        vaekit.fit(digits.x[:1000], config, out=tmp_path / "r", resume_run=True)
+    code = main(["train", "digits", "--out", str(tmp_path / "r"), "--latent-dim", "2", "--hidden", "16",
+                 "--batch-size", "128", "--lr", "3e-3", "--seed", "1", "--epochs", "3", "--no-progress", "--resume"])
+    assert code == 0 and (tmp_path / "r" / "manifest.json").is_file()
+    assert main(["train", "digits", "--out", str(tmp_path / "r"), "--resume"]) == 2  # complete: nothing to resume
+
+
+def _train_cmd(data, out, *extra):
+    return [sys.executable, "-m", "vaekit", "train", str(data), "--out", str(out), "--epochs", "6",
+            "--latent-dim", "2", "--hidden", "32", "--batch-size", "32", "--lr", "3e-3", "--seed", "2",
+            "--no-progress", "--checkpoint-minutes", "0.003", *extra]
+
+
+def _wait_for(path: Path, proc, timeout=60.0, changed_from=None) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        if path.exists() and (changed_from is None or path.read_bytes() != changed_from):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_kill_9_at_random_moments_then_resume_is_bit_identical(digits, tmp_path):
+    """Real processes, real SIGKILL: the resumed run's losses and weights equal an uninterrupted run's."""
+    data = tmp_path / "digits.npy"
+    np.save(data, digits.x.numpy())
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    out = tmp_path / "run"
+    partial, pointer = tmp_path / "run.partial", tmp_path / "run.partial" / "checkpoints" / "latest"
+    ref = subprocess.Popen(_train_cmd(data, tmp_path / "ref"), env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)  # runs alongside the first victim
+    rng = random.Random(8)
+    hits = 0
+    for round_ in range(3):
+        before = pointer.read_bytes() if pointer.exists() else None
+        proc = subprocess.Popen(_train_cmd(data, out, "--resume"), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        if round_ == 0:  # anywhere from start-up on: before the first checkpoint is fair game too
+            _wait_for(partial, proc)
+            time.sleep(rng.uniform(0.0, 0.8))
+        else:  # once this process has saved progress of its own
+            _wait_for(pointer, proc, changed_from=before)
+            time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        rc = proc.wait()
+        hits += rc == -signal.SIGKILL and pointer.exists()
+    assert hits >= 2, "the kills should land while training, with checkpoints on disk"
+    if not (out / "manifest.json").exists():
+        final = subprocess.run(_train_cmd(data, out, "--resume"), env=env, capture_output=True, text=True)
+        assert final.returncode == 0, final.stderr
+    assert ref.wait() == 0, ref.stderr.read()
+    ref_rows = losses(json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines())
+    got_rows = losses(json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines())
+    assert len(ref_rows) == 6 and got_rows == ref_rows
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
+    assert vaekit.load(out).input_shape == (1, 8, 8)
+
+
+# ---------------------------------------------------------------- integrity
+
+def _corrupt(data: bytes, rng: random.Random) -> bytes:
+    """One random damage: truncation, a flipped bit, an overwritten or inserted byte, a cut range."""
+    n = len(data)
+    kind = rng.randrange(5)
+    i = rng.randrange(n)
+    if kind == 0:
+        out = data[:i]
+    elif kind == 1:
+        out = data[:i] + bytes([data[i] ^ (1 << rng.randrange(8))]) + data[i + 1:]
+    elif kind == 2:
+        out = data[:i] + bytes([rng.choice([b for b in range(256) if b != data[i]])]) + data[i + 1:]
+    elif kind == 3:
+        out = data[:i] + bytes([rng.randrange(256)]) + data[i:]
+    else:
+        out = data[:i] + data[i + rng.randint(1, max(1, min(64, n - i))):]
+    return out if out != data else data[:-1]
+
+
+def _all_refused(path: Path, loader, rng: random.Random, times=200):
+    original = path.read_bytes()
+    try:
+        for _ in range(times):
+            path.write_bytes(_corrupt(original, rng))
+            with pytest.raises(IntegrityError) as info:
+                loader()
+            assert path.name in str(info.value) or "latest" in str(info.value) or \
+                path.parent.name in str(info.value), str(info.value)
+    finally:
+        path.write_bytes(original)
+    loader()  # and the intact file still loads
+
+
+def test_200_random_corruptions_of_every_saved_file_are_refused(digits, tmp_path, monkeypatch):
+    rng = random.Random(0)
+    stop_at(monkeypatch, 20)
+    with pytest.raises(Interrupt):
+        vaekit.fit(digits, Config(epochs=3, **TINY), out=tmp_path / "r")
+    monkeypatch.undo()
+    run = tmp_path / "r.partial"
+    folder = resume.latest(run)
+    config = json_config(folder)
+    model = vaekit.VAE.from_config(config)
+    opt = torch.optim.Adam(model.parameters())
+    fingerprint = resume.data_fingerprint(digits.x)
+
+    def load_state():
+        return resume.restore(run, model, opt, torch.Generator(), config, fingerprint)
+
+    for name in ("state.json", "tensors.safetensors", "manifest.json"):
+        _all_refused(folder / name, load_state, rng)
+    _all_refused(run / "checkpoints" / "latest", load_state, rng)
+    saved = vaekit.fit(digits, Config(epochs=1, **TINY), out=tmp_path / "m")
+    assert saved is not None
+    for name in ("config.json", "model.safetensors", "manifest.json", "metrics.jsonl"):
+        _all_refused(tmp_path / "m" / name, lambda: load(tmp_path / "m"), rng)
+
+
+def json_config(folder: Path) -> Config:
+    return Config.from_dict(json.loads((folder / "state.json").read_text())["config"])
+
+
+# ---------------------------------------------------------------- no pickle, ever
+
+class Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+def _pickle_bytes(marker: Path) -> bytes:
+    return pickle.dumps({"x": Payload(marker)})
+
+
+def _torch_save_bytes(marker: Path, tmp: Path) -> bytes:
+    path = tmp / "evil.pt"
+    torch.save({"w": torch.zeros(2), "p": Payload(marker)}, path)  # a zip holding a pickle
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("force_unsafe", [False, True])
+def test_planted_pickles_are_never_executed(digits, tmp_path, monkeypatch, force_unsafe):
+    if force_unsafe:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "MARKER"
+    evil = {"pickle": _pickle_bytes(marker), "torch.save": _torch_save_bytes(marker, tmp_path)}
+    stop_at(monkeypatch, 15)
+    with pytest.raises(Interrupt):
+        vaekit.fit(digits, Config(epochs=3, **TINY), out=tmp_path / "r")
+    monkeypatch.undo()
+    if force_unsafe:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    vaekit.fit(digits, Config(epochs=1, **TINY), out=tmp_path / "m")
+    ckpt = resume.latest(tmp_path / "r.partial")
+    model_files = [tmp_path / "m" / n for n in ("config.json", "model.safetensors", "manifest.json", "metrics.jsonl")]
+    ckpt_files = [ckpt / n for n in ("state.json", "tensors.safetensors", "manifest.json")]
+    ckpt_files.append(tmp_path / "r.partial" / "checkpoints" / "latest")
+    config = json_config(ckpt)
+    resume_args = ["train", "digits", "--out", str(tmp_path / "r"), "--resume", "--latent-dim", "2", "--hidden",
+                   "16", "--batch-size", "128", "--lr", "3e-3", "--seed", "1", "--epochs", "3", "--no-progress"]
+    checked = 0
+    for kind, payload in evil.items():
+        for path in model_files + ckpt_files:
+            original = path.read_bytes()
+            for rehash in (False, True):  # as planted, and with the manifest rewritten to match it
+                if rehash and path.name in ("manifest.json", "latest"):
+                    continue  # nothing vouches for these but their own form (and the pointer's sha256)
+                path.write_bytes(payload)
+                if rehash:
+                    _rehash(path)
+                try:
+                    if path in model_files:
+                        with pytest.raises(VaekitError):
+                            load(path.parent)
+                        assert main(["sample", str(path.parent), "-n", "2", "-o", str(tmp_path / "s.npy")]) == 2
+                    else:
+                        model = vaekit.VAE.from_config(config)
+                        with pytest.raises(VaekitError):
+                            resume.restore(tmp_path / "r.partial", model, torch.optim.Adam(model.parameters()),
+                                           torch.Generator(), config, resume.data_fingerprint(digits.x))
+                        assert main(resume_args) == 2
+                    assert not marker.exists(), (kind, path, rehash)
+                    checked += 1
+                finally:
+                    path.write_bytes(original)
+                    if rehash:
+                        _rehash(path)
+    assert checked == 2 * (8 + 5)
+    for name in ("data.npy", "data.npz"):  # data files: .npy / .npz holding pickles
+        bad = tmp_path / name
+        if name.endswith(".npy"):
+            np.save(bad, np.array([Payload(marker), Payload(marker)], dtype=object).reshape(2, 1), allow_pickle=True)
+        else:
+            np.savez(bad, x=np.array([Payload(marker)] * 2, dtype=object).reshape(2, 1))
+        for argv in (["train", str(bad), "--out", str(tmp_path / "o")],
+                     ["evaluate", str(tmp_path / "m"), str(bad)],
+                     ["reconstruct", str(tmp_path / "m"), str(bad), "-o", str(tmp_path / "o.npy")]):
+            assert main(argv) == 2
+        bad.write_bytes(evil["pickle"])
+        assert main(["train", str(bad), "--out", str(tmp_path / "o")]) == 2
+    cfg = tmp_path / "cfg.json"
+    cfg.write_bytes(evil["pickle"])
+    assert main(["train", "digits", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert not marker.exists() and not (tmp_path / "o").exists()
+
+
+def _rehash(path: Path) -> None:
+    """Rewrite the manifest next to `path` so it vouches for the file's current bytes."""
+    manifest = path.parent / "manifest.json"
+    m = json.loads(manifest.read_text())
+    data = path.read_bytes()
+    m["files"][path.name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest.write_text(json.dumps(m, indent=2))
+    pointer = path.parent.parent / "latest"
+    if pointer.exists() and path.parent.parent.name == "checkpoints":
+        p = json.loads(pointer.read_text())
+        p["manifest_sha256"] = hashlib.sha256(manifest.read_bytes()).hexdigest()
+        pointer.write_text(json.dumps(p))
+
+
+def test_no_pickle_in_the_source():
+    src = Path(vaekit.__file__).parent
+    for f in src.glob("*.py"):
+        text = f.read_text()
+        for banned in ("import pickle", "torch.load(", "allow_pickle=True", "weights_only=False"):
+            assert banned not in text, (f.name, banned)
+
+
+# ---------------------------------------------------------------- NaN
+
+def nan_at(monkeypatch, steps, where="loss"):
+    """Make the given training batches (1-based) produce a NaN loss, or finite loss with NaN gradients."""
+    real, calls = train.objective, {"n": 0}
+
+    def objective(model, x, config, *args, **kw):
+        b = real(model, x, config, *args, **kw)
+        if not model.training:
+            return b
+        calls["n"] += 1
+        if calls["n"] not in steps:
+            return b
+        if where == "loss":
+            return b._replace(bound=b.bound * float("nan"))
+        p = next(model.parameters())
+        return b._replace(bound=b.bound + 0 * torch.sqrt(0 * p.sum()))  # finite value, NaN gradient
+
+    monkeypatch.setattr(train, "objective", objective)
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_nonfinite_stops_at_its_step_naming_the_last_checkpoint(digits, tmp_path, monkeypatch, where):
+    nan_at(monkeypatch, {25}, where)  # epoch 3, step 2 (11 batches per epoch)
+    with pytest.raises(NonFiniteError) as info:
+        vaekit.fit(digits, Config(epochs=4, **TINY), out=tmp_path / "r")
+    msg = str(info.value)
+    assert f"the {where} became non-finite at epoch 3, step 2" in msg
+    last = resume.latest(tmp_path / "r.partial")
+    assert str(last) in msg and last.name == "e0002-s000000"
+    from safetensors.torch import load_file
+
+    assert all(torch.isfinite(t).all() for t in load_file(last / "tensors.safetensors").values() if t.is_floating_point())
+    monkeypatch.undo()  # the cause is gone: resume carries on from the checkpoint
+    model = vaekit.fit(digits, Config(epochs=4, **TINY), out=tmp_path / "r", resume_run=True)
+    assert len(model.history.epochs) == 4
+
+
+def test_skip_nonfinite_counts_skips_and_aborts_on_a_long_streak(digits, tmp_path, monkeypatch, capsys):
+    nan_at(monkeypatch, {3, 14, 15})
+    model = vaekit.fit(digits, Config(epochs=2, skip_nonfinite=2, **TINY))
+    assert [r["skipped_batches"] for r in model.history.epochs] == [1, 2]
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    monkeypatch.undo()
+    nan_at(monkeypatch, {3, 4, 5, 6}, "gradient")
+    with pytest.raises(NonFiniteError, match="epoch 1, step 5; no checkpoint"):
+        vaekit.fit(digits, Config(epochs=2, skip_nonfinite=3, **TINY))
+    monkeypatch.undo()
+    nan_at(monkeypatch, set(range(1, 100)))
+    assert main(["train", "digits", "--out", str(tmp_path / "x"), "--epochs", "1", "--skip-nonfinite",
+                 "--hidden", "8", "--no-progress"]) == 3
+    err = capsys.readouterr().err
+    assert "step 10" in err and len(err.strip().splitlines()) == 1  # the default streak limit is 10
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_no_checkpoint_or_model_with_nonfinite_values_is_ever_written(digits, tmp_path):
+    model = vaekit.VAE.from_config(Config(input_shape=[1, 8, 8], likelihood="bernoulli", **TINY))
+    opt = torch.optim.Adam(model.parameters())
+    run = tmp_path / "r.partial"
+    run.mkdir()
+    resume.save(run, model, opt, torch.Generator(), resume.LoopState(), None, model.config, "x")
+    with torch.no_grad():
+        model.decoder.net[0].bias[0] = float("inf")
+    with pytest.raises(NonFiniteError, match="no checkpoint written"):
+        resume.save(run, model, opt, torch.Generator(), resume.LoopState(epoch=1), None, model.config, "x")
+    assert resume.latest(run).name == "e0000-s000000"
+    with pytest.raises(NonFiniteError):
+        resume.finite_or_raise(model, "the trained model")
