@@ -417,3 +417,148 @@ def test_no_checkpoint_or_model_with_nonfinite_values_is_ever_written(digits, tm
     assert resume.latest(run).name == "e0000-s000000"
     with pytest.raises(NonFiniteError):
         resume.finite_or_raise(model, "the trained model")
+
+
+# ---------------------------------------------------------------- bad input, across commands
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, digits):
+    """A folder with a trained image run, a trained table run and many kinds of bad files."""
+    d = tmp_path_factory.mktemp("world")
+    fast = ["--epochs", "1", "--latent-dim", "2", "--hidden", "16", "--no-progress"]
+    assert main(["train", "digits", "--out", str(d / "run"), *fast]) == 0
+    np.save(d / "table.npy", np.random.default_rng(0).normal(0, 3, (40, 5)).astype(np.float32))
+    assert main(["train", str(d / "table.npy"), "--out", str(d / "trun"), *fast]) == 0
+    arrays = {
+        "empty.npy": np.zeros((0, 4), np.float32), "nan.npy": np.array([[0.0, np.nan], [1.0, 2.0]], np.float32),
+        "inf.npy": np.array([[0.0, np.inf], [1.0, 2.0]], np.float32), "vec.npy": np.arange(5.0),
+        "text.npy": np.array([["a", "b"], ["c", "d"]]), "complex.npy": np.ones((3, 2), np.complex64),
+        "wrong.npy": np.random.rand(5, 7).astype(np.float32), "one.npy": digits.x[:1].numpy(),
+        "big.npy": np.full((4, 1, 8, 8), 3.0, np.float32), "imgnan.npy": np.full((4, 1, 8, 8), np.nan, np.float32),
+    }
+    for name, arr in arrays.items():
+        np.save(d / name, arr)
+    np.save(d / "pickled.npy", np.array([{"a": 1}, {"b": 2}], dtype=object).reshape(2, 1), allow_pickle=True)
+    np.savez(d / "multi.npz", a=np.ones((3, 2)), b=np.ones((3, 2)))
+    np.savez(d / "labels.npz", x=np.ones((5, 2)), labels=np.arange(3))
+    (d / "data.txt").write_text("1,2\n3,4\n")
+    (d / "afile").write_text("not a folder")
+    (d / "full").mkdir()
+    (d / "full" / "keep.txt").write_text("precious")
+    (d / "exists.npy").write_bytes(b"old output")
+    (d / "unknown.json").write_text('{"latent_dimz": 3}')
+    (d / "list.json").write_text("[1, 2]")
+    (d / "pickle.json").write_bytes(pickle.dumps({"a": 1}))
+    (d / "wrongtype.json").write_text('{"hidden": "wide"}')
+    damaged = d / "damaged"
+    damaged.mkdir()
+    for f in (d / "run").iterdir():
+        (damaged / f.name).write_bytes(f.read_bytes())
+    w = bytearray((damaged / "model.safetensors").read_bytes())
+    w[-3] ^= 0x10
+    (damaged / "model.safetensors").write_bytes(bytes(w))
+    return d
+
+
+T = ["train"]
+R = "{d}/run"
+CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
+    (T + ["{d}/nope.npy", "--out", "{d}/o"], "no such file or folder", 2),
+    (T + ["cifar10", "--out", "{d}/o"], "not a dataset name", 2),
+    (T + ["{d}/empty.npy", "--out", "{d}/o"], "N >= 1", 2),
+    (T + ["{d}/nan.npy", "--out", "{d}/o"], "NaN/Inf", 2),
+    (T + ["{d}/inf.npy", "--out", "{d}/o"], "NaN/Inf", 2),
+    (T + ["{d}/vec.npy", "--out", "{d}/o"], "need (N, features...)", 2),
+    (T + ["{d}/text.npy", "--out", "{d}/o"], "must be real numbers", 2),
+    (T + ["{d}/complex.npy", "--out", "{d}/o"], "must be real numbers", 2),
+    (T + ["{d}/pickled.npy", "--out", "{d}/o"], "not a readable numpy array", 2),
+    (T + ["{d}/multi.npz", "--out", "{d}/o"], "name the data array 'x'", 2),
+    (T + ["{d}/labels.npz", "--out", "{d}/o"], "3 labels for 5 examples", 2),
+    (T + ["{d}/data.txt", "--out", "{d}/o"], "unsupported file type .txt", 2),
+    (T + ["mnist", "--out", "{d}/o"], "--data-dir", 2),
+    (T + ["digits", "--out", "{d}/o", "--latent-dim", "0"], "latent_dim=0 must be >= 1", 2),
+    (T + ["digits", "--out", "{d}/o", "--epochs", "-1"], "epochs=-1 must be >= 0", 2),
+    (T + ["digits", "--out", "{d}/o", "--batch-size", "0"], "batch_size=0", 2),
+    (T + ["digits", "--out", "{d}/o", "--lr", "nan"], "lr=nan must be a finite number", 2),
+    (T + ["digits", "--out", "{d}/o", "--beta", "inf"], "beta=inf must be a finite number", 2),
+    (T + ["digits", "--out", "{d}/o", "--val-fraction", "1.5"], "val_fraction=1.5", 2),
+    (T + ["digits", "--out", "{d}/o", "--hidden", "0"], "hidden=[0]", 2),
+    (T + ["digits", "--out", "{d}/o", "--hidden", "wide"], "not a comma-separated list of integers", 2),
+    (T + ["digits", "--out", "{d}/o", "--epochs", "ten"], "invalid int value: 'ten'", 2),
+    (T + ["digits", "--out", "{d}/o", "--arch", "transformer"], "invalid choice: 'transformer'", 2),
+    (T + ["digits", "--out", "{d}/o", "--bogus"], "unrecognized arguments: --bogus", 2),
+    (T + ["digits"], "the following arguments are required: --out", 2),
+    (T + ["digits", "--out", "{d}/o", "--objective", "elbo", "--k", "5"], "only applies to --objective iwae", 2),
+    (T + ["digits", "--out", "{d}/o", "--device", "gpu"], "not auto, cpu, cuda or cuda:N", 2),
+    (T + ["digits", "--out", "{d}/o", "--checkpoint-every", "-2"], "checkpoint_every=-2", 2),
+    (T + ["digits", "--out", "{d}/o", "--checkpoint-minutes", "-1"], "checkpoint_minutes=-1", 2),
+    (T + ["digits", "--out", "{d}/full"], "exists and is not empty; choose another --out or pass --force", 2),
+    (T + ["digits", "--out", "{d}/afile"], "is a file", 2),
+    (T + ["digits", "--out", "{d}/afile/run"], "cannot create", 2),
+    (T + ["digits", "--out", "{d}/o", "--config", "{d}/none.json"], "cannot read JSON", 2),
+    (T + ["digits", "--out", "{d}/o", "--config", "{d}/unknown.json"], "unknown config field(s) ['latent_dimz']", 2),
+    (T + ["digits", "--out", "{d}/o", "--config", "{d}/list.json"], "must be a JSON object", 2),
+    (T + ["digits", "--out", "{d}/o", "--config", "{d}/pickle.json"], "cannot read JSON", 2),
+    (T + ["digits", "--out", "{d}/o", "--config", "{d}/wrongtype.json"], "wrong type", 2),
+    (T + ["{d}/table.npy", "--out", "{d}/o", "--arch", "conv"], "--arch conv needs images", 2),
+    (T + ["{d}/table.npy", "--out", "{d}/o", "--likelihood", "bernoulli"], "needs [0, 1]", 2),
+    (["sample", "{d}/norun", "-o", "{d}/s.png"], "not a vaekit run folder", 2),
+    (["sample", "{d}/afile", "-o", "{d}/s.png"], "not a vaekit run folder", 2),
+    (["sample", "{d}/damaged", "-o", "{d}/s.png"], "does not match its sha256", 2),
+    (["sample", R, "-n", "0", "-o", "{d}/s.png"], "-n 0 must be >= 1", 2),
+    (["sample", R, "-n", "many", "-o", "{d}/s.png"], "invalid int value: 'many'", 2),
+    (["sample", R, "-o", "{d}/s.txt"], "must end in .png", 2),
+    (["sample", R, "-o", "{d}/nodir/s.png"], "does not exist", 2),
+    (["sample", R, "-o", "{d}/exists.npy"], "pass --force to overwrite", 2),
+    (["sample", R, "-o", "{d}/full"], "must end in .png", 2),
+    (["sample", R, "-o", "{d}/s.png", "--temperature", "0"], "--temperature 0.0 must be > 0", 2),
+    (["sample", R, "-o", "{d}/s.png", "--temperature", "nan"], "--temperature nan", 2),
+    (["sample", R, "-o", "{d}/s.png", "--device", "tpu"], "not auto, cpu, cuda", 2),
+    (["sample", "{d}/trun", "-o", "{d}/s.png"], "not images; write .npy", 2),
+    (["sample"], "the following arguments are required", 2),
+    (["reconstruct", R, "{d}/wrong.npy", "-o", "{d}/r.npy"], "but the model expects (1, 8, 8)", 2),
+    (["reconstruct", "{d}/trun", "digits", "-o", "{d}/r.npy"], "but the model expects (5,)", 2),
+    (["reconstruct", R, "{d}/big.npy", "-o", "{d}/r.npy"], "Bernoulli likelihood needs [0, 1]", 2),
+    (["reconstruct", R, "{d}/imgnan.npy", "-o", "{d}/r.npy"], "NaN/Inf", 2),
+    (["reconstruct", R, "digits", "-n", "0", "-o", "{d}/r.npy"], "-n 0 must be >= 1", 2),
+    (["reconstruct", R, "{d}/nope.npy", "-o", "{d}/r.npy"], "no such file", 2),
+    (["reconstruct", R, "digits", "-o", "{d}/exists.npy"], "pass --force", 2),
+    (["interpolate", R, "digits", "--steps", "1", "-o", "{d}/i.npy"], "--steps 1 must be >= 2", 2),
+    (["interpolate", R, "digits", "--pairs", "0", "-o", "{d}/i.npy"], "--pairs 0 must be >= 1", 2),
+    (["interpolate", R, "{d}/one.npy", "-o", "{d}/i.npy"], "at least two examples", 2),
+    (["interpolate", R, "digits", "-o", "{d}/i.gif"], "must end in .png", 2),
+    (["evaluate", R, "digits", "--k", "0"], "--k 0 must be >= 1", 2),
+    (["evaluate", R, "digits", "--batch-size", "0"], "--batch-size 0 must be >= 1", 2),
+    (["evaluate", R, "digits", "-n", "-3"], "-n -3 must be >= 1", 2),
+    (["evaluate", R, "{d}/wrong.npy"], "but the model expects (1, 8, 8)", 2),
+    (["evaluate", "{d}/trun", "digits"], "but the model expects (5,)", 2),
+    (["evaluate", R, "{d}/big.npy"], "Bernoulli likelihood needs [0, 1]", 2),
+    (["evaluate", R, "digits", "--split", "valid"], "invalid choice: 'valid'", 2),
+    (["evaluate", "{d}/damaged", "digits"], "does not match its sha256", 2),
+    (["demo", "--out", "{d}/full"], "not a vaekit demo folder", 2),
+    (["demo", "--out", "{d}/afile"], "is a file", 2),
+    (["demo", "--out", "{d}/o", "--epochs", "0"], "--epochs 0 must be >= 1", 2),
+    (["fly"], "invalid choice: 'fly'", 2),
+    ([], "the following arguments are required: COMMAND", 2),
+]
+
+
+def _folder_hash(d: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(d.rglob("*")):
+        h.update(str(p.relative_to(d)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("argv,fragment,code", CASES, ids=[" ".join(c[0][:4]).replace("{d}/", "") for c in CASES])
+def test_bad_input_one_line_exit_code_nothing_changed(world, capsys, argv, fragment, code):
+    argv = [a.format(d=world) for a in argv]
+    before = _folder_hash(world)
+    capsys.readouterr()
+    assert main(argv) == code, argv
+    err = capsys.readouterr().err
+    assert err.startswith("vaekit: error:") and len(err.strip().splitlines()) == 1, err
+    assert fragment in err, (fragment, err)
+    assert _folder_hash(world) == before

@@ -151,6 +151,8 @@ def cmd_train(args) -> int:
             base = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as e:  # missing, unreadable, not UTF-8, not JSON
             raise ConfigError(f"--config {args.config}: cannot read JSON ({e})") from None
+        if not isinstance(base, dict):
+            raise ConfigError(f"--config {args.config}: must be a JSON object of Config fields, e.g. {{\"epochs\": 20}}")
     overrides = {f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f) is not None}
     if args.objective == "iwae" and args.k is None and base.get("k") is None:
         overrides["k"] = 5
