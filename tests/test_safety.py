@@ -68,18 +68,19 @@ def stop_at(monkeypatch, n):
 
 @pytest.mark.parametrize("minutes", [0.0, 1e-9])  # epoch-end checkpoints only; and one after every step
 def test_interrupted_and_resumed_in_process_is_bit_identical(digits, tmp_path, monkeypatch, minutes):
-    config = Config(epochs=4, checkpoint_minutes=minutes, **TINY)  # 11 batches per epoch
-    ref = vaekit.fit(digits, config, out=tmp_path / "ref")
+    x = digits.x[:600]  # 540 for training: 5 batches per epoch
+    config = Config(epochs=4, checkpoint_minutes=minutes, **TINY)
+    ref = vaekit.fit(x, config, out=tmp_path / "ref")
     ref_rows, ref_w = losses(ref.history.epochs), tensors_of(ref)
     out = tmp_path / "run"
-    for n in (7, 12, 20):  # batches into each attempt: mid-epoch, across epoch boundaries
+    for n in (3, 6, 9):  # batches into each attempt: mid-epoch, across epoch boundaries
         stop_at(monkeypatch, n)
         with pytest.raises(Interrupt):
-            vaekit.fit(digits, config, out=out, resume_run=True)
+            vaekit.fit(x, config, out=out, resume=True)
         monkeypatch.undo()
         # the work so far is on disk (before the first epoch ends, only with minute-based checkpoints)
-        assert (resume.latest(out.with_name("run.partial")) is not None) == (n > 11 or minutes > 0)
-    model = vaekit.fit(digits, config, out=out, resume_run=True)
+        assert (resume.latest(out.with_name("run.partial")) is not None) == (n > 5 or minutes > 0)
+    model = vaekit.fit(x, config, out=out, resume=True)
     assert losses(model.history.epochs) == ref_rows and same_weights(tensors_of(model), ref_w)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert losses(lines) == ref_rows
@@ -116,9 +117,9 @@ def test_resume_refuses_other_options_or_data(digits, tmp_path, monkeypatch):
         vaekit.fit(digits, config, out=tmp_path / "r")
     monkeypatch.undo()
     with pytest.raises(IncompatibleError, match="latent_dim=2 .now 3."):
-        vaekit.fit(digits, config.replace(latent_dim=3), out=tmp_path / "r", resume_run=True)
+        vaekit.fit(digits, config.replace(latent_dim=3), out=tmp_path / "r", resume=True)
     with pytest.raises(IncompatibleError, match="other training data"):
-        vaekit.fit(digits.x[:1000], config, out=tmp_path / "r", resume_run=True)
+        vaekit.fit(digits.x[:1000], config, out=tmp_path / "r", resume=True)
     code = main(["train", "digits", "--out", str(tmp_path / "r"), "--latent-dim", "2", "--hidden", "16",
                  "--batch-size", "128", "--lr", "3e-3", "--seed", "1", "--epochs", "3", "--no-progress", "--resume"])
     assert code == 0 and (tmp_path / "r" / "manifest.json").is_file()
@@ -126,18 +127,20 @@ def test_resume_refuses_other_options_or_data(digits, tmp_path, monkeypatch):
 
 
 def _train_cmd(data, out, *extra):
-    return [sys.executable, "-m", "vaekit", "train", str(data), "--out", str(out), "--epochs", "6",
+    return [sys.executable, "-m", "vaekit", "train", str(data), "--out", str(out), "--epochs", "10",
             "--latent-dim", "2", "--hidden", "32", "--batch-size", "32", "--lr", "3e-3", "--seed", "2",
             "--no-progress", "--checkpoint-minutes", "0.003", *extra]
 
 
-def _wait_for(path: Path, proc, timeout=60.0, changed_from=None) -> bool:
+def _wait_for_checkpoints(pointer: Path, proc, count: int, timeout=120.0) -> None:
+    """Return once `proc` has moved `latest` on `count` times (or has ended)."""
+    seen, last = 0, pointer.read_bytes() if pointer.exists() else None
     end = time.monotonic() + timeout
-    while time.monotonic() < end and proc.poll() is None:
-        if path.exists() and (changed_from is None or path.read_bytes() != changed_from):
-            return True
-        time.sleep(0.01)
-    return False
+    while seen < count and time.monotonic() < end and proc.poll() is None:
+        now = pointer.read_bytes() if pointer.exists() else None
+        if now != last:
+            seen, last = seen + 1, now
+        time.sleep(0.002)
 
 
 def test_kill_9_at_random_moments_then_resume_is_bit_identical(digits, tmp_path):
@@ -153,26 +156,23 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(digits, tmp_path)
     rng = random.Random(8)
     hits = 0
     for round_ in range(3):
-        before = pointer.read_bytes() if pointer.exists() else None
         proc = subprocess.Popen(_train_cmd(data, out, "--resume"), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        if round_ == 0:  # anywhere from start-up on: before the first checkpoint is fair game too
-            _wait_for(partial, proc)
-            time.sleep(rng.uniform(0.0, 0.8))
-        else:  # once this process has saved progress of its own
-            _wait_for(pointer, proc, changed_from=before)
-            time.sleep(rng.uniform(0.0, 0.3))
+        # at a random moment: start-up included in the first round, then after 1-2 checkpoints of its own
+        # (10 epochs, one checkpoint per epoch at least: three rounds never reach the end of training)
+        _wait_for_checkpoints(pointer, proc, 0 if round_ == 0 else rng.randint(1, 2))
+        time.sleep(rng.uniform(0.0, 1.5 if round_ == 0 else 0.05))
         proc.send_signal(signal.SIGKILL)
         rc = proc.wait()
         hits += rc == -signal.SIGKILL and pointer.exists()
     assert hits >= 2, "the kills should land while training, with checkpoints on disk"
-    if not (out / "manifest.json").exists():
-        final = subprocess.run(_train_cmd(data, out, "--resume"), env=env, capture_output=True, text=True)
-        assert final.returncode == 0, final.stderr
+    assert partial.exists() and not out.exists()
+    final = subprocess.run(_train_cmd(data, out, "--resume"), env=env, capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
     assert ref.wait() == 0, ref.stderr.read()
     ref_rows = losses(json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines())
     got_rows = losses(json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines())
-    assert len(ref_rows) == 6 and got_rows == ref_rows
+    assert len(ref_rows) == 10 and got_rows == ref_rows
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
     assert vaekit.load(out).input_shape == (1, 8, 8)
 
@@ -382,7 +382,7 @@ def test_nonfinite_stops_at_its_step_naming_the_last_checkpoint(digits, tmp_path
 
     assert all(torch.isfinite(t).all() for t in load_file(last / "tensors.safetensors").values() if t.is_floating_point())
     monkeypatch.undo()  # the cause is gone: resume carries on from the checkpoint
-    model = vaekit.fit(digits, Config(epochs=4, **TINY), out=tmp_path / "r", resume_run=True)
+    model = vaekit.fit(digits, Config(epochs=4, **TINY), out=tmp_path / "r", resume=True)
     assert len(model.history.epochs) == 4
 
 

@@ -162,7 +162,7 @@ def cmd_train(args) -> int:
         overrides["progress"] = False
     config = Config.from_dict({**base, **overrides})
     ds = load_data(args.data, args.split, args.data_dir, args.download)
-    model = fit(ds, config, out=args.out, force=args.force, resume_run=args.resume)
+    model = fit(ds, config, out=args.out, force=args.force, resume=args.resume)
     h = model.history
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
     loss = last.get("val_loss", last.get("train_loss", float("nan")))

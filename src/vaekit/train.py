@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint, resume
+from . import checkpoint
+from . import resume as resuming
 from .config import Config
 from .data import Dataset, check_finite, is_binary
 from .errors import ConfigError, DataError, NonFiniteError, OutputExistsError
@@ -146,16 +147,16 @@ def learning_rate(config: Config, step: int, total_steps: int, steps_per_epoch: 
 
 
 def nonfinite_message(what: str, epoch: int, step: int, last: Path | None = None) -> str:
-    return (f"{what} became non-finite at epoch {epoch + 1}, step {step}; {resume.nonfinite_hint(last)}; lower --lr, "
+    return (f"{what} became non-finite at epoch {epoch + 1}, step {step}; {resuming.nonfinite_hint(last)}; lower --lr, "
             "raise --grad-clip protection, check the data for extreme values or pass --skip-nonfinite")
 
 
 def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None = None, *,
-        force: bool = False, model: VAE | None = None, resume_run: bool = False) -> VAE:
+        force: bool = False, model: VAE | None = None, resume: bool = False) -> VAE:
     """Train a VAE on `data` (Dataset, tensor or array (N, *shape)) and return it, best
     validation weights loaded, in eval mode. With `out`, the run folder (config, weights,
     manifest, metrics.jsonl) is built in `<out>.partial` and renamed to `out` when done;
-    training checkpoints go to `<out>.partial/checkpoints`, and `resume_run=True` continues
+    training checkpoints go to `<out>.partial/checkpoints`, and `resume=True` continues
     from the latest one (bit-identical on CPU to a run that was never interrupted)."""
     config = config or Config()
     ds = as_dataset(data)
@@ -163,7 +164,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     device = resolve_device(config.device)
     target = Path(out) if out is not None else None
     if target is not None:
-        if resume_run and (target / checkpoint.MANIFEST).is_file() and not force:
+        if resume and (target / checkpoint.MANIFEST).is_file() and not force:
             raise OutputExistsError(f"{target} is a complete run already; nothing to resume (pass --force to train again)")
         checkpoint.check_output_dir(target, force)  # before any work: bad --out costs nothing
 
@@ -186,15 +187,15 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    run_dir, loop, best_state, perm, sums = None, resume.LoopState(), None, None, None
-    saves = resume.Schedule(config)
+    run_dir, loop, best_state, perm, sums = None, resuming.LoopState(), None, None, None
+    saves = resuming.Schedule(config)
     if target is not None:
         run_dir = target.with_name(target.name + ".partial")
-        resume.prepare(run_dir, resume_run, force)
-        fingerprint = resume.data_fingerprint(ds.x)
-        if resume_run and (restored := resume.restore(run_dir, model, opt, gen, config, fingerprint)):
+        resuming.prepare(run_dir, resume, force)
+        fingerprint = resuming.data_fingerprint(ds.x)
+        if resume and (restored := resuming.restore(run_dir, model, opt, gen, config, fingerprint)):
             loop, best_state, perm, sums = restored
-            saves.saved(resume.latest(run_dir))
+            saves.saved(resuming.latest(run_dir))
             # metrics.jsonl holds exactly the epochs the checkpoint has seen
             checkpoint.write_atomic(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in loop.history).encode())
     history = History(loop.history, loop.best_epoch)
@@ -202,7 +203,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
 
     def save_checkpoint() -> None:  # the whole training state, so a kill costs at most this much work
         loop.best_loss = None if best_loss == math.inf else best_loss
-        saves.saved(resume.save(run_dir, model, opt, gen, loop, best_state, config, fingerprint, perm, sums))
+        saves.saved(resuming.save(run_dir, model, opt, gen, loop, best_state, config, fingerprint, perm, sums))
 
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
     try:
@@ -251,7 +252,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                 bar.close()
             if not sums[3] > 0:
                 raise NonFiniteError(f"every batch of epoch {epoch + 1} was skipped as non-finite; "
-                                     f"{resume.nonfinite_hint(saves.last)}; lower --lr or check the data")
+                                     f"{resuming.nonfinite_hint(saves.last)}; lower --lr or check the data")
             train_loss, train_recon, train_kl = (sums[:3] / sums[3]).tolist()
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_recon": train_recon,
                                    "train_kl": train_kl}
@@ -289,11 +290,11 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         model.eval()
         model.history = history
         if run_dir is not None:
-            resume.finite_or_raise(model, "the trained model")
+            resuming.finite_or_raise(model, "the trained model")
             extra = (METRICS,) if (run_dir / METRICS).exists() else ()
             checkpoint.write_model_files(model, run_dir, extra=extra)
             checkpoint.publish(run_dir, target)
-            shutil.rmtree(target / resume.FOLDER, ignore_errors=True)  # the run is complete: drop its checkpoints
+            shutil.rmtree(target / resuming.FOLDER, ignore_errors=True)  # the run is complete: drop its checkpoints
     except BaseException:
         # keep checkpoints for --resume; a folder without one holds nothing worth keeping
         if run_dir is not None and run_dir.exists() and saves.last is None:
