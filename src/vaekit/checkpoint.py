@@ -186,7 +186,8 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None):
     folder = Path(path)
     manifest = read_manifest(folder)
     # every listed file, not only the two parsed here: a damaged metrics.jsonl is news too
-    verified = {name: read_verified(folder, name, manifest) for name in sorted(set(manifest["files"]) | set(MODEL_FILES))}
+    names = sorted(set(manifest["files"]) | set(MODEL_FILES))
+    verified = {name: read_verified(folder, name, manifest) for name in names}
     config_bytes, weights = verified["config.json"], verified["model.safetensors"]
     if "metrics.jsonl" in verified:
         _check_jsonl(folder / "metrics.jsonl", verified["metrics.jsonl"])

@@ -152,7 +152,8 @@ def cmd_train(args) -> int:
         except (OSError, ValueError) as e:  # missing, unreadable, not UTF-8, not JSON
             raise ConfigError(f"--config {args.config}: cannot read JSON ({e})") from None
         if not isinstance(base, dict):
-            raise ConfigError(f"--config {args.config}: must be a JSON object of Config fields, e.g. {{\"epochs\": 20}}")
+            raise ConfigError(f"--config {args.config}: must be a JSON object of Config fields, "
+                              'e.g. {"epochs": 20}')
     overrides = {f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f) is not None}
     if args.objective == "iwae" and args.k is None and base.get("k") is None:
         overrides["k"] = 5
@@ -349,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         where = f" ({e.filename})" if e.filename else ""
-        print(f"vaekit: error: {e.strerror or e}{where}; check the path, its permissions and free space", file=sys.stderr)
+        print(f"vaekit: error: {e.strerror or e}{where}; check the path, its permissions and free space",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         extra = "; checkpoints are kept: rerun with --resume to continue" if args.command == "train" else ""

@@ -121,7 +121,8 @@ class Config:
         for name in ("checkpoint_every", "skip_nonfinite"):
             _positive_int(self, name, "--" + name.replace("_", "-"), allow_zero=True)
         if self.checkpoint_minutes < 0:
-            raise ConfigError(f"checkpoint_minutes={self.checkpoint_minutes} must be >= 0 (--checkpoint-minutes; 0 = off)")
+            raise ConfigError(f"checkpoint_minutes={self.checkpoint_minutes} must be >= 0 "
+                              "(--checkpoint-minutes; 0 = off)")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"device={dev!r} is not auto, cpu, cuda or cuda:N")

@@ -121,7 +121,8 @@ def save(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generator,
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         raise NonFiniteError(f"the training state holds non-finite values ({', '.join(bad[:3])}) at epoch "
-                             f"{loop.epoch + 1}, step {loop.step}; no checkpoint written: lower --lr or raise --grad-clip protection")
+                             f"{loop.epoch + 1}, step {loop.step}; no checkpoint written: lower --lr or "
+                             "raise --grad-clip protection")
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(),
              "data_sha256": fingerprint, "loop": asdict(loop)}
     files = {"state.json": json.dumps(state, indent=1, allow_nan=False).encode(),

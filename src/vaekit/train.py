@@ -165,7 +165,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     target = Path(out) if out is not None else None
     if target is not None:
         if resume and (target / checkpoint.MANIFEST).is_file() and not force:
-            raise OutputExistsError(f"{target} is a complete run already; nothing to resume (pass --force to train again)")
+            raise OutputExistsError(f"{target} is a complete run already; nothing to resume "
+                                    "(pass --force to train again)")
         checkpoint.check_output_dir(target, force)  # before any work: bad --out costs nothing
 
     torch.manual_seed(config.seed)
