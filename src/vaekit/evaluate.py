@@ -16,7 +16,7 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 from .data import MNIST_TEST_BINARIZE_SEED, binarize_fixed, check_finite
-from .errors import IncompatibleError
+from .errors import ConfigError, IncompatibleError
 from .objectives import log_weights
 
 
@@ -51,7 +51,7 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     element-wise work; about 1.4x on CPU, after a compile of 10-20 s): for large N x k.
     """
     if k < 1:
-        raise ValueError(f"k={k} must be >= 1")
+        raise ConfigError(f"k={k} must be >= 1")
     model.eval()
     values = math.prod(model.input_shape)
     chunk = chunk or max(1, min(k, (1 << 21) // max(1, batch_size * values)))

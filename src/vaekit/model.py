@@ -16,6 +16,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
 from .config import Config
+from .errors import ConfigError, IncompatibleError
 from .ladder import LadderEncoder, LadderPrior, TakeBottom
 from .likelihoods import make_likelihood
 from .nets import MLP, ConvDecoder, ConvEncoder
@@ -62,6 +63,9 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> Distribution:
         """q(z|x) for x (B, *shape): a distribution with batch (B,) and event (d,)."""
+        if tuple(x.shape[1:]) != self.input_shape:  # a clear message, not a matmul error deep inside
+            raise IncompatibleError(f"x has shape {tuple(x.shape)} but this model takes (B, *{self.input_shape}); "
+                                    "pass data shaped like its training data")
         h = self.encoder(self.likelihood.standardize(x))  # (B, 2d)
         if hasattr(self.prior, "posterior"):  # hierarchical: top-down inference shares the prior's nets
             return self.prior.posterior(h)
@@ -87,8 +91,8 @@ class VAE(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """n new examples (n, *shape): z ~ p(z) (scaled by `temperature` around the prior's
         mean), decoded; the likelihood's mean by default, or a draw from p(x|z)."""
-        if n < 1:
-            raise ValueError(f"n={n} must be >= 1")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"n={n!r} must be an integer >= 1 (how many samples)")
         z = self.prior.draw(n, temperature, generator, self.encode)  # (n, d)
         return self._output(self.decode(z), mean, generator)
 
@@ -111,7 +115,7 @@ class VAE(nn.Module):
         """Decode points on the line between the posterior means of x1 and x2 (each (*shape)
         or (B, *shape)); returns (steps, B, *shape) of likelihood means."""
         if steps < 2:
-            raise ValueError(f"steps={steps} must be >= 2")
+            raise ConfigError(f"steps={steps} must be >= 2")
         one = x1.dim() == len(self.input_shape)
         x1, x2 = (x1.unsqueeze(0), x2.unsqueeze(0)) if one else (x1, x2)
         z1, z2 = self.encode(x1).mean, self.encode(x2).mean  # (B, d)

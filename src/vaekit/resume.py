@@ -125,8 +125,12 @@ def save(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generator,
                              "raise --grad-clip protection")
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(),
              "data_sha256": fingerprint, "loop": asdict(loop)}
-    files = {"state.json": json.dumps(state, indent=1, allow_nan=False).encode(),
-             "tensors.safetensors": save_tensors(tensors, metadata={"format": FORMAT})}
+    try:
+        text = json.dumps(state, indent=1, allow_nan=False)
+    except ValueError:  # a NaN in the metrics history
+        raise NonFiniteError(f"the metrics hold NaN or Inf at epoch {loop.epoch}; no checkpoint written: "
+                             "lower --lr or check the validation data") from None
+    files = {"state.json": text.encode(), "tensors.safetensors": save_tensors(tensors, metadata={"format": FORMAT})}
     root = run_dir / FOLDER
     root.mkdir(exist_ok=True)
     name = f"e{loop.epoch:04d}-s{loop.step:06d}"
