@@ -23,7 +23,8 @@ from vaekit import resume, train
 from vaekit.checkpoint import load
 from vaekit.cli import main
 from vaekit.config import Config
-from vaekit.errors import IncompatibleError, IntegrityError, NonFiniteError, OutputExistsError, VaekitError
+from vaekit.errors import (ConfigError, DataError, IncompatibleError, IntegrityError, NonFiniteError,
+                           OutputExistsError, VaekitError)
 
 TINY = dict(latent_dim=2, hidden=[16], batch_size=128, lr=3e-3, progress=False, seed=1)
 SRC = str(Path(vaekit.__file__).resolve().parents[1])
@@ -563,3 +564,48 @@ def test_bad_input_one_line_exit_code_nothing_changed(world, capsys, argv, fragm
     assert err.startswith("vaekit: error:") and len(err.strip().splitlines()) == 1, err
     assert fragment in err, (fragment, err)
     assert _folder_hash(world) == before
+
+
+def test_api_entry_points_raise_typed_errors(world):
+    model = load(world / "run")
+    x = torch.rand(3, 1, 8, 8)
+    for call, error, fragment in [
+        (lambda: model.encode(torch.rand(3, 64)), IncompatibleError, "pass data shaped like its training data"),
+        (lambda: model.reconstruct(torch.rand(3, 1, 9, 9)), IncompatibleError, "(B, *(1, 8, 8))"),
+        (lambda: model.sample(0), ConfigError, "n=0"),
+        (lambda: model.sample(2.5), ConfigError, "n=2.5"),
+        (lambda: model.interpolate(x[0], x[1], steps=1), ConfigError, "steps=1"),
+        (lambda: vaekit.log_likelihood(model, x, k=0), ConfigError, "k=0"),
+        (lambda: vaekit.log_likelihood(model, torch.rand(3, 5), k=2), IncompatibleError, "shape"),
+        (lambda: vaekit.fit("digits"), DataError, "cannot train on str"),
+        (lambda: vaekit.fit(torch.rand(5)), DataError, "leading example axis"),
+        (lambda: vaekit.fit(torch.ones(4, 2, dtype=torch.complex64)), DataError, "dtype"),
+        (lambda: vaekit.fit(torch.rand(8, 3), Config(device="tpu")), ConfigError, "device"),
+        (lambda: Config.from_dict({"hidden": "wide"}), ConfigError, "wrong type"),
+        (lambda: Config(lr=float("inf")), ConfigError, "finite"),
+        (lambda: vaekit.save(model, world / "afile"), OutputExistsError, "is a file"),
+        (lambda: load(world / "damaged"), IntegrityError, "model.safetensors"),
+    ]:
+        with pytest.raises(error) as info:
+            call()
+        assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_ctrl_c_keeps_checkpoints_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    real, calls = train.objective, {"n": 0}
+
+    def objective(model, x, config, *args, **kw):
+        calls["n"] += model.training
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real(model, x, config, *args, **kw)
+
+    monkeypatch.setattr(train, "objective", objective)
+    argv = ["train", "digits", "--out", str(tmp_path / "r"), "--epochs", "2", "--batch-size", "128",
+            "--latent-dim", "2", "--hidden", "16", "--no-progress"]
+    assert main(argv) == 130
+    assert "rerun with --resume" in capsys.readouterr().err
+    assert resume.latest(tmp_path / "r.partial").name == "e0001-s000000" and not (tmp_path / "r").exists()
+    assert main(argv) == 2  # no silent restart over the saved work
+    assert "pass --resume to continue it" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 0 and (tmp_path / "r" / "manifest.json").is_file()
