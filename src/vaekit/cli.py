@@ -32,7 +32,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit code 2), like every other error."""
 
     def error(self, message: str):
-        self.exit(2, f"vaekit: error: {self.prog.removeprefix('vaekit ')}: {message}; see {self.prog} --help\n")
+        where = self.prog.removeprefix("vaekit").strip()  # the subcommand, if any
+        self.exit(2, f"vaekit: error: {where + ': ' if where else ''}{message}; see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,7 +192,7 @@ def cmd_sample(args) -> int:
 
     _positive(args.n, "-n")
     if not 0 < args.temperature < float("inf"):
-        raise ConfigError(f"--temperature {args.temperature} must be > 0")
+        raise ConfigError(f"--temperature {args.temperature} must be a finite number > 0, e.g. 1")
     check_output_file(args.output, force=args.force)
     model = _load_run(args)
     x = model.sample(args.n, temperature=args.temperature, mean=not args.draw,
@@ -309,7 +310,7 @@ def cmd_demo(args) -> int:
     try:
         train, test = load_data("digits", "train"), load_data("digits", "test")
         config = Config(latent_dim=8, hidden=[256, 128], epochs=args.epochs, batch_size=64, lr=2e-3,
-                        patience=15, seed=0, progress=False)
+                        patience=15, seed=0, progress=False, checkpoint_every=0)  # seconds long: nothing to resume
         print(f"training a VAE on scikit-learn's digits for up to {args.epochs} epochs ...", flush=True)
         model = fit(train, config, out=staging / "run")
         write_output(model.sample(64, generator=torch.Generator().manual_seed(0)), staging / "samples.png")
