@@ -513,7 +513,7 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (["sample", R, "-o", "{d}/nodir/s.png"], "does not exist", 2),
     (["sample", R, "-o", "{d}/exists.npy"], "pass --force to overwrite", 2),
     (["sample", R, "-o", "{d}/full"], "must end in .png", 2),
-    (["sample", R, "-o", "{d}/s.png", "--temperature", "0"], "--temperature 0.0 must be > 0", 2),
+    (["sample", R, "-o", "{d}/s.png", "--temperature", "0"], "--temperature 0.0 must be a finite number > 0", 2),
     (["sample", R, "-o", "{d}/s.png", "--temperature", "nan"], "--temperature nan", 2),
     (["sample", R, "-o", "{d}/s.png", "--device", "tpu"], "not auto, cpu, cuda", 2),
     (["sample", "{d}/trun", "-o", "{d}/s.png"], "not images; write .npy", 2),
