@@ -135,10 +135,16 @@ def _train_cmd(data, out, *extra):
 
 def _wait_for_checkpoints(pointer: Path, proc, count: int, timeout=120.0) -> None:
     """Return once `proc` has moved `latest` on `count` times (or has ended)."""
-    seen, last = 0, pointer.read_bytes() if pointer.exists() else None
+    def read():
+        try:
+            return pointer.read_bytes()
+        except FileNotFoundError:  # not written yet, or the run folder is being replaced
+            return None
+
+    seen, last = 0, read()
     end = time.monotonic() + timeout
     while seen < count and time.monotonic() < end and proc.poll() is None:
-        now = pointer.read_bytes() if pointer.exists() else None
+        now = read()
         if now != last:
             seen, last = seen + 1, now
         time.sleep(0.002)
