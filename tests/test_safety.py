@@ -330,6 +330,14 @@ def test_planted_pickles_are_never_executed(digits, tmp_path, monkeypatch, force
     cfg = tmp_path / "cfg.json"
     cfg.write_bytes(evil["pickle"])
     assert main(["train", "digits", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    images = tmp_path / "images"  # an image folder, and MNIST files, that are pickles
+    images.mkdir()
+    (images / "a.png").write_bytes(evil["pickle"])
+    (images / "b.png").write_bytes(evil["torch.save"])
+    assert main(["train", str(images), "--out", str(tmp_path / "o")]) == 2
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (images / name).write_bytes(evil["pickle"])
+    assert main(["train", "mnist", "--data-dir", str(images), "--out", str(tmp_path / "o")]) == 2
     assert not marker.exists() and not (tmp_path / "o").exists()
 
 

@@ -36,7 +36,6 @@ FORMAT_VERSION = 1
 FOLDER = "checkpoints"
 LATEST = "latest"
 FILES = ("state.json", "tensors.safetensors")
-KEEP = 2  # checkpoints kept: the newest, and the one before it in case the newest is damaged
 NAME = re.compile(r"e\d{4,}-s\d{6,}")
 # Config fields a resumed run may change: they steer the loop, not the model, the data split
 # or the random draws (e.g. a lower --lr after a NaN). Changing the lr, schedule, clipping,
@@ -187,7 +186,7 @@ def restore(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generat
         raise IncompatibleError(f"{folder} was made with {was}; pass the same options as the interrupted run")
     try:
         model.load_state_dict(_prefixed(tensors, "model."), strict=True)
-        _load_optimizer(opt, tensors, model.device)
+        _load_optimizer(opt, tensors)
         gen.set_state(tensors["rng.batches"])
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and model.device.type == "cuda":
@@ -242,7 +241,7 @@ def _tensors(model, opt, gen, best_state, perm, sums) -> dict[str, torch.Tensor]
     return out
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], device) -> None:
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
     """Adam's per-parameter state from `optim.<index>.<name>`; the param groups (lr, betas)
     come from the config, as in the original run."""
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -271,14 +270,11 @@ def _read_manifest(folder: Path) -> dict:
 
 
 def _prune(root: Path, keep: str) -> None:
-    """Drop all but the newest KEEP checkpoints, and temporary folders of killed saves."""
-    done = sorted((p for p in root.iterdir() if p.is_dir() and NAME.fullmatch(p.name)),
-                  key=lambda p: tuple(int(t[1:]) for t in p.name.split("-")))  # (epoch, step)
-    for p in done[:-KEEP]:
-        if p.name != keep:
+    """Drop every checkpoint but the one `latest` names (older ones, and any a killed run
+    wrote past it), and temporary folders of killed saves. Runs only after `latest` moved."""
+    for p in root.iterdir():
+        if p.is_dir() and p.name != keep and (NAME.fullmatch(p.name) or p.name.endswith(".tmp")):
             shutil.rmtree(p, ignore_errors=True)
-    for p in root.glob(".*.tmp"):
-        shutil.rmtree(p, ignore_errors=True)
 
 
 def nonfinite_hint(last: Path | None) -> str:
