@@ -623,3 +623,17 @@ def test_ctrl_c_keeps_checkpoints_and_says_how_to_resume(tmp_path, monkeypatch, 
     assert main(argv) == 2  # no silent restart over the saved work
     assert "pass --resume to continue it" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 0 and (tmp_path / "r" / "manifest.json").is_file()
+
+
+def test_a_failed_write_leaves_no_partial_output(world, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "s.npy"
+    out.write_bytes(b"the old file")
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device", str(dst))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    assert main(["sample", str(world / "run"), "-n", "4", "-o", str(out), "--force"]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"] and out.read_bytes() == b"the old file"
