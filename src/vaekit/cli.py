@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, VaekitError
+from .errors import ConfigError, OutputExistsError, VaekitError
 
 
 def _ints(text: str) -> list[int]:
@@ -28,8 +28,16 @@ def _data_args(p: argparse.ArgumentParser, split: str) -> None:
                    help=f"which part of digits/mnist (default {split}); a path is used whole")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2), like every other error."""
+
+    def error(self, message: str):
+        where = self.prog.removeprefix("vaekit").strip()  # the subcommand, if any
+        self.exit(2, f"vaekit: error: {where + ': ' if where else ''}{message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vaekit", description="Learn a VAE from your data and generate more like it.")
+    parser = _Parser(prog="vaekit", description="Learn a VAE from your data and generate more like it.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -74,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files to RUN/tensorboard")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the latest checkpoint in OUT.partial/checkpoints")
+    t.add_argument("--checkpoint-every", type=int, metavar="EPOCHS",
+                   help="save the training state every EPOCHS epochs (default 1; 0 = off)")
+    t.add_argument("--checkpoint-minutes", type=float, metavar="M",
+                   help="also save it every M minutes, mid-epoch if need be (default off)")
+    t.add_argument("--skip-nonfinite", type=int, nargs="?", const=10, metavar="N",
+                   help="skip batches with a NaN/Inf loss or gradient, at most N in a row (default 10) "
+                        "instead of stopping at the first")
 
     s = sub.add_parser("sample", help="generate new examples from a trained run")
     s.add_argument("run", metavar="RUN")
@@ -86,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: all classes in turn)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
+    s.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
     r = sub.add_parser("reconstruct", help="encode and decode data with a trained run")
     r.add_argument("run", metavar="RUN")
@@ -93,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", required=True, help=".png (inputs above reconstructions) or .npy")
     r.add_argument("-n", type=int, default=32, help="how many examples, from the start (default 32)")
     r.add_argument("--device", default="auto")
+    r.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
     i = sub.add_parser("interpolate", help="decode the line between pairs of inputs in latent space")
     i.add_argument("run", metavar="RUN")
@@ -101,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--pairs", type=int, default=4, help="pairs: examples (0,1), (2,3), ... (default 4)")
     i.add_argument("--steps", type=int, default=10)
     i.add_argument("--device", default="auto")
+    i.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
     e = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO terms, active units")
     e.add_argument("run", metavar="RUN")
@@ -136,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 TRAIN_FLAGS = ("epochs", "latent_dim", "arch", "latent_dims", "ladder_hidden", "hidden", "channels", "activation", "likelihood", "binarize",
                "objective", "k", "beta", "kl_warmup", "free_bits", "prior", "prior_components", "mmd_kernel",
                "mmd_weight", "batch_size", "lr", "lr_schedule", "lr_warmup", "lr_final", "val_nll_k",
-               "patience", "val_fraction", "grad_clip", "seed", "device", "condition_on")
+               "patience", "val_fraction", "grad_clip", "seed", "device", "checkpoint_every", "checkpoint_minutes",
+               "skip_nonfinite", "condition_on")
 
 
 def cmd_train(args) -> int:
@@ -148,8 +169,11 @@ def cmd_train(args) -> int:
     if args.config:
         try:
             base = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # missing, unreadable, not UTF-8, not JSON
             raise ConfigError(f"--config {args.config}: cannot read JSON ({e})") from None
+        if not isinstance(base, dict):
+            raise ConfigError(f"--config {args.config}: must be a JSON object of Config fields, "
+                              'e.g. {"epochs": 20}')
     overrides = {f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f) is not None}
     if args.objective == "iwae" and args.k is None and base.get("k") is None:
         overrides["k"] = 5
@@ -161,7 +185,7 @@ def cmd_train(args) -> int:
         overrides["tensorboard"] = True
     config = Config.from_dict({**base, **overrides})
     ds = load_data(args.data, args.split, args.data_dir, args.download)
-    model = fit(ds, config, out=args.out, force=args.force)
+    model = fit(ds, config, out=args.out, force=args.force, resume=args.resume)
     h = model.history
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
     loss = last.get("val_loss", last.get("train_loss", float("nan")))
@@ -188,9 +212,9 @@ def cmd_sample(args) -> int:
     from .sample import check_output_file, write_output
 
     _positive(args.n, "-n")
-    if not args.temperature > 0:
-        raise ConfigError(f"--temperature {args.temperature} must be > 0")
-    check_output_file(args.output)
+    if not 0 < args.temperature < float("inf"):
+        raise ConfigError(f"--temperature {args.temperature} must be a finite number > 0, e.g. 1")
+    check_output_file(args.output, force=args.force)
     model = _load_run(args)
     x = model.sample(args.n, temperature=args.temperature, mean=not args.draw,
                      generator=torch.Generator().manual_seed(args.seed),
@@ -247,7 +271,7 @@ def cmd_reconstruct(args) -> int:
     from .sample import check_output_file, write_output
 
     _positive(args.n, "-n")
-    check_output_file(args.output)
+    check_output_file(args.output, force=args.force)
     model = _load_run(args)
     x, _, c = _eval_data(args, model, args.n)
     recon = model.reconstruct(x, c=c)
@@ -269,7 +293,7 @@ def cmd_interpolate(args) -> int:
     _positive(args.pairs, "--pairs")
     if args.steps < 2:
         raise ConfigError(f"--steps {args.steps} must be >= 2")
-    check_output_file(args.output)
+    check_output_file(args.output, force=args.force)
     model = _load_run(args)
     x, _, c = _eval_data(args, model, 2 * args.pairs)
     if len(x) < 2:
@@ -334,8 +358,11 @@ def cmd_demo(args) -> int:
     from .report import report
     from .sample import write_output
 
+    _positive(args.epochs, "--epochs")
     out = Path(args.out)
     marker = out / "demo.json"
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} is a file; choose a folder path for --out")
     if out.exists() and any(out.iterdir()) and not marker.exists() and not args.force:
         raise ConfigError(f"{out} exists and is not a vaekit demo folder; choose another --out or pass --force")
     staging = out.with_name(out.name + ".partial-demo")
@@ -349,7 +376,7 @@ def cmd_demo(args) -> int:
     try:
         train, test = load_data("digits", "train"), load_data("digits", "test")
         config = Config(latent_dim=8, hidden=[256, 128], epochs=args.epochs, batch_size=64, lr=2e-3,
-                        patience=15, seed=0, progress=False)
+                        patience=15, seed=0, progress=False, checkpoint_every=0)  # seconds long: nothing to resume
         print(f"training a VAE on scikit-learn's digits for up to {args.epochs} epochs ...", flush=True)
         model = fit(train, config, out=staging / "run")
         write_output(model.sample(64, generator=torch.Generator().manual_seed(0)), staging / "samples.png")
@@ -376,7 +403,10 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconst
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        return e.code if isinstance(e.code, int) else 2
     try:
         return COMMANDS[args.command](args)
     except VaekitError as e:
@@ -384,6 +414,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vaekit: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # disk full, permission denied...: the environment, not a bug
+        if args.debug:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"vaekit: error: {e.strerror or e}{where}; check the path, its permissions and free space",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("vaekit: interrupted; nothing was written", file=sys.stderr)
+        extra = "; checkpoints are kept: rerun with --resume to continue" if args.command == "train" else ""
+        print(f"vaekit: interrupted; no output was published{extra}", file=sys.stderr)
         return 130
