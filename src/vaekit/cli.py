@@ -69,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float)
     t.add_argument("--grad-clip", type=float)
     t.add_argument("--seed", type=int)
-    t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--device", help="auto | cpu | cuda | cuda:N (torchrun: auto = cuda:LOCAL_RANK)")
+    t.add_argument("--amp", action="store_true", default=None, help="bf16 mixed precision on CUDA")
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
+    t.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="read a .npy (memory-mapped) or image folder batch by batch instead of into memory "
+                        "(default: stream a .npy larger than 1 GiB as float32)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="generate new examples from a trained run")
@@ -117,12 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
 TRAIN_FLAGS = ("epochs", "latent_dim", "arch", "latent_dims", "ladder_hidden", "hidden", "channels", "activation", "likelihood", "binarize",
                "objective", "k", "beta", "kl_warmup", "free_bits", "prior", "prior_components", "mmd_kernel",
                "mmd_weight", "batch_size", "lr", "lr_schedule", "lr_warmup", "lr_final", "val_nll_k",
-               "patience", "val_fraction", "grad_clip", "seed", "device")
+               "patience", "val_fraction", "grad_clip", "seed", "device", "amp", "compile")
 
 
 def cmd_train(args) -> int:
     from .config import Config
     from .data import load_data
+    from .distributed import is_main
     from .train import fit
 
     base = {}
@@ -139,13 +145,14 @@ def cmd_train(args) -> int:
     if args.no_progress:
         overrides["progress"] = False
     config = Config.from_dict({**base, **overrides})
-    ds = load_data(args.data, args.split, args.data_dir, args.download)
+    ds = load_data(args.data, args.split, args.data_dir, args.download, stream=args.stream)
     model = fit(ds, config, out=args.out, force=args.force)
     h = model.history
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
     loss = last.get("val_loss", last.get("train_loss", float("nan")))
-    print(f"trained {len(h.epochs)} epochs on {ds.name} ({len(ds.x)} examples); best epoch {h.best_epoch}, "
-          f"loss {loss:.4f}; saved {args.out}")
+    if is_main():  # under torchrun, rank 0 speaks for all
+        print(f"trained {len(h.epochs)} epochs on {ds.name} ({len(ds.x)} examples); best epoch {h.best_epoch}, "
+              f"loss {loss:.4f}; saved {args.out}")
     return 0
 
 

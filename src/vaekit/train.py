@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import Config
 from .data import Dataset, check_finite, is_binary
 from .errors import ConfigError, DataError, NonFiniteError
 from .evaluate import log_likelihood
 from .model import VAE
 from .objectives import Bound, elbo, iwae, wae_mmd
+from .stream import binarize_once, take
 
 METRICS = "metrics.jsonl"
 
@@ -156,19 +157,19 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     config = config or Config()
     ds = as_dataset(data)
     config = resolve_config(config, ds)
-    device = resolve_device(config.device)
+    ranks, device = distributed.start(resolve_device(config.device))  # torchrun: join the other ranks
     target = Path(out) if out is not None else None
-    if target is not None:
+    if target is not None and ranks.main:
         checkpoint.check_output_dir(target, force)  # before any work: bad --out costs nothing
 
     torch.manual_seed(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed)  # batches and binarisation
     train_idx, val_idx = split_indices(len(ds.x), config.val_fraction, config.seed)
-    x_train = ds.x[train_idx].to(device)  # (N_train, *shape)
-    x_val = ds.x[val_idx].to(device)  # (N_val, *shape)
+    x_train = take(ds.x, train_idx, device)  # (N_train, *shape); streamed data stays on disk
+    x_val = take(ds.x, ranks.split(val_idx), device)  # (N_val, *shape), this rank's share
     if config.binarize == "dynamic" and len(x_val):
         # the validation set is binarised once with a fixed seed: every epoch scores the same bits
-        x_val = torch.bernoulli(x_val, generator=torch.Generator(device=device).manual_seed(config.seed + 1))
+        x_val = binarize_once(x_val, config.seed + 1, device)
 
     fresh = model is None
     model = VAE.from_config(config) if fresh else model
@@ -179,30 +180,35 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         model.prior.init_from_data(x_train, torch.Generator().manual_seed(config.seed))
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    distributed.reseed(ranks, config.seed)
+    noise = ranks.noise_generator(gen, config.seed, device)
+    step_fn = distributed.training_step(model, lambda m, x, beta: objective(m, x, config, beta=beta), ranks,
+                                        device, amp=config.amp, compile=config.compile)
 
     run_dir = None
-    if target is not None:
+    if target is not None and ranks.main:
         run_dir = target.with_name(target.name + ".partial")
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
     history = History()
     best_loss, best_state, bad_epochs = math.inf, None, 0
-    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    steps_per_epoch = math.ceil(len(x_train) / (config.batch_size * ranks.world))
     try:
         for epoch in range(config.epochs):
             model.train()
             t0 = time.perf_counter()
             perm = torch.randperm(len(x_train), generator=gen, device=device)
             sums = torch.zeros(3, dtype=torch.float64, device=device)
-            bar = _progress(steps_per_epoch, epoch, config)
+            bar = _progress(steps_per_epoch, epoch, config) if ranks.main else None
             for step in range(steps_per_epoch):
-                xb = x_train[perm[step * config.batch_size:(step + 1) * config.batch_size]]  # (B, *shape)
+                idx, n_global = ranks.shard(perm, step, config.batch_size)
+                xb = x_train[idx]  # (B, *shape)
                 if config.binarize == "dynamic":
-                    xb = torch.bernoulli(xb, generator=gen)  # fresh bits every time an image is used
-                b = objective(model, xb, config, beta=kl_weight(config, epoch * steps_per_epoch + step, steps_per_epoch))
-                loss = -b.bound.mean()
-                if not torch.isfinite(loss):
+                    xb = torch.bernoulli(xb, generator=noise)  # fresh bits every time an image is used
+                b = step_fn(xb, kl_weight(config, epoch * steps_per_epoch + step, steps_per_epoch))
+                loss = ranks.loss(b.bound, n_global)
+                if ranks.anyone(not bool(torch.isfinite(loss))):  # every rank stops, none hangs
                     raise NonFiniteError(nonfinite_message("the loss", epoch, step))
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(config, epoch * steps_per_epoch + step,
@@ -221,24 +227,25 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                     bar.update(1)
             if bar is not None:
                 bar.close()
-            train_loss, train_recon, train_kl = (sums / len(x_train)).tolist()
+            train_loss, train_recon, train_kl = (ranks.sum(sums) / len(x_train)).tolist()
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_recon": train_recon,
                                    "train_kl": train_kl}
             if len(x_val):
-                val = evaluate_bound(model, x_val, config)
+                val = ranks.mean(evaluate_bound(model, x_val, config), len(x_val))
                 row.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
                 if config.val_nll_k:
-                    row["val_nll"] = -float(log_likelihood(model, x_val, k=config.val_nll_k).mean())
+                    nll = -float(log_likelihood(model, x_val, k=config.val_nll_k).mean())
+                    row["val_nll"] = ranks.mean({"nll": nll}, len(x_val))["nll"]
             row["lr"] = opt.param_groups[0]["lr"]
             row["seconds"] = time.perf_counter() - t0
             history.epochs.append(row)
-            if config.progress:
+            if config.progress and ranks.main:
                 _report_epoch(row, config)
             if run_dir is not None:
                 with open(run_dir / METRICS, "a") as f:
                     f.write(json.dumps(row) + "\n")
             score = row.get("val_loss", train_loss)
-            if score < best_loss:
+            if ranks.agree(score < best_loss):  # one decision for all ranks
                 best_loss, bad_epochs, history.best_epoch = score, 0, epoch + 1
                 best_state = copy.deepcopy(model.state_dict())
             else:
@@ -258,6 +265,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         if run_dir is not None and run_dir.exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    finally:
+        ranks.close()
     return model
 
 
