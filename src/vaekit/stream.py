@@ -3,14 +3,13 @@ image files decoded per batch, gathered by index.
 
 A `LazyRows` stands in for the (N, *shape) float32 tensor where training needs one:
 `len(x)`, `x.shape`, `x[index] -> tensor`. Whole-data facts (range, binary, finite; mean
-and std for a Gaussian likelihood) come from one chunked pass, cached. The memory map's
-pages are handed back to the OS after every `RELEASE_BYTES` read, so resident memory stays
-bounded however large the file (mapped file pages count as the process's RSS until then).
+and std for a Gaussian likelihood) come from one chunked pass, cached. Resident memory is
+a few batches, however large the file.
 """
 
 from __future__ import annotations
 
-import mmap
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,8 +19,7 @@ import torch
 from .errors import DataError
 
 AUTO_STREAM_BYTES = 1 << 30  # load_data(stream=None) streams data whose float32 copy exceeds 1 GiB
-RELEASE_BYTES = 64 << 20  # mapped bytes read between two hand-backs of the pages
-CHUNK_BYTES = 16 << 20  # float32 bytes per chunk of a statistics pass
+CHUNK_BYTES = 4 << 20  # float32 bytes per chunk of a statistics pass
 
 
 class Summary(NamedTuple):
@@ -106,9 +104,10 @@ class LazyRows:
             lo, hi, bad, binary = np.inf, -np.inf, 0, True
             for c in self.chunks():
                 finite = np.isfinite(c)
-                bad += int(c.size - finite.sum())
-                if finite.any():
-                    vals = c[finite]
+                n_bad = int(c.size - finite.sum())
+                bad += n_bad
+                vals = c[finite] if n_bad else c
+                if vals.size:
                     lo, hi = min(lo, float(vals.min())), max(hi, float(vals.max()))
                 binary = binary and bool(((c == 0) | (c == 1)).all())
             self._summary = Summary(lo, hi, bad, binary)
@@ -128,65 +127,79 @@ class LazyRows:
 
 
 class NpyRows(LazyRows):
-    """Rows of a `.npy` file through a read-only memory map. uint8-style images are scaled
-    to [0, 1] and (N, H, W, C) becomes (N, C, H, W) per batch, as `load_array` does at once."""
+    """Rows of a `.npy` file, read with positioned reads (runs of neighbouring rows in one
+    call). np.load(mmap_mode="r") parses and checks the header; the rows are not read
+    through the map, because mapped file pages count as the process's resident memory and
+    Linux maps whole page-cache folios around each touched row (measured: 1,024 random
+    4 KiB rows mapped 170 MB). uint8-style images are scaled to [0, 1] and (N, H, W, C)
+    becomes (N, C, H, W) per batch, as `load_array` does at once."""
 
     def __init__(self, path: Path):
         try:
-            header = np.load(path, mmap_mode="r", allow_pickle=False)  # parses and checks the header
+            header = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
             raise DataError(f"{path} is not a readable numpy array ({e}); save it with numpy.save") from None
         if header.dtype == object or not (np.issubdtype(header.dtype, np.number) or header.dtype == bool):
             raise DataError(f"{path} has dtype {header.dtype}; it must be numeric")
         if header.ndim < 2 or header.shape[0] == 0 or header.size == 0:
             raise DataError(f"{path} has shape {header.shape}; need (N, features...) with N >= 1 examples")
-        order = "F" if header.flags.f_contiguous and not header.flags.c_contiguous else "C"
-        with open(path, "rb") as f:  # our own map, so its pages can be handed back (madvise)
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self._arr = np.ndarray(header.shape, header.dtype, buffer=self._map, offset=header.offset, order=order)
-        self._row_bytes = header.dtype.itemsize * int(np.prod(header.shape[1:]))
-        self._read_since_release = 0
+        if not header.flags.c_contiguous:
+            raise DataError(f"{path} is stored in Fortran order; save it with numpy.save(path, "
+                            "numpy.ascontiguousarray(a)) to stream it")
+        self.path, self.raw_dtype, self.offset = path, header.dtype, header.offset
+        self.raw_shape, n = header.shape[1:], header.shape[0]
         del header
-        arr, self.scale, self.channels_last, self.image = self._arr, 1.0, False, False
-        if np.issubdtype(arr.dtype, np.integer) and arr.ndim in (3, 4):
+        self._row_bytes = self.raw_dtype.itemsize * int(np.prod(self.raw_shape))
+        self._fd = os.open(path, os.O_RDONLY)
+        if os.fstat(self._fd).st_size < self.offset + n * self._row_bytes:
+            raise DataError(f"{path} is shorter than its header says (truncated); save the array again")
+        super().__init__(n, self.raw_shape, path.name)
+        self.divisor, self.channels_last, self.image = 1.0, False, False
+        ndim, shape = 1 + len(self.raw_shape), self.raw_shape
+        if np.issubdtype(self.raw_dtype, np.integer) and ndim in (3, 4):
             lo, hi = self._raw_range()
             if lo >= 0 and hi <= 255:
-                self.scale, self.image = 1 / 255.0, True  # uint8-style images
-        shape = arr.shape[1:]
-        if arr.ndim == 3:  # (N, H, W) greyscale images
+                self.divisor, self.image = 255.0, True  # uint8-style images
+        if ndim == 3:  # (N, H, W) greyscale images
             shape, self.image = (1, *shape), True
-        elif arr.ndim == 4 and shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4):
+        elif ndim == 4 and shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4):
             shape, self.channels_last, self.image = (shape[2], shape[0], shape[1]), True, True
-        elif arr.ndim == 4:
+        elif ndim == 4:
             self.image = True
-        super().__init__(arr.shape[0], shape, path.name)
+        self.row_shape = tuple(shape)
+
+    def __del__(self):
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._fd = None
+
+    def _raw(self, idx: np.ndarray) -> np.ndarray:
+        """Rows `idx` (sorted) as stored: (B, *raw_shape), one read per run of neighbours."""
+        out = np.empty((len(idx), *self.raw_shape), dtype=self.raw_dtype)
+        flat = out.reshape(len(idx), -1).view(np.uint8)  # (B, row_bytes)
+        breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+        for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(idx)]):
+            want = (hi - lo) * self._row_bytes
+            got = os.pread(self._fd, want, self.offset + int(idx[lo]) * self._row_bytes)
+            if len(got) != want:
+                raise DataError(f"{self.path} ended early (truncated?); save the array again")
+            flat[lo:hi] = np.frombuffer(got, dtype=np.uint8).reshape(hi - lo, -1)
+        return out
 
     def _raw_range(self) -> tuple[int, int]:
         lo, hi = None, None
         step = max(1, CHUNK_BYTES // self._row_bytes)
-        for i in range(0, len(self._arr), step):
-            c = self._arr[i:i + step]
+        for i in range(0, self.n, step):
+            c = self._raw(np.arange(i, min(self.n, i + step)))
             lo = int(c.min()) if lo is None else min(lo, int(c.min()))
             hi = int(c.max()) if hi is None else max(hi, int(c.max()))
-            self._count(len(c))
         return lo, hi
 
-    def _count(self, rows: int) -> None:
-        self._read_since_release += rows * self._row_bytes
-        if self._read_since_release >= RELEASE_BYTES:
-            self.release()
-
-    def release(self) -> None:
-        """Drop the mapped pages from this process (the OS page cache may keep them)."""
-        self._read_since_release = 0
-        if hasattr(self._map, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            self._map.madvise(mmap.MADV_DONTNEED)
-
     def _read(self, idx: np.ndarray) -> np.ndarray:
-        rows = self._arr[idx].astype(np.float32)  # (B, ...) a copy, out of the map
-        self._count(len(idx))
-        if self.scale != 1.0:
-            rows *= np.float32(self.scale)
+        rows = self._raw(idx).astype(np.float32, copy=False)  # (B, ...)
+        if self.divisor != 1.0:
+            rows = rows / np.float32(self.divisor)  # as load_array scales, bit for bit
         if self.channels_last:
             rows = np.ascontiguousarray(rows.transpose(0, 3, 1, 2))  # (B, H, W, C) -> (B, C, H, W)
         return rows.reshape(len(idx), *self.row_shape)
