@@ -38,6 +38,7 @@ _EXPORTS = {
     "load": "checkpoint",
     "log_likelihood": "evaluate",
     "write_output": "sample",
+    "export_onnx": "export",
     "errors": None,
 }
 
@@ -61,6 +62,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .config import Config
     from .data import Dataset, download_mnist, load_data
     from .evaluate import log_likelihood
+    from .export import export_onnx
     from .likelihoods import Bernoulli, Gaussian
     from .model import VAE
     from .nets import MLP, ConvDecoder, ConvEncoder

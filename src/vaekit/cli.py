@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
 
+    x = sub.add_parser("export", help="write the decoder (and encoder) as ONNX, checked with onnxruntime")
+    x.add_argument("run", metavar="RUN")
+    x.add_argument("--onnx", required=True, help="decoder file: z (B, d) -> mean of p(x|z) (B, *shape)")
+    x.add_argument("--encoder", help="also the encoder: x (B, *shape) -> mu, sigma of q(z|x), each (B, d)")
+
     d = sub.add_parser("demo", help="train on digits in seconds and write sample and reconstruction grids")
     d.add_argument("--out", default="vaekit-demo", help="folder for the demo (default vaekit-demo)")
     d.add_argument("--epochs", type=int, default=80)
@@ -267,6 +272,19 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .checkpoint import load
+    from .export import export_onnx
+
+    result = export_onnx(load(args.run, device="cpu"), args.onnx, args.encoder)
+    print(f"wrote {result['decoder']} (z -> mean of p(x|z)); onnxruntime matches PyTorch within "
+          f"{result['decoder_max_abs_diff']:.2g}")
+    if args.encoder:
+        print(f"wrote {result['encoder']} (x -> mu, sigma of q(z|x)); onnxruntime matches PyTorch within "
+              f"{result['encoder_max_abs_diff']:.2g}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import torch
 
@@ -311,7 +329,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
-            "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "demo": cmd_demo}
+            "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "export": cmd_export, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
