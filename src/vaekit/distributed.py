@@ -119,11 +119,13 @@ class Group:
             self.owned = False
 
 
-def start(device: torch.device) -> tuple[Group, torch.device]:
+def start(device: torch.device, amp: bool = False) -> tuple[Group, torch.device]:
     """Join the process group torchrun describes (WORLD_SIZE > 1), or run alone.
 
     GPU ranks use NCCL and `cuda:LOCAL_RANK` unless the device names an index; CPU ranks use
-    gloo. MASTER_ADDR/MASTER_PORT come from torchrun (or the caller) as usual."""
+    gloo. MASTER_ADDR/MASTER_PORT come from torchrun (or the caller) as usual. `amp` is
+    checked first, so a run that cannot work fails before it joins anything."""
+    _check_amp(amp, device)
     rank, world, local = env_world()
     if world == 1:
         return Group(), device
@@ -167,8 +169,7 @@ def training_step(model: nn.Module, fn: Callable[..., Any], group: Group, device
                   amp: bool = False, compile: bool = False) -> Callable[[torch.Tensor, float], Any]:
     """`step(x, beta)` -> fn(model, x, beta), run through DDP (several ranks), bf16 autocast
     (`amp`, CUDA only) and torch.compile (`compile`) as asked. Plain `fn` when none is."""
-    if amp and device.type != "cuda":
-        raise ConfigError(f"--amp (bf16 mixed precision) needs a CUDA device, not {device}; drop --amp on CPU")
+    _check_amp(amp, device)
     if group.world == 1 and not amp and not compile:
         return lambda x, beta: fn(model, x, beta)
     step: nn.Module = _Step(model, fn)
@@ -190,6 +191,11 @@ def training_step(model: nn.Module, fn: Callable[..., Any], group: Group, device
         with torch.autocast("cuda", dtype=torch.bfloat16):
             return step(x, beta)
     return run
+
+
+def _check_amp(amp: bool, device: torch.device) -> None:
+    if amp and device.type != "cuda":
+        raise ConfigError(f"--amp (bf16 mixed precision) needs a CUDA device, not {device}; drop --amp on CPU")
 
 
 def _to_float(module: nn.Module, args: Any, out: Any) -> Any:

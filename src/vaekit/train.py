@@ -157,7 +157,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     config = config or Config()
     ds = as_dataset(data)
     config = resolve_config(config, ds)
-    ranks, device = distributed.start(resolve_device(config.device))  # torchrun: join the other ranks
+    ranks, device = distributed.start(resolve_device(config.device), config.amp)  # torchrun: join the ranks
     target = Path(out) if out is not None else None
     if target is not None and ranks.main:
         checkpoint.check_output_dir(target, force)  # before any work: bad --out costs nothing
