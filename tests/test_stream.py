@@ -114,5 +114,6 @@ def test_training_on_a_200_mb_array_stays_under_a_100_mb_cap(tmp_path):
                           env={"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-2000:]
     r = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps({**r, "array_mb": round(path.stat().st_size / 1e6, 1), "cap_mb": cap_mb}))  # pytest -s shows it
     assert r["rows"] == 50_000 and r["epochs"] == 1
     assert r["peak_mb"] - r["baseline_mb"] < cap_mb, r
