@@ -161,17 +161,18 @@ class _Step(nn.Module):
         super().__init__()
         self.model, self.fn = model, fn
 
-    def forward(self, x: torch.Tensor, beta: float):
-        return self.fn(self.model, x, beta)
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any):
+        return self.fn(self.model, x, *args, **kwargs)
 
 
 def training_step(model: nn.Module, fn: Callable[..., Any], group: Group, device: torch.device,
-                  amp: bool = False, compile: bool = False) -> Callable[[torch.Tensor, float], Any]:
-    """`step(x, beta)` -> fn(model, x, beta), run through DDP (several ranks), bf16 autocast
-    (`amp`, CUDA only) and torch.compile (`compile`) as asked. Plain `fn` when none is."""
+                  amp: bool = False, compile: bool = False) -> Callable[..., Any]:
+    """`step(x, *args, **kwargs)` -> fn(model, x, *args, **kwargs), run through DDP (several
+    ranks), bf16 autocast (`amp`, CUDA only) and torch.compile (`compile`) as asked; a plain
+    call of `fn` when none is."""
     _check_amp(amp, device)
     if group.world == 1 and not amp and not compile:
-        return lambda x, beta: fn(model, x, beta)
+        return lambda x, *args, **kwargs: fn(model, x, *args, **kwargs)
     step: nn.Module = _Step(model, fn)
     if group.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -187,9 +188,9 @@ def training_step(model: nn.Module, fn: Callable[..., Any], group: Group, device
             net.register_forward_hook(_to_float)
             net._vaekit_float_out = True
 
-    def run(x: torch.Tensor, beta: float):
+    def run(x: torch.Tensor, *args: Any, **kwargs: Any):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            return step(x, beta)
+            return step(x, *args, **kwargs)
     return run
 
 
