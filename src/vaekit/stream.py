@@ -1,5 +1,5 @@
-"""Data that stays on disk until a batch needs it: rows of a memory-mapped `.npy` array, or
-image files decoded per batch, gathered by index.
+"""Data that stays on disk until a batch needs it: rows of a `.npy` array or image files
+decoded per batch, gathered by index.
 
 A `LazyRows` stands in for the (N, *shape) float32 tensor where training needs one:
 `len(x)`, `x.shape`, `x[index] -> tensor`. Whole-data facts (range, binary, finite; mean
@@ -114,16 +114,17 @@ class LazyRows:
         return self._summary
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-value mean and (population) std over the rows, accumulated in float64: (*shape) each."""
-        total = np.zeros(self.row_shape, dtype=np.float64)
-        squares = np.zeros(self.row_shape, dtype=np.float64)
+        """Per-value mean and (population) std over the rows: (*shape) each. Chunks are merged
+        with Chan et al.'s pairwise update in float64 (no cancellation for large means)."""
+        n, mean, m2 = 0, np.zeros(self.row_shape), np.zeros(self.row_shape)
         for c in self.chunks():
             c64 = c.astype(np.float64)
-            total += c64.sum(0)
-            squares += (c64 * c64).sum(0)
-        mean = total / self.n
-        var = np.maximum(squares / self.n - mean * mean, 0.0)
-        return torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float()
+            nb, mb = len(c64), c64.mean(0)
+            delta = mb - mean
+            mean = mean + delta * (nb / (n + nb))
+            m2 = m2 + ((c64 - mb) ** 2).sum(0) + delta * delta * (n * nb / (n + nb))
+            n += nb
+        return torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(m2 / n)).float()
 
 
 class NpyRows(LazyRows):
