@@ -20,8 +20,8 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def _cfg(**kw):
-    return vaekit.Config(epochs=2, hidden=[16], latent_dim=2, batch_size=32, patience=0, progress=False,
-                         device="cpu", **kw)
+    return vaekit.Config(**{"epochs": 2, "hidden": [16], "latent_dim": 2, "batch_size": 32, "patience": 0,
+                            "progress": False, "device": "cpu", **kw})
 
 
 def test_streamed_npy_trains_exactly_like_the_array_in_memory(tmp_path, capsys):
