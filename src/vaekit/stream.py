@@ -255,7 +255,7 @@ class DeviceRows(LazyRows):
     def __getitem__(self, index) -> torch.Tensor:
         x = super().__getitem__(index)
         if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True)  # the copy overlaps the next gather
+            return x.pin_memory().to(self.device, non_blocking=True)  # the host returns before the copy ends
         return x
 
     def binarized(self, seed: int) -> "DeviceRows":
