@@ -66,6 +66,15 @@ import vaekit, vaekit.train as T
 from vaekit.errors import NonFiniteError
 
 rank = int(os.environ["RANK"])
+data = vaekit.load_data("digits")
+config = vaekit.Config(epochs=2, hidden=[16], latent_dim=2, batch_size=32, progress=False, device="cpu")
+os.makedirs(sys.argv[1] + "-taken", exist_ok=True)
+open(sys.argv[1] + "-taken/file", "w").close()
+try:  # rank 0 refuses the output folder: every rank stops before training
+    vaekit.fit(data, config, out=sys.argv[1] + "-taken")
+    refused = None
+except vaekit.errors.VaekitError as e:
+    refused = type(e).__name__
 if rank == 1:  # only this rank's third step sees a NaN
     real, calls = T.objective, [0]
     def poisoned(model, x, config, beta=None, free_bits=None):
@@ -73,19 +82,18 @@ if rank == 1:  # only this rank's third step sees a NaN
         calls[0] += 1
         return b._replace(bound=b.bound * float("nan")) if calls[0] == 3 else b
     T.objective = poisoned
-data = vaekit.load_data("digits")
-config = vaekit.Config(epochs=2, hidden=[16], latent_dim=2, batch_size=32, progress=False, device="cpu")
 try:
     vaekit.fit(data, config, out=sys.argv[1])
     result = {"error": None}
 except NonFiniteError as e:
     result = {"error": type(e).__name__, "message": str(e)}
 result["group_left"] = not dist.is_initialized()
+result["refused"] = refused
 print(json.dumps(result), flush=True)
 """
 
 
-def test_a_nan_on_one_rank_stops_every_rank_cleanly(tmp_path):
+def test_a_refused_output_or_a_nan_on_one_rank_stops_every_rank_cleanly(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -108,4 +116,5 @@ def test_a_nan_on_one_rank_stops_every_rank_cleanly(tmp_path):
     assert results[0]["message"] == results[1]["message"]
     assert "epoch 1, step 2" in results[0]["message"]
     assert all(r["group_left"] for r in results)
+    assert [r["refused"] for r in results] == ["OutputExistsError", "ConfigError"]
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()

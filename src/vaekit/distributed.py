@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, VaekitError
 
 
 def env_world() -> tuple[int, int, int]:
@@ -102,6 +102,22 @@ class Group:
                          device=self.device)
         t = self.sum(t)
         return {k: float(v / t[-1]) for k, v in zip(keys, t[:-1])}
+
+    def on_main(self, check: Callable[[], None]) -> None:
+        """Run `check` on rank 0 only (e.g. the output folder, which may exist on rank 0's
+        machine alone) and stop every rank if it raises: rank 0 with its error, the others
+        with a pointer to it."""
+        error = None
+        if self.main:
+            try:
+                check()
+            except VaekitError as e:
+                error = e
+        if not self.agree(error is None):
+            self.close()
+            if error is not None:
+                raise error
+            raise ConfigError("rank 0 refused to start (its error names the problem); fix it and launch again")
 
     def noise_generator(self, gen: torch.Generator, seed: int, device: torch.device) -> torch.Generator:
         """The generator for binarisation draws: `gen` itself in one process; with several,

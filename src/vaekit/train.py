@@ -159,8 +159,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     config = resolve_config(config, ds)
     ranks, device = distributed.start(resolve_device(config.device), config.amp)  # torchrun: join the ranks
     target = Path(out) if out is not None else None
-    if target is not None and ranks.main:
-        checkpoint.check_output_dir(target, force)  # before any work: bad --out costs nothing
+    if target is not None:  # before any work: bad --out costs nothing
+        ranks.on_main(lambda: checkpoint.check_output_dir(target, force))
 
     torch.manual_seed(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed)  # batches and binarisation
