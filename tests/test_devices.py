@@ -1,6 +1,5 @@
 """Devices, mixed precision and torch.compile. GPU tests are marked `gpu` and skip without CUDA."""
 
-
 import numpy as np
 import pytest
 import torch
