@@ -35,6 +35,12 @@ def test_shards_split_every_global_batch_disjointly():
         assert torch.equal(torch.cat([p for p, _ in parts]), whole)
         assert all(m == n for _, m in parts)
     assert [len(Group(rank=r, world=2).shard(perm, 3, 32)[0]) for r in range(2)] == [6, 5]
+    assert Group(world=2).steps(203, 32) == 4 and Group().steps(193, 64) == 4
+    # 193 = 3 x 64 + 1: one row cannot be shared by 2 ranks, so it joins the third batch
+    assert Group(world=2).steps(193, 32) == 3
+    last = [Group(rank=r, world=2).shard(perm[:193], 2, 32) for r in range(2)]
+    assert [len(p) for p, _ in last] == [33, 32] and last[0][1] == 65
+    assert torch.equal(torch.cat([p for p, _ in last]), perm[128:193])
 
 
 def test_two_gloo_ranks_equal_one_process_at_twice_the_batch(tmp_path, capsys):

@@ -13,6 +13,7 @@ are agreed by all-reducing a flag, so no rank waits on a collective another has 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -50,10 +51,23 @@ class Group:
     def main(self) -> bool:
         return self.rank == 0
 
+    def steps(self, n: int, batch_size: int) -> int:
+        """Steps per epoch over n rows. With several ranks, a last remainder smaller than the
+        world joins the batch before it, so no rank is ever left without a row."""
+        size = batch_size * self.world
+        if self.world == 1:
+            return math.ceil(n / size)
+        if n < self.world:
+            raise ConfigError(f"{n} training rows cannot be shared by {self.world} ranks; use fewer ranks")
+        return n // size + (1 if n % size >= self.world else 0)
+
     def shard(self, perm: torch.Tensor, step: int, batch_size: int) -> tuple[torch.Tensor, int]:
         """This rank's part of global batch `step` of `perm`, and the global batch's size."""
         size = batch_size * self.world
-        batch = perm[step * size:(step + 1) * size]  # (<= world * B,)
+        end = (step + 1) * size
+        if len(perm) - end < self.world:  # the remainder too small to share joins this batch
+            end = len(perm)
+        batch = perm[step * size:end]  # (about world * B,)
         if self.world == 1:
             return batch, len(batch)
         return torch.tensor_split(batch, self.world)[self.rank], len(batch)

@@ -83,6 +83,8 @@ class LazyRows:
 
     def gather(self, idx: np.ndarray) -> np.ndarray:
         """Rows `idx` (B,) -> float32 (B, *shape), read in file order, returned in `idx` order."""
+        if len(idx) == 0:  # e.g. a rank's share of a last batch smaller than the world
+            return np.empty((0, *self.row_shape), dtype=np.float32)
         order = np.argsort(idx, kind="stable")
         rows = self._read(idx[order])
         out = np.empty_like(rows)
@@ -178,7 +180,7 @@ class NpyRows(LazyRows):
     def _raw(self, idx: np.ndarray) -> np.ndarray:
         """Rows `idx` (sorted) as stored: (B, *raw_shape), one read per run of neighbours."""
         out = np.empty((len(idx), *self.raw_shape), dtype=self.raw_dtype)
-        flat = out.reshape(len(idx), -1).view(np.uint8)  # (B, row_bytes)
+        flat = out.reshape(len(idx), int(np.prod(self.raw_shape))).view(np.uint8)  # (B, row_bytes)
         breaks = np.flatnonzero(np.diff(idx) != 1) + 1
         for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(idx)]):
             want = (hi - lo) * self._row_bytes
@@ -244,7 +246,7 @@ class DeviceRows(LazyRows):
     def gather(self, idx: np.ndarray) -> np.ndarray:
         rows_idx = self.idx[idx]
         rows = self.source.gather(rows_idx)
-        if self.bits_seed is not None:
+        if self.bits_seed is not None and len(rows):
             u = hashed_uniform(self.bits_seed, rows_idx, int(np.prod(self.row_shape)))
             rows = (u < rows.reshape(len(rows), -1)).astype(np.float32).reshape(rows.shape)
         return rows

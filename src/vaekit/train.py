@@ -193,7 +193,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         run_dir.mkdir(parents=True)
     history = History()
     best_loss, best_state, bad_epochs = math.inf, None, 0
-    steps_per_epoch = math.ceil(len(x_train) / (config.batch_size * ranks.world))
+    steps_per_epoch = ranks.steps(len(x_train), config.batch_size)
     try:
         for epoch in range(config.epochs):
             model.train()
