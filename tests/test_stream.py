@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import vaekit
+import vaekit.stream
 from vaekit.cli import main
 from vaekit.errors import DataError
 from vaekit.stream import DeviceRows, LazyRows, hashed_uniform
@@ -117,3 +118,12 @@ def test_training_on_a_200_mb_array_stays_under_a_100_mb_cap(tmp_path):
     print(json.dumps({**r, "array_mb": round(path.stat().st_size / 1e6, 1), "cap_mb": cap_mb}))  # pytest -s shows it
     assert r["rows"] == 50_000 and r["epochs"] == 1
     assert r["peak_mb"] - r["baseline_mb"] < cap_mb, r
+
+
+def test_large_npy_streams_by_default_from_the_cli_only(tmp_path, monkeypatch):
+    np.save(tmp_path / "x.npy", np.zeros((50, 10), dtype=np.float32))  # 2,000 bytes as float32
+    monkeypatch.setattr(vaekit.stream, "AUTO_STREAM_BYTES", 1000)
+    assert isinstance(vaekit.load_data(str(tmp_path / "x.npy"), stream=None).x, LazyRows)  # the CLI's default
+    assert isinstance(vaekit.load_data(str(tmp_path / "x.npy")).x, torch.Tensor)  # the API's default
+    monkeypatch.setattr(vaekit.stream, "AUTO_STREAM_BYTES", 4000)
+    assert isinstance(vaekit.load_data(str(tmp_path / "x.npy"), stream=None).x, torch.Tensor)
