@@ -59,3 +59,33 @@ def test_export_refuses_bad_paths_ladder_encoders_and_mismatches(tmp_path, capsy
     assert main(["export", str(tmp_path / "run"), "--onnx", str(tmp_path / "d.onnx")]) == 2
     assert "differs from PyTorch" in capsys.readouterr().err
     assert not (tmp_path / "d.onnx").exists()
+
+
+class _Conditioned(torch.nn.Module):
+    """Any model with `condition_dim` > 0 and encode(x, c) / decode(z, c) exports with an input c."""
+
+    condition_dim, latent_dim = 2, 3
+
+    def __init__(self, base):
+        super().__init__()
+        self.base, self.prior, self.shift = base, base.prior, torch.nn.Linear(2, 3)
+
+    def decode(self, z, c):
+        return self.base.decode(z + self.shift(c))
+
+    def encode(self, x, c):
+        q = self.base.encode(x)
+        return torch.distributions.Independent(torch.distributions.Normal(q.mean + self.shift(c), q.stddev), 1)
+
+
+def test_a_conditional_model_exports_with_a_condition_input(tmp_path):
+    base = vaekit.VAE.from_config(vaekit.Config(hidden=[16], latent_dim=3, input_shape=[1, 8, 8], likelihood="bernoulli"))
+    model = _Conditioned(base).eval()
+    result = vaekit.export_onnx(model, tmp_path / "d.onnx", tmp_path / "e.onnx")
+    assert result["decoder_max_abs_diff"] < 1e-5 and result["encoder_max_abs_diff"] < 1e-5
+    decoder, encoder = _session(tmp_path / "d.onnx"), _session(tmp_path / "e.onnx")
+    assert [i.name for i in decoder.get_inputs()] == ["z", "c"] and [i.name for i in encoder.get_inputs()] == ["x", "c"]
+    z, c = torch.randn(5, 3), torch.rand(5, 2)
+    with torch.no_grad():
+        want = model.decode(z, c).mean
+    assert np.abs(decoder.run(None, {"z": z.numpy(), "c": c.numpy()})[0] - want.numpy()).max() < 1e-5

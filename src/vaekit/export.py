@@ -3,6 +3,9 @@
     decoder.onnx   z (B, d) -> mean (B, *shape)          the mean of p(x|z)
     encoder.onnx   x (B, *shape) -> mu (B, d), sigma (B, d)   q(z|x) = N(mu, diag sigma^2)
 
+A conditional model (one with `condition_dim` > 0) takes its condition c (B, C) as a second
+input, named "c", in both graphs.
+
 For a Bernoulli likelihood the mean is the probabilities, for a Gaussian the mean in data
 units. The batch axis is dynamic. Each graph is run by onnxruntime on a test batch and
 compared with PyTorch before it is written (atomically); a mismatch writes nothing.
@@ -37,8 +40,8 @@ class DecoderMean(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(z).mean
+    def forward(self, z: torch.Tensor, *c: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z, *c).mean
 
 
 class EncoderParams(nn.Module):
@@ -48,8 +51,8 @@ class EncoderParams(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q = self.model.encode(x)
+    def forward(self, x: torch.Tensor, *c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.model.encode(x, *c)
         return q.mean, q.stddev
 
 
@@ -62,35 +65,37 @@ def _require_onnx():
     return onnx, onnxruntime
 
 
-def onnx_bytes(module: nn.Module, example: torch.Tensor, inputs: list[str], outputs: list[str]) -> bytes:
-    """Trace `module` on `example` into an ONNX graph with a dynamic batch axis."""
+def onnx_bytes(module: nn.Module, example: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str]) -> bytes:
+    """Trace `module` on the `example` inputs into an ONNX graph with a dynamic batch axis."""
     onnx, _ = _require_onnx()
     buf = io.BytesIO()
     axes = {name: {0: "batch"} for name in inputs + outputs}
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer notes
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), buf, input_names=inputs, output_names=outputs,
+        torch.onnx.export(module, example, buf, input_names=inputs, output_names=outputs,
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     data = buf.getvalue()
     onnx.checker.check_model(onnx.load_from_string(data))
     return data
 
 
-def run_onnx(data: bytes, x: np.ndarray) -> list[np.ndarray]:
-    """Run an exported graph on x with onnxruntime's CPU provider."""
+def run_onnx(data: bytes, *inputs: np.ndarray) -> list[np.ndarray]:
+    """Run an exported graph on its inputs with onnxruntime's CPU provider."""
     _, ort = _require_onnx()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})
+    return session.run(None, {i.name: x for i, x in zip(session.get_inputs(), inputs)})
 
 
 @torch.no_grad()
-def _checked(module: nn.Module, data: bytes, x: torch.Tensor, what: str) -> float:
-    """The largest |onnxruntime - PyTorch| on x and on x[:2]; refuse the graph above CHECK_ATOL."""
+def _checked(module: nn.Module, data: bytes, inputs: tuple[torch.Tensor, ...], what: str) -> float:
+    """The largest |onnxruntime - PyTorch| on the inputs and on their first two rows; refuse
+    the graph above CHECK_ATOL."""
     worst = 0.0
-    for xb in (x, x[:2]):  # the traced batch size and another: the batch axis must be dynamic
-        want = module(xb)
+    for rows in (len(inputs[0]), 2):  # the traced batch size and another: the batch axis must be dynamic
+        xb = tuple(t[:rows] for t in inputs)
+        want = module(*xb)
         want = want if isinstance(want, tuple) else (want,)
-        got = run_onnx(data, xb.numpy())
+        got = run_onnx(data, *(t.numpy() for t in xb))
         worst = max(worst, *(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want)))
     if not worst <= CHECK_ATOL:
         raise IncompatibleError(f"the exported {what} differs from PyTorch by {worst:.3g} under onnxruntime "
@@ -117,15 +122,19 @@ def export_onnx(model, decoder: str | os.PathLike, encoder: str | os.PathLike | 
     model = getattr(model, "_orig_mod", model).to("cpu").eval()
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(CHECK_BATCH, model.latent_dim, generator=gen)  # (B, d)
+    cond = getattr(model, "condition_dim", 0)
+    c = (torch.rand(CHECK_BATCH, cond, generator=gen),) if cond else ()  # (B, C) for a conditional model
+    names = ["c"] if cond else []
     dec = DecoderMean(model)
-    files = {paths[0]: onnx_bytes(dec, z, ["z"], ["mean"])}
-    result: dict[str, Any] = {"decoder": str(paths[0]), "decoder_max_abs_diff": _checked(dec, files[paths[0]], z, "decoder")}
+    files = {paths[0]: onnx_bytes(dec, (z, *c), ["z", *names], ["mean"])}
+    result: dict[str, Any] = {"decoder": str(paths[0]),
+                              "decoder_max_abs_diff": _checked(dec, files[paths[0]], (z, *c), "decoder")}
     if encoder is not None:
         with torch.no_grad():
-            x = dec(z)  # (B, *shape) realistic inputs: decoded prior draws
+            x = dec(z, *c)  # (B, *shape) realistic inputs: decoded prior draws
         enc = EncoderParams(model)
-        files[paths[1]] = onnx_bytes(enc, x, ["x"], ["mu", "sigma"])
-        result.update(encoder=str(paths[1]), encoder_max_abs_diff=_checked(enc, files[paths[1]], x, "encoder"))
+        files[paths[1]] = onnx_bytes(enc, (x, *c), ["x", *names], ["mu", "sigma"])
+        result.update(encoder=str(paths[1]), encoder_max_abs_diff=_checked(enc, files[paths[1]], (x, *c), "encoder"))
     for p, data in files.items():  # written only when every graph passed its check
         write_atomic(p, data)
     return result
