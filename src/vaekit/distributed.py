@@ -6,7 +6,8 @@ permutation of the training rows each epoch; step s takes the global batch of
 `batch_size * world` rows and each rank the r-th of `world` near-equal parts of it.
 DistributedDataParallel averages the gradients, and each rank's loss is scaled by
 `world / global batch`, so N ranks at per-rank batch B take exactly the steps of one
-process at batch N * B (up to float summation order), uneven last batch included.
+process at batch N * B (up to float summation order), uneven last batch included (a last
+remainder of fewer rows than ranks joins the batch before it).
 Decisions that end or shape training (a non-finite loss, an improved validation score)
 are agreed by all-reducing a flag, so no rank waits on a collective another has left.
 """
@@ -227,6 +228,16 @@ def training_step(model: nn.Module, fn: Callable[..., Any], group: Group, device
 def _check_amp(amp: bool, device: torch.device) -> None:
     if amp and device.type != "cuda":
         raise ConfigError(f"--amp (bf16 mixed precision) needs a CUDA device, not {device}; drop --amp on CPU")
+    if amp and not _native_bf16(device):
+        raise ConfigError(f"--amp uses bfloat16, which {torch.cuda.get_device_name(device)} lacks (it needs compute "
+                          "capability 8.0+, e.g. A100, H100); drop --amp")
+
+
+def _native_bf16(device: torch.device) -> bool:
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # older torch: no emulation to exclude
+        return torch.cuda.is_bf16_supported()
 
 
 def _to_float(module: nn.Module, args: Any, out: Any) -> Any:
