@@ -409,7 +409,11 @@ def cmd_demo(args) -> int:
         write_output(torch.cat([x, model.reconstruct(x)]), staging / "reconstructions.png", nrow=16)
         path = model.interpolate(x[0:8:2], x[1:8:2], steps=10)  # (10, 4, 1, 8, 8)
         write_output(path.transpose(0, 1).reshape(-1, *path.shape[2:]), staging / "interpolations.png", nrow=10)
-        report(model, test, staging / "report.html", k=100, title="digits demo")
+        import importlib.util
+
+        has_plots = importlib.util.find_spec("matplotlib") is not None  # the report is optional: vaekit[report]
+        if has_plots:
+            report(model, test, staging / "report.html", k=100, title="digits demo")
         (staging / "demo.json").write_text(json.dumps({"epochs": len(model.history.epochs)}))
         publish(staging, out)
     finally:
@@ -418,7 +422,10 @@ def cmd_demo(args) -> int:
     h = model.history
     print(f"trained on digits for {len(h.epochs)} epochs (val loss {h.epochs[h.best_epoch - 1]['val_loss']:.2f} nats)")
     for name in ("report.html", "samples.png", "reconstructions.png", "interpolations.png", "run"):
-        print(f"  {out / name}")
+        if (out / name).exists():
+            print(f"  {out / name}")
+    if not has_plots:
+        print("  (no report.html: pip install matplotlib, or vaekit[report], to get the HTML report too)")
     return 0
 
 
