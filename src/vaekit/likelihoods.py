@@ -66,10 +66,136 @@ class Gaussian(nn.Module):
                            validate_args=False)
 
 
+class MixedDistribution(Distribution):
+    """p(x|z) over an encoded table row (event shape (D_enc,)): one independent head per block.
+
+    normal       N(loc, sd) for a (transformed) numeric value; its term is dropped when the
+                 column's missingness indicator is 1 (a missing value has no value to score)
+    categorical  Categorical over a one-hot block: labels, boolean, mixture modes
+    bernoulli    Bernoulli for a missingness indicator
+    log_prob sums the heads' terms, so it is one number per row, like the other likelihoods.
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, params: torch.Tensor, likelihood: "MixedLikelihood"):
+        self.params, self.lk = params, likelihood  # params (..., P)
+        super().__init__(params.shape[:-1], torch.Size([likelihood.dim]), validate_args=False)
+
+    def _normal(self) -> Normal:
+        p = self.params[..., self.lk.normal_params]  # (..., n_normal, 2)
+        return Normal(p[..., 0], F.softplus(p[..., 1]) + self.lk.min_scale, validate_args=False)
+
+    def _logits(self, i: int) -> torch.Tensor:
+        a, b = self.lk.cat_params[i]
+        return self.params[..., a:b]  # (..., k)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        lk = self.lk
+        total = torch.zeros(torch.broadcast_shapes(self.batch_shape, x.shape[:-1]), device=x.device)
+        if len(lk.normal_idx):
+            lp = self._normal().log_prob(x[..., lk.normal_idx])  # (..., n_normal)
+            keep = torch.where(lk.normal_mask >= 0, 1 - x[..., lk.normal_mask.clamp(min=0)], torch.ones_like(lp))
+            total = total + (lp * keep).sum(-1)
+        for i, (a, b) in enumerate(lk.cat_idx):
+            # a one-hot target picks its label's log-probability
+            total = total + (x[..., a:b] * F.log_softmax(self._logits(i), -1)).sum(-1)
+        if len(lk.bern_idx):
+            logits = self.params[..., lk.bern_params]  # (..., n_bern)
+            total = total - F.binary_cross_entropy_with_logits(
+                logits.expand(*total.shape, -1), x[..., lk.bern_idx].expand(*total.shape, -1), reduction="none").sum(-1)
+        return total
+
+    def _assemble(self, normal: torch.Tensor, cats: list[torch.Tensor], bern: torch.Tensor) -> torch.Tensor:
+        out = self.params.new_zeros(*self.batch_shape, self.lk.dim)  # (..., D_enc)
+        out[..., self.lk.normal_idx] = normal
+        for (a, b), v in zip(self.lk.cat_idx, cats):
+            out[..., a:b] = v
+        out[..., self.lk.bern_idx] = bern
+        return out
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Per block: the normal's mean, the label probabilities, the probability of missing."""
+        return self._assemble(self._normal().mean, [F.softmax(self._logits(i), -1) for i in range(len(self.lk.cat_idx))],
+                              torch.sigmoid(self.params[..., self.lk.bern_params]))
+
+    @property
+    def mode(self) -> torch.Tensor:
+        cats = [F.one_hot(self._logits(i).argmax(-1), b - a).float() for i, (a, b) in enumerate(self.lk.cat_idx)]
+        return self._assemble(self._normal().mean, cats, (self.params[..., self.lk.bern_params] > 0).float())
+
+    def draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One row per batch element from p(x|z): normal draws, one-hot labels, 0/1 indicators."""
+        def noise(shape, fn=torch.randn):
+            return fn(shape, generator=generator, device="cpu").to(self.params.device)
+
+        normal = self._normal()
+        values = normal.mean + normal.stddev * noise(normal.mean.shape)
+        cats = []
+        for i, (a, b) in enumerate(self.lk.cat_idx):
+            logits = self._logits(i)
+            gumbel = -torch.log(-torch.log(noise(logits.shape, torch.rand).clamp(1e-20, 1 - 1e-7)))
+            cats.append(F.one_hot((logits + gumbel).argmax(-1), b - a).float())  # Gumbel-max: a categorical draw
+        probs = torch.sigmoid(self.params[..., self.lk.bern_params])
+        return self._assemble(values, cats, (noise(probs.shape, torch.rand) < probs).float())
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        if sample_shape != torch.Size():
+            raise ValueError("MixedDistribution.sample draws one row per batch element; expand the parameters instead")
+        return self.draw()
+
+
+class MixedLikelihood(nn.Module):
+    """One head per table column block (see tables.Schema.heads): normal values,
+    categorical one-hot blocks, Bernoulli missingness indicators. The decoder emits a flat
+    parameter vector (B, P): 2 numbers per normal head, k logits per categorical, 1 per
+    Bernoulli."""
+
+    n_params = 1
+    min_scale = 1e-2  # in Gaussianised units: a floor that keeps log-densities finite
+
+    def __init__(self, heads: list[list]):
+        super().__init__()
+        self.heads = [list(h) for h in heads]
+        normal_idx, normal_mask, normal_params, bern_idx, bern_params = [], [], [], [], []
+        self.cat_idx, self.cat_params = [], []
+        p = 0
+        for kind, start, width, mask in self.heads:
+            match kind:
+                case "normal":
+                    normal_idx.append(start), normal_mask.append(mask), normal_params.append([p, p + 1])
+                    p += 2
+                case "categorical":
+                    self.cat_idx.append((start, start + width)), self.cat_params.append((p, p + width))
+                    p += width
+                case "bernoulli":
+                    bern_idx.append(start), bern_params.append(p)
+                    p += 1
+                case _:
+                    raise ValueError(f"unknown head kind {kind!r}")
+        self.dim = max((s + w for _, s, w, _ in self.heads), default=0)
+        self.param_shape = (p,)
+        self.shape = (self.dim,)
+        for name, v in [("normal_idx", normal_idx), ("normal_mask", normal_mask), ("bern_idx", bern_idx),
+                        ("bern_params", bern_params)]:
+            self.register_buffer(name, torch.tensor(v, dtype=torch.long), persistent=False)
+        self.register_buffer("normal_params", torch.tensor(normal_params, dtype=torch.long).reshape(-1, 2),
+                             persistent=False)
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # the table encoding is already on a unit scale
+
+    def forward(self, params: torch.Tensor) -> Distribution:
+        return MixedDistribution(params, self)
+
+
 def make_likelihood(name: str, shape: tuple[int, ...]) -> nn.Module:
     match name:
         case "bernoulli":
             return Bernoulli(shape)
         case "gaussian":
             return Gaussian(shape)
+        case "mixed":
+            raise ValueError("likelihood=mixed is built from a table schema: load the run with vaekit.load")
     raise ValueError(f"likelihood {name!r} must be resolved to bernoulli or gaussian first")
