@@ -52,7 +52,7 @@ def evaluate_table(model_or_synthetic, real, n: int | None = None, seed: int = 0
 
 def quality(real, synth, schema: Schema) -> dict[str, float]:
     """SDMetrics' single-table QualityReport: overall, column shapes, column-pair trends."""
-    from sdmetrics.reports.single_table import QualityReport
+    from sdmetrics.reports import QualityReport
 
     meta = {"columns": {c.name: {"sdtype": SDTYPES[c.kind]} for c in schema.columns}}
     report = QualityReport()
