@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mmd-kernel", choices=["imq", "rbf"], help="WAE-MMD kernel")
     t.add_argument("--mmd-weight", type=float, help="WAE-MMD penalty weight lambda (default 10)")
     t.add_argument("--wae-stochastic", action="store_true", help="WAE-MMD with a sampled (Gaussian) encoder")
+    t.add_argument("--condition-on", choices=["labels"],
+                   help="conditional VAE on the data's class labels (sample one class with --condition)")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--lr-schedule", choices=["constant", "cosine"])
@@ -89,10 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", metavar="RUN")
     s.add_argument("-n", type=int, default=64, help="how many (default 64)")
     s.add_argument("-o", "--output", required=True, help=".png image grid or .npy array; tables: .csv or .parquet")
-    s.add_argument("--condition", action="append", metavar="COND",
-                   help="tables: e.g. sex=Female or age>40 (repeatable; condition columns only)")
     s.add_argument("--temperature", type=float, default=1.0, help="scale of the prior draw (default 1)")
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of its mean")
+    s.add_argument("--condition", action="append", metavar="VALUE",
+                   help="conditional runs: the class label to generate, e.g. --condition 7 "
+                        "(default: all classes in turn); tables: sex=Female, age>40 (repeatable)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
 
@@ -133,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 TRAIN_FLAGS = ("epochs", "latent_dim", "arch", "latent_dims", "ladder_hidden", "hidden", "channels", "activation", "likelihood", "binarize",
                "objective", "k", "beta", "kl_warmup", "free_bits", "prior", "prior_components", "mmd_kernel",
                "mmd_weight", "batch_size", "lr", "lr_schedule", "lr_warmup", "lr_final", "val_nll_k",
-               "patience", "val_fraction", "grad_clip", "seed", "device")
+               "patience", "val_fraction", "grad_clip", "seed", "device", "condition_on")
 
 
 def cmd_train(args) -> int:
@@ -219,11 +222,10 @@ def cmd_sample(args) -> int:
         write_table(df, args.output)
         print(f"wrote {args.n} rows to {args.output}")
         return 0
-    if args.condition:
-        raise ConfigError("--condition applies to table models; this run is not one")
     check_output_file(args.output)
     x = model.sample(args.n, temperature=args.temperature, mean=not args.draw,
-                     generator=torch.Generator().manual_seed(args.seed))
+                     generator=torch.Generator().manual_seed(args.seed),
+                     condition=_sample_condition(model, args.condition, args.n))
     if Path(args.output).suffix.lower() == ".png" and x.ndim != 4:
         raise ConfigError(f"this model makes arrays of shape {tuple(x.shape[1:])}, not images; write .npy instead")
     write_output(x, args.output)
@@ -231,13 +233,43 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _sample_condition(model, values: list[str] | None, n: int):
+    """The conditions (n, C) for `sample`: the asked class, or every class in turn."""
+    import torch
+
+    names = model.config.condition_names if model.config is not None else None
+    if not model.condition_dim:
+        if values:
+            raise ConfigError(f"{values[0]!r}: this run is not conditional; drop --condition "
+                              "or train with --condition-on labels")
+        return None
+    if not names:
+        raise ConfigError("this run is conditioned on columns, not labels; sample it as a table")
+    if values and len(values) > 1:
+        raise ConfigError(f"give one class label with --condition (got {len(values)}); run sample once per class")
+    if values:
+        if values[0] not in names:
+            raise ConfigError(f"--condition {values[0]}: the run knows the classes {', '.join(names)}; pick one")
+        return model.label_condition(values[0])
+    return torch.eye(len(names), device=model.device)[torch.arange(n) % len(names)]  # (n, C): classes in turn
+
+
 def _eval_data(args, model, n: int | None):
+    """The data of `reconstruct`, `interpolate` and `evaluate`, checked against the model, and
+    the conditions (N, C) a conditional model needs (from the data's labels)."""
     from .data import load_data
     from .evaluate import prepare_eval_data
+    from .train import build_condition
 
     ds = load_data(args.data, args.split, args.data_dir, args.download)
-    x = ds.x[:n] if n else ds.x
-    return prepare_eval_data(model, x), ds
+    x = prepare_eval_data(model, ds.x[:n] if n else ds.x)
+    c = None
+    if model.condition_dim:
+        if model.config.condition_on != "labels":
+            raise ConfigError("this run is conditioned on columns, not labels; use it through the table commands")
+        c, _ = build_condition(ds, model.config, None)
+        c = c[:len(x)].to(model.device)
+    return x, ds, c
 
 
 def cmd_reconstruct(args) -> int:
@@ -248,8 +280,8 @@ def cmd_reconstruct(args) -> int:
     _positive(args.n, "-n")
     check_output_file(args.output)
     model = _load_run(args)
-    x, _ = _eval_data(args, model, args.n)
-    recon = model.reconstruct(x)
+    x, _, c = _eval_data(args, model, args.n)
+    recon = model.reconstruct(x, c=c)
     if Path(args.output).suffix.lower() == ".png":
         if x.ndim != 4:
             raise ConfigError("a .png needs image data; write .npy instead")
@@ -270,11 +302,12 @@ def cmd_interpolate(args) -> int:
         raise ConfigError(f"--steps {args.steps} must be >= 2")
     check_output_file(args.output)
     model = _load_run(args)
-    x, _ = _eval_data(args, model, 2 * args.pairs)
+    x, _, c = _eval_data(args, model, 2 * args.pairs)
     if len(x) < 2:
         raise ConfigError("interpolation needs at least two examples in DATA")
     pairs = len(x) // 2
-    path = model.interpolate(x[0:2 * pairs:2], x[1:2 * pairs:2], steps=args.steps)  # (steps, pairs, *shape)
+    c1, c2 = (None, None) if c is None else (c[0:2 * pairs:2], c[1:2 * pairs:2])
+    path = model.interpolate(x[0:2 * pairs:2], x[1:2 * pairs:2], steps=args.steps, c1=c1, c2=c2)  # (steps, pairs, *shape)
     if Path(args.output).suffix.lower() == ".png":
         write_output(path.transpose(0, 1).reshape(-1, *path.shape[2:]), args.output, nrow=args.steps)
     else:
@@ -295,9 +328,9 @@ def cmd_evaluate(args) -> int:
     model = _load_run(args)
     if getattr(model, "schema", None) is not None:
         return _evaluate_table(args, model)
-    x, ds = _eval_data(args, model, args.n)
+    x, ds, c = _eval_data(args, model, args.n)
     torch.manual_seed(args.seed)
-    result = evaluate(model, x, k=args.k, batch_size=args.batch_size, compile=args.compile)
+    result = evaluate(model, x, k=args.k, batch_size=args.batch_size, compile=args.compile, c=c)
     if args.json:
         print(json.dumps(result))
         return 0

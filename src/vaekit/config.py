@@ -59,6 +59,9 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True  # show a progress bar with the running loss on stderr
     input_shape: list[int] | None = None  # shape of one example, recorded from the data by fit()
+    condition_on: str | None = None  # conditional VAE: "labels" (class labels of the data), "columns" (tables)
+    condition_dim: int = 0  # size of the condition vector c given to encoder and decoder; fit() records it
+    condition_names: list[str] | None = None  # condition_on=labels: the class names, in one-hot order
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))
@@ -111,6 +114,16 @@ class Config:
             raise ConfigError("--objective wae-mmd matches the encoded codes to N(0, I); use --prior normal")
         if self.objective != "iwae" and self.k != 1:
             raise ConfigError(f"k={self.k} only applies to --objective iwae; drop --k or add --objective iwae")
+        if self.condition_on not in (None, "labels", "columns"):
+            raise ConfigError(f"condition_on={self.condition_on!r} must be labels, columns or null (unconditional)")
+        if isinstance(self.condition_dim, bool) or not isinstance(self.condition_dim, int) or self.condition_dim < 0:
+            raise ConfigError(f"condition_dim={self.condition_dim!r} must be an integer >= 0")
+        if self.condition_names is not None:
+            self.condition_names = [str(n) for n in self.condition_names]
+        if self.condition_on is not None or self.condition_dim:
+            if self.arch == "ladder" or self.prior == "vamp":
+                raise ConfigError("a conditional VAE works with --arch mlp|conv and --prior normal|mog; "
+                                  "drop --arch ladder / --prior vamp or the condition")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"device={dev!r} is not auto, cpu, cuda or cuda:N")

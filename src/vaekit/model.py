@@ -4,6 +4,10 @@
     p(x|z) = likelihood(decoder(z))       decode(z)
     p(z)   = prior()
 Kingma & Welling, Auto-Encoding Variational Bayes, 2014.
+
+A conditional VAE (Sohn et al., Learning Structured Output Representation using Deep
+Conditional Generative Models, 2015) gives both nets a condition vector c: q(z|x, c), p(x|z, c),
+with p(z) unchanged; then sampling with a chosen c generates that class or that kind of row.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ class VAE(nn.Module):
     min_sigma = 1e-4  # floor on the posterior std: log q(z|x) stays finite
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: nn.Module, likelihood: nn.Module,
-                 latent_dim: int, input_shape: tuple[int, ...], config: Config | None = None):
+                 latent_dim: int, input_shape: tuple[int, ...], config: Config | None = None,
+                 condition_dim: int = 0):
         super().__init__()
         self.encoder, self.decoder, self.prior, self.likelihood = encoder, decoder, prior, likelihood
         self.latent_dim, self.input_shape = latent_dim, tuple(input_shape)
         self.config = config
+        self.condition_dim = condition_dim  # size of c; 0: unconditional
 
     @classmethod
     def from_config(cls, config: Config, likelihood: nn.Module | None = None) -> "VAE":
@@ -38,7 +44,7 @@ class VAE(nn.Module):
         `likelihood`, if given, replaces the config's (tables: a MixedLikelihood from the schema)."""
         if config.input_shape is None or config.likelihood == "auto":
             raise ValueError("from_config needs input_shape and a concrete likelihood; fit() records both")
-        shape, d = tuple(config.input_shape), config.latent_dim
+        shape, d, cd = tuple(config.input_shape), config.latent_dim, config.condition_dim
         if likelihood is None:
             likelihood = make_likelihood(config.likelihood, shape)
         # a likelihood with a flat parameter vector (mixed heads) says its size itself
@@ -51,21 +57,44 @@ class VAE(nn.Module):
         if config.arch == "conv":
             if len(shape) != 3:
                 raise ValueError(f"arch=conv needs images (C, H, W); this data has shape {shape}")
-            encoder = ConvEncoder(shape, config.channels, 2 * d, config.activation)
-            decoder = ConvDecoder(d, config.channels, out_shape, config.activation)
+            # the condition enters the conv encoder as constant extra input planes
+            encoder = ConvEncoder((shape[0] + cd, *shape[1:]), config.channels, 2 * d, config.activation)
+            decoder = ConvDecoder(d + cd, config.channels, out_shape, config.activation)
         else:
-            encoder = MLP(shape, config.hidden, (2 * d,), config.activation)
-            decoder = MLP((d,), config.hidden[::-1], out_shape, config.activation)
+            encoder = MLP((math.prod(shape) + cd,) if cd else shape, config.hidden, (2 * d,), config.activation)
+            decoder = MLP((d + cd,), config.hidden[::-1], out_shape, config.activation)
         prior = make_prior(config.prior, d, shape, config.prior_components or (500 if config.prior == "vamp" else 10))
-        return cls(encoder, decoder, prior, likelihood, d, shape, config)
+        return cls(encoder, decoder, prior, likelihood, d, shape, config, cd)
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def encode(self, x: torch.Tensor) -> Distribution:
-        """q(z|x) for x (B, *shape): a distribution with batch (B,) and event (d,)."""
-        h = self.encoder(self.likelihood.standardize(x))  # (B, 2d)
+    def check_condition(self, c: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """c as a float tensor (n, condition_dim) on the model's device; (condition_dim,) is
+        broadcast to n rows. Raises ValueError when c is missing, extra or mis-shaped."""
+        if not self.condition_dim:
+            if c is not None:
+                raise ValueError("this model is unconditional; do not pass a condition")
+            return None
+        if c is None:
+            raise ValueError(f"this conditional model needs a condition c of shape (B, {self.condition_dim})")
+        c = torch.as_tensor(c, dtype=torch.float32, device=self.device)
+        if c.dim() == 1:
+            c = c.expand(n, -1)
+        if c.shape != (n, self.condition_dim):
+            raise ValueError(f"condition has shape {tuple(c.shape)}; expected ({n}, {self.condition_dim})")
+        return c
+
+    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> Distribution:
+        """q(z|x[, c]) for x (B, *shape), c (B, C): a distribution with batch (B,) and event (d,)."""
+        xs = self.likelihood.standardize(x)
+        c = self.check_condition(c, len(x))
+        if c is not None and isinstance(self.encoder, ConvEncoder):
+            xs = torch.cat([xs, c[:, :, None, None].expand(-1, -1, *xs.shape[2:])], 1)  # (B, C_img + C, H, W)
+        elif c is not None:
+            xs = torch.cat([xs.flatten(1), c], 1)  # (B, D + C)
+        h = self.encoder(xs)  # (B, 2d)
         if hasattr(self.prior, "posterior"):  # hierarchical: top-down inference shares the prior's nets
             return self.prior.posterior(h)
         mu, raw = h.chunk(2, dim=-1)  # each (B, d)
@@ -74,10 +103,16 @@ class VAE(nn.Module):
         # validation off: the scales are positive by construction, and checking costs a sync per call
         return Independent(Normal(mu, sigma, validate_args=False), 1, validate_args=False)
 
-    def decode(self, z: torch.Tensor) -> Distribution:
-        """p(x|z) for z (*lead, d): batch shape `lead`, event shape the example's shape."""
+    def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Distribution:
+        """p(x|z[, c]) for z (*lead, d) and c (B, C) with lead ending in B: batch shape `lead`,
+        event shape the example's shape."""
         lead = z.shape[:-1]
-        params = self.decoder(z.reshape(-1, self.latent_dim))  # (prod(lead), P, *shape)
+        if self.condition_dim:
+            c = self.check_condition(c, lead[-1] if lead else 1)
+            z = torch.cat([z, c.expand(*lead, -1)], -1)  # (*lead, d + C): the k samples share c
+        elif c is not None:
+            raise ValueError("this model is unconditional; do not pass a condition")
+        params = self.decoder(z.reshape(-1, z.shape[-1]))  # (prod(lead), P, *shape)
         return self.likelihood(params.reshape(*lead, *params.shape[1:]))
 
     def prior_dist(self) -> Distribution:
@@ -87,13 +122,22 @@ class VAE(nn.Module):
     # ---- generation -----------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, mean: bool = True,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, condition: torch.Tensor | None = None) -> torch.Tensor:
         """n new examples (n, *shape): z ~ p(z) (scaled by `temperature` around the prior's
-        mean), decoded; the likelihood's mean by default, or a draw from p(x|z)."""
+        mean), decoded; the likelihood's mean by default, or a draw from p(x|z). A conditional
+        model takes `condition` (n, C) or (C,), e.g. `model.label_condition(7)`."""
         if n < 1:
             raise ValueError(f"n={n} must be >= 1")
+        c = self.check_condition(condition, n)
         z = self.prior.draw(n, temperature, generator, self.encode)  # (n, d)
-        return self._output(self.decode(z), mean, generator)
+        return self._output(self.decode(z, c), mean, generator)
+
+    def label_condition(self, label) -> torch.Tensor:
+        """The one-hot condition (C,) for a class label of a model trained with condition_on=labels."""
+        names = (self.config.condition_names if self.config is not None else None) or []
+        if str(label) not in names:
+            raise ValueError(f"label {label!r} was not seen in training; the model knows {', '.join(names) or 'none'}")
+        return F.one_hot(torch.tensor(names.index(str(label))), len(names)).float().to(self.device)
 
     def _output(self, px: Distribution, mean: bool, generator: torch.Generator | None) -> torch.Tensor:
         if mean:
@@ -107,29 +151,43 @@ class VAE(nn.Module):
         return px.mean + px.stddev * eps
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, mean: bool = True) -> torch.Tensor:
-        """Decode the posterior mean of x (B, *shape); returns (B, *shape)."""
-        return self._output(self.decode(self.encode(x).mean), mean, None)
+    def reconstruct(self, x: torch.Tensor, mean: bool = True, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode the posterior mean of x (B, *shape) (with its condition c (B, C)); returns (B, *shape)."""
+        return self._output(self.decode(self.encode(x, c).mean, c), mean, None)
 
     @torch.no_grad()
-    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:
+    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8,
+                    c1: torch.Tensor | None = None, c2: torch.Tensor | None = None) -> torch.Tensor:
         """Decode points on the line between the posterior means of x1 and x2 (each (*shape)
-        or (B, *shape)); returns (steps, B, *shape) of likelihood means."""
+        or (B, *shape)); returns (steps, B, *shape) of likelihood means. A conditional model
+        interpolates the conditions c1 -> c2 along with z."""
         if steps < 2:
             raise ValueError(f"steps={steps} must be >= 2")
         one = x1.dim() == len(self.input_shape)
         x1, x2 = (x1.unsqueeze(0), x2.unsqueeze(0)) if one else (x1, x2)
-        z1, z2 = self.encode(x1).mean, self.encode(x2).mean  # (B, d)
+        c1, c2 = self.check_condition(c1, len(x1)), self.check_condition(c2, len(x2))
+        z1, z2 = self.encode(x1, c1).mean, self.encode(x2, c2).mean  # (B, d)
         t = torch.linspace(0, 1, steps, device=z1.device).view(steps, 1, 1)
-        out = self.decode((1 - t) * z1 + t * z2).mean  # (steps, B, *shape)
+        c = None if c1 is None else (1 - t) * c1 + t * c2  # (steps, B, C)
+        out = self._decode_lead((1 - t) * z1 + t * z2, c).mean  # (steps, B, *shape)
         return out[:, 0] if one else out
 
     @torch.no_grad()
-    def traverse(self, x: torch.Tensor, dim: int, span: float = 3.0, steps: int = 9) -> torch.Tensor:
+    def traverse(self, x: torch.Tensor, dim: int, span: float = 3.0, steps: int = 9,
+                 c: torch.Tensor | None = None) -> torch.Tensor:
         """Vary latent `dim` of x's posterior mean over [-span, span]; returns (steps, *shape)."""
-        z = self.encode(x.unsqueeze(0)).mean.repeat(steps, 1)  # (steps, d)
+        c = self.check_condition(c, 1)  # (1, C): x's condition, (C,) or (1, C)
+        z = self.encode(x.unsqueeze(0), c).mean.repeat(steps, 1)  # (steps, d)
         z[:, dim] = torch.linspace(-span, span, steps, device=z.device)
-        return self.decode(z).mean
+        return self.decode(z, None if c is None else c.expand(steps, -1)).mean
+
+    def _decode_lead(self, z: torch.Tensor, c: torch.Tensor | None) -> Distribution:
+        """decode() where c already has z's leading shape (*lead, C), not just (B, C)."""
+        if c is None:
+            return self.decode(z)
+        lead = z.shape[:-1]
+        params = self.decoder(torch.cat([z, c], -1).reshape(-1, z.shape[-1] + c.shape[-1]))  # (prod(lead), P, *shape)
+        return self.likelihood(params.reshape(*lead, *params.shape[1:]))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

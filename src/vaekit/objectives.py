@@ -31,17 +31,18 @@ def kl_term(q, p, z: torch.Tensor) -> torch.Tensor:
         return q.log_prob(z) - p.log_prob(z)
 
 
-def elbo(model, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0) -> Bound:
+def elbo(model, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0, c: torch.Tensor | None = None) -> Bound:
     """ELBO with KL weight `beta` (beta = 1: the evidence lower bound; otherwise a beta-VAE
     objective, Higgins et al. 2017). x: (B, *shape) -> per-example terms (B,).
 
     `free_bits` > 0 (nats per latent dim, Kingma et al. 2016): a dimension whose batch-mean
     KL is below it is not penalised below it, against posterior collapse. The returned
     `kl` stays the true KL; only `bound` (the training objective) changes.
+    `c` (B, C): the condition of a conditional model (None otherwise), as in every objective.
     """
-    q = model.encode(x)
+    q = model.encode(x, c)
     z = q.rsample()  # (B, d), reparameterised: gradients reach the encoder
-    recon = model.decode(z).log_prob(x)  # (B,)
+    recon = model.decode(z, c).log_prob(x)  # (B,)
     p = model.prior_dist()
     kl = kl_term(q, p, z)  # (B,)
     if free_bits <= 0:
@@ -57,29 +58,29 @@ def elbo(model, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0) -> B
     return Bound(recon - beta * penalised, recon, kl)
 
 
-def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None, q=None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None, q=None,
+                c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Importance log-weights log p(x, z_i) - log q(z_i|x) for z_i ~ q(z|x), i = 1..k.
 
     `eps` (k, B, d), if given, is the standard-normal noise to use (z = mu + sigma * eps);
     `q`, if given, is q(z|x) already computed (evaluation reuses it across chunks of k).
     Returns (log_w, log_px_z, log_ratio), each (k, B); log_ratio = log q(z_i|x) - log p(z_i).
     """
-    q = model.encode(x) if q is None else q
+    q = model.encode(x, c) if q is None else q
     if eps is None:
         z = q.rsample((k,))  # (k, B, d)
     elif isinstance(q, Independent) and isinstance(q.base_dist, Normal):
         z = q.mean + q.stddev * eps
     else:
         raise ValueError("eps can be given only for a factorised Normal q(z|x)")
-    log_px_z = model.decode(z).log_prob(x)  # (k, B): x broadcasts over the k samples
+    log_px_z = model.decode(z, c).log_prob(x)  # (k, B): x broadcasts over the k samples
     log_ratio = q.log_prob(z) - model.prior_dist().log_prob(z)  # (k, B)
     return log_px_z - log_ratio, log_px_z, log_ratio
 
 
-def iwae(model, x: torch.Tensor, k: int = 5) -> Bound:
+def iwae(model, x: torch.Tensor, k: int = 5, c: torch.Tensor | None = None) -> Bound:
     """The importance-weighted bound with k samples; k = 1 is the ELBO (single-sample)."""
-    log_w, log_px_z, log_ratio = log_weights(model, x, k)
+    log_w, log_px_z, log_ratio = log_weights(model, x, k, c=c)
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)  # (B,)
     return Bound(bound, log_px_z.mean(0), log_ratio.mean(0))
 
@@ -110,12 +111,12 @@ def mmd(a: torch.Tensor, b: torch.Tensor, kernel: str = "imq", unbiased: bool = 
 
 
 def wae_mmd(model, x: torch.Tensor, weight: float = 10.0, kernel: str = "imq",
-            deterministic: bool = True) -> Bound:
+            deterministic: bool = True, c: torch.Tensor | None = None) -> Bound:
     """WAE-MMD: reconstruct through the encoder's code and match the aggregate of codes to
     the prior with an MMD penalty. `bound` is the per-example objective (B,)."""
-    q = model.encode(x)
+    q = model.encode(x, c)
     z = q.mean if deterministic else q.rsample()  # (B, d)
-    recon = model.decode(z).log_prob(x)  # (B,)
+    recon = model.decode(z, c).log_prob(x)  # (B,)
     z_prior = model.prior.draw(len(x), encode=model.encode).to(z.dtype)  # (B, d)
     penalty = mmd(z, z_prior, kernel) if len(x) > 1 else z.new_zeros(())
     return Bound(recon - weight * penalty, recon, penalty.expand_as(recon))

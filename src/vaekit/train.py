@@ -91,6 +91,33 @@ def resolve_config(config: Config, ds: Dataset) -> Config:
     return config.replace(input_shape=list(x.shape[1:]), likelihood=likelihood, binarize=binarize)
 
 
+def build_condition(ds: Dataset, config: Config, condition: Any) -> tuple[torch.Tensor | None, Config]:
+    """The condition vectors c (N, C) of a conditional VAE, and the config recording them:
+    one-hot class labels for condition_on="labels", or the caller's own array (N, C)."""
+    if condition is not None:
+        c = torch.as_tensor(np.asarray(condition, dtype=np.float32))
+        if c.ndim == 1:
+            c = c.unsqueeze(1)
+        if c.ndim != 2 or len(c) != len(ds.x):
+            raise DataError(f"condition has shape {tuple(c.shape)}; pass one row per example: ({len(ds.x)}, C)")
+        check_finite(c, "the condition")
+        return c, config.replace(condition_on=config.condition_on or "columns", condition_dim=c.shape[1])
+    if config.condition_on != "labels":
+        if config.condition_on == "columns":
+            raise ConfigError("condition_on=columns needs the condition array: fit(data, config, condition=C)")
+        return None, config.replace(condition_dim=0, condition_names=None)
+    if ds.labels is None:
+        raise DataError(f"{ds.name} has no labels to condition on; use labelled data (digits, MNIST, "
+                        "an .npz with 'labels', sub-folders of images) or drop --condition-on")
+    classes = torch.unique(ds.labels)  # sorted
+    names = [str(int(v)) for v in classes]
+    if config.condition_names is not None and config.condition_names != names:
+        raise DataError(f"{ds.name} has classes {names}, the model was built for {config.condition_names}")
+    index = torch.searchsorted(classes, ds.labels)  # (N,) class position
+    c = torch.nn.functional.one_hot(index, len(classes)).float()  # (N, C)
+    return c, config.replace(condition_dim=len(classes), condition_names=names)
+
+
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = int(round(n * val_fraction)) if n > 1 else 0
@@ -99,17 +126,18 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor,
 
 
 def objective(model: VAE, x: torch.Tensor, config: Config, beta: float | None = None,
-              free_bits: float | None = None) -> Bound:
-    """The configured objective on a batch; `beta`/`free_bits` override the config's (warm-up)."""
+              free_bits: float | None = None, c: torch.Tensor | None = None) -> Bound:
+    """The configured objective on a batch (with conditions c (B, C) for a conditional
+    model); `beta`/`free_bits` override the config's (warm-up)."""
     match config.objective:
         case "elbo":
             return elbo(model, x, beta=config.beta if beta is None else beta,
-                        free_bits=config.free_bits if free_bits is None else free_bits)
+                        free_bits=config.free_bits if free_bits is None else free_bits, c=c)
         case "iwae":
-            return iwae(model, x, k=config.k)
+            return iwae(model, x, k=config.k, c=c)
         case "wae-mmd":
             return wae_mmd(model, x, weight=config.mmd_weight, kernel=config.mmd_kernel,
-                           deterministic=config.wae_deterministic)
+                           deterministic=config.wae_deterministic, c=c)
     raise ConfigError(f"unknown objective {config.objective!r}")
 
 
@@ -120,12 +148,13 @@ def kl_weight(config: Config, step: int, steps_per_epoch: int) -> float:
 
 
 @torch.no_grad()
-def evaluate_bound(model: VAE, x: torch.Tensor, config: Config, batch_size: int = 1024) -> dict[str, float]:
+def evaluate_bound(model: VAE, x: torch.Tensor, config: Config, batch_size: int = 1024,
+                   c: torch.Tensor | None = None) -> dict[str, float]:
     """Mean loss (negative bound) and its terms over x, in eval mode, batched."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=x.device)
     for i in range(0, len(x), batch_size):
-        b = objective(model, x[i:i + batch_size], config)
+        b = objective(model, x[i:i + batch_size], config, c=None if c is None else c[i:i + batch_size])
         sums += torch.stack([-b.bound.sum(), b.recon.sum(), b.kl.sum()]).double()
     loss, recon, kl = (sums / len(x)).tolist()
     return {"loss": loss, "recon": recon, "kl": kl}
@@ -149,13 +178,16 @@ def nonfinite_message(what: str, epoch: int, step: int) -> str:
 
 
 def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None = None, *,
-        force: bool = False, model: VAE | None = None) -> VAE:
+        force: bool = False, model: VAE | None = None, condition: Any = None) -> VAE:
     """Train a VAE on `data` (Dataset, tensor or array (N, *shape)) and return it, best
     validation weights loaded, in eval mode. With `out`, the run folder (config, weights,
-    manifest, metrics.jsonl) is built in `<out>.partial` and renamed to `out` when done."""
+    manifest, metrics.jsonl) is built in `<out>.partial` and renamed to `out` when done.
+    A conditional VAE: `config.condition_on="labels"` (the data's class labels), or
+    `condition` (N, C), one condition vector per example."""
     config = config or Config()
     ds = as_dataset(data)
     config = resolve_config(config, ds)
+    c_all, config = build_condition(ds, config, condition)
     device = resolve_device(config.device)
     target = Path(out) if out is not None else None
     if target is not None:
@@ -166,6 +198,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     train_idx, val_idx = split_indices(len(ds.x), config.val_fraction, config.seed)
     x_train = ds.x[train_idx].to(device)  # (N_train, *shape)
     x_val = ds.x[val_idx].to(device)  # (N_val, *shape)
+    c_train, c_val = (None, None) if c_all is None else (c_all[train_idx].to(device), c_all[val_idx].to(device))
     if config.binarize == "dynamic" and len(x_val):
         # the validation set is binarised once with a fixed seed: every epoch scores the same bits
         x_val = torch.bernoulli(x_val, generator=torch.Generator(device=device).manual_seed(config.seed + 1))
@@ -197,10 +230,13 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             sums = torch.zeros(3, dtype=torch.float64, device=device)
             bar = _progress(steps_per_epoch, epoch, config)
             for step in range(steps_per_epoch):
-                xb = x_train[perm[step * config.batch_size:(step + 1) * config.batch_size]]  # (B, *shape)
+                idx = perm[step * config.batch_size:(step + 1) * config.batch_size]  # (B,)
+                xb = x_train[idx]  # (B, *shape)
+                cb = None if c_train is None else c_train[idx]  # (B, C)
                 if config.binarize == "dynamic":
                     xb = torch.bernoulli(xb, generator=gen)  # fresh bits every time an image is used
-                b = objective(model, xb, config, beta=kl_weight(config, epoch * steps_per_epoch + step, steps_per_epoch))
+                b = objective(model, xb, config, beta=kl_weight(config, epoch * steps_per_epoch + step, steps_per_epoch),
+                              c=cb)
                 loss = -b.bound.mean()
                 if not torch.isfinite(loss):
                     raise NonFiniteError(nonfinite_message("the loss", epoch, step))
@@ -225,10 +261,10 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_recon": train_recon,
                                    "train_kl": train_kl}
             if len(x_val):
-                val = evaluate_bound(model, x_val, config)
+                val = evaluate_bound(model, x_val, config, c=c_val)
                 row.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
                 if config.val_nll_k:
-                    row["val_nll"] = -float(log_likelihood(model, x_val, k=config.val_nll_k).mean())
+                    row["val_nll"] = -float(log_likelihood(model, x_val, k=config.val_nll_k, c=c_val).mean())
             row["lr"] = opt.param_groups[0]["lr"]
             row["seconds"] = time.perf_counter() - t0
             history.epochs.append(row)
