@@ -52,7 +52,11 @@ def evaluate_table(model_or_synthetic, real, n: int | None = None, seed: int = 0
 
 def quality(real, synth, schema: Schema) -> dict[str, float]:
     """SDMetrics' single-table QualityReport: overall, column shapes, column-pair trends."""
-    from sdmetrics.reports import QualityReport
+    import warnings
+
+    with warnings.catch_warnings():  # sdmetrics 0.32 marks the single-table import path deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        from sdmetrics.reports.single_table import QualityReport
 
     meta = {"columns": {c.name: {"sdtype": SDTYPES[c.kind]} for c in schema.columns}}
     report = QualityReport()
