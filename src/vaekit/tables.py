@@ -225,9 +225,11 @@ def _infer_column(name: str, s, kind: str | None, encoding: str, seed: int) -> C
     values = s[~missing]
     dtype = str(s.dtype)
     rate = float(missing.mean())
+    if kind is None and values.nunique() == 1 and rate == 0:  # one value, no gaps: nothing to learn
+        kind = "constant"
     if kind is None:
         kind = _guess_kind(name, values)
-    if kind == "constant" or (values.nunique() == 1 and rate == 0 and kind != "categorical"):
+    if kind == "constant":
         return Column(name, "constant", dtype, value=_plain(values.iloc[0]))
     col = Column(name, kind, dtype, rate)
     if kind in ("categorical", "boolean"):
