@@ -2,6 +2,7 @@
 conditional sampling, CLI and the bad-input list."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from vaekit.tables import Schema, decode, encode, infer_schema  # noqa: E402
 from vaekit.tabular import fit_table, sample_table, table_config  # noqa: E402
 
 PENGUINS = SHARED / "penguins" / "penguins.csv"
+TOY_CONFIG = table_config(epochs=100, batch_size=64, lr=5e-3, patience=0, progress=False)  # ~600 steps
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +27,7 @@ def _one_thread():
     torch.set_num_threads(1)  # tiny nets: a second thread only adds contention
 
 
-def toy_table(n=600, seed=0):
+def toy_table(n=400, seed=0):
     """Mixed types with a dependence: x is near +10 for red rows and -10 otherwise."""
     rng = np.random.default_rng(seed)
     color = rng.choice(["red", "green", "blue"], n)
@@ -45,7 +47,7 @@ def toy_table(n=600, seed=0):
 def toy_model():
     torch.set_num_threads(1)
     df = toy_table()
-    return df, fit_table(df, table_config(epochs=60, patience=0, progress=False))
+    return df, fit_table(df, TOY_CONFIG)
 
 
 def test_schema_kinds_json_and_encoding_round_trip():
@@ -73,13 +75,15 @@ def test_schema_kinds_json_and_encoding_round_trip():
 def test_mixed_likelihood_matches_torch_distributions():
     heads = [["normal", 0, 1, 4], ["categorical", 1, 3, -1], ["bernoulli", 4, 1, -1]]
     lk = MixedLikelihood(heads)
-    params = torch.randn(5, lk.param_shape[0])  # (B, P): 2 + 3 + 1
+    assert lk.param_shape == (5,)  # a mean, 3 logits, 1 logit; the normal's scale is a learned parameter
+    params = torch.randn(5, 5)  # (B, P)
+    with torch.no_grad():
+        lk.log_scale.fill_(-0.7)
     x = torch.tensor([[0.3, 0, 1, 0, 0], [1.2, 1, 0, 0, 1]] * 2 + [[-2.0, 0, 0, 1, 0]])  # (5, 5)
     got = lk(params).log_prob(x)
-    sd = torch.nn.functional.softplus(params[:, 1]) + lk.min_scale
-    normal = torch.distributions.Normal(params[:, 0], sd).log_prob(x[:, 0]) * (1 - x[:, 4])
-    cat = torch.distributions.Categorical(logits=params[:, 2:5]).log_prob(x[:, 1:4].argmax(1))
-    bern = torch.distributions.Bernoulli(logits=params[:, 5]).log_prob(x[:, 4])
+    normal = torch.distributions.Normal(params[:, 0], math.exp(-0.7)).log_prob(x[:, 0]) * (1 - x[:, 4])
+    cat = torch.distributions.Categorical(logits=params[:, 1:4]).log_prob(x[:, 1:4].argmax(1))
+    bern = torch.distributions.Bernoulli(logits=params[:, 4]).log_prob(x[:, 4])
     torch.testing.assert_close(got, normal + cat + bern)
     # the discrete part sums to one over every (label, missing) outcome
     lk2 = MixedLikelihood([["categorical", 0, 3, -1], ["bernoulli", 3, 1, -1]])
@@ -111,7 +115,7 @@ def test_fit_sample_dtypes_ranges_missing(toy_model):
 
 def test_conditional_sampling():
     df = toy_table()
-    model = fit_table(df, table_config(epochs=60, patience=0, progress=False), condition_columns=["color", "count"])
+    model = fit_table(df, TOY_CONFIG, condition_columns=["color", "count"])
     out = sample_table(model, 400, conditions=["color=red", "count>60"], seed=0)
     assert (out.color == "red").all() and (out["count"] > 60).all()
     assert out.x.dropna().mean() > 5  # generated columns follow the condition

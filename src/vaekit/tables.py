@@ -333,8 +333,6 @@ def _degaussianise(col: Column, v: np.ndarray) -> np.ndarray:
 
 def encode(schema: Schema, df, columns: list[Column] | None = None) -> np.ndarray:
     """Rows of df -> encoded float32 matrix (N, D_enc) for `columns` (default: the modelled ones)."""
-    import pandas as pd
-
     blocks = []
     for col in schema.modelled if columns is None else columns:
         if col.kind == "constant":
@@ -355,14 +353,15 @@ def encode(schema: Schema, df, columns: list[Column] | None = None) -> np.ndarra
                 blocks.append(miss[:, None].astype(np.float64))
             continue
         index = {_key(c): i for i, c in enumerate(col.categories)}
+        code_of = {}  # each distinct value once: a column has few labels and many rows
+        for v in s[~miss].unique():
+            if _key(v) not in index:
+                raise DataError(f"column {col.name!r} has the value {v!r}, not seen in training; "
+                                f"seen: {', '.join(map(str, col.categories))}")
+            code_of[v] = index[_key(v)]
         codes = np.full(len(s), len(col.categories), dtype=np.int64)  # missing -> the last slot
-        for i, v in enumerate(s.tolist()):
-            if not pd.isna(v):
-                if _key(v) not in index:
-                    raise DataError(f"column {col.name!r} has the value {v!r}, not seen in training; "
-                                    f"seen: {', '.join(map(str, col.categories))}")
-                codes[i] = index[_key(v)]
-        if (codes == len(col.categories)).any() and col.missing_rate == 0:
+        codes[~miss] = s[~miss].map(code_of).to_numpy(dtype=np.int64)
+        if miss.any() and col.missing_rate == 0:
             raise DataError(f"column {col.name!r} has missing values but had none in training; fill them")
         blocks.append(np.eye(col.width())[codes])
     if not blocks:
