@@ -58,7 +58,14 @@ def quality(real, synth, schema: Schema) -> dict[str, float]:
         warnings.simplefilter("ignore", FutureWarning)
         from sdmetrics.reports.single_table import QualityReport
 
+    import pandas as pd
+
     meta = {"columns": {c.name: {"sdtype": SDTYPES[c.kind]} for c in schema.columns}}
+    dates = [c.name for c in schema.columns if c.kind == "datetime"]
+    if dates:  # a CSV holds dates as text: give sdmetrics real timestamps on both sides
+        real, synth = real.copy(), synth.copy()
+        for name in dates:
+            real[name], synth[name] = pd.to_datetime(real[name]), pd.to_datetime(synth[name])
     report = QualityReport()
     report.generate(real, synth, meta, verbose=False)
     props = report.get_properties().set_index("Property")["Score"]
