@@ -224,3 +224,18 @@ def test_constant_column_kept_and_only_constants_refused():
         fit_table(df, table_config(epochs=1, progress=False))
     site = infer_schema(toy_table(50)).column("site")
     assert site.kind == "constant" and site.value == "A" and site.width() == 0
+
+
+def test_metrics_on_a_copy_and_on_noise():
+    from vaekit.table_metrics import evaluate_table
+
+    df = toy_table(200)
+    same = evaluate_table(df.copy(), df)  # a "generator" that copies its training data
+    assert same["quality"] > 0.99 and same["exact_copy_share"] == 1.0
+    # every row is a copy: all count as too close; the classifier cannot beat chance
+    assert same["privacy_closer_than_median"] == 1.0 and same["detection_auc"] < 0.6
+    noise = df.copy()
+    noise["x"] = np.random.default_rng(1).uniform(-100, 100, len(df))  # one column's shape and trends lost
+    worse = evaluate_table(noise, df)
+    assert worse["quality"] < same["quality"] - 0.05 and worse["detection_auc"] > 0.9
+    assert worse["exact_copies"] == 0
