@@ -15,7 +15,8 @@ import vaekit  # noqa: E402
 from vaekit.cli import main  # noqa: E402
 from vaekit.errors import ConfigError, DataError, IntegrityError  # noqa: E402
 from vaekit.likelihoods import MixedLikelihood  # noqa: E402
-from vaekit.tables import Schema, decode, encode, infer_schema  # noqa: E402
+from vaekit.table_codec import decode, encode  # noqa: E402
+from vaekit.tables import Schema, infer_schema  # noqa: E402
 from vaekit.tabular import fit_table, sample_table, table_config  # noqa: E402
 
 PENGUINS = SHARED / "penguins" / "penguins.csv"

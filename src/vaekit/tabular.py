@@ -26,8 +26,8 @@ from .config import Config
 from .errors import ConfigError, DataError
 from .likelihoods import MixedLikelihood
 from .model import VAE
-from .tables import (Schema, _key, _label_series, _numeric_series, assemble, decode, encode, infer_schema,
-                     read_table)
+from .table_codec import assemble, decode, encode, label_key, label_series, numeric_series
+from .tables import Schema, infer_schema, read_table
 
 CONDITION = re.compile(r"^\s*(.+?)\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*$")
 
@@ -119,7 +119,7 @@ def parse_conditions(schema: Schema, conditions) -> list[tuple[str, str, Any]]:
             value = _number(col, value)
         elif op not in ("=", "!="):
             raise ConfigError(f"condition {name}{op}{value}: {name!r} is {col.kind}; use {name}=VALUE or {name}!=VALUE")
-        elif _key(value) not in {_key(v) for v in col.categories}:
+        elif label_key(value) not in {label_key(v) for v in col.categories}:
             raise DataError(f"column {name!r} never had the value {value!r} in training; "
                             f"seen: {', '.join(map(str, col.categories))}")
         out.append((name, op, value))
@@ -161,8 +161,8 @@ def draw_conditions(schema: Schema, preds: list[tuple[str, str, Any]], n: int, g
             with np.errstate(invalid="ignore"):
                 hit = {">": v > value, ">=": v >= value, "<": v < value, "<=": v <= value, "!=": v != value}[op]
         else:
-            keys = [None if x is None else _key(x) for x in vals]
-            hit = np.array([(k == _key(value)) == (op == "=") for k in keys])
+            keys = [None if x is None else label_key(x) for x in vals]
+            hit = np.array([(k == label_key(value)) == (op == "=") for k in keys])
         mask &= hit
     idx = np.flatnonzero(mask)
     if len(idx) == 0:
@@ -176,9 +176,9 @@ def draw_conditions(schema: Schema, preds: list[tuple[str, str, Any]], n: int, g
             values = [fixed[col.name]] * n
         if col.numeric:
             v = np.array([np.nan if x is None else x for x in values], dtype=np.float64)
-            parts[col.name] = _numeric_series(col, np.nan_to_num(v), np.isnan(v))
+            parts[col.name] = numeric_series(col, np.nan_to_num(v), np.isnan(v))
             frame[col.name] = pd.Series(v)  # numbers (datetimes as seconds) for encoding
         else:
-            parts[col.name] = _label_series(col, values)
+            parts[col.name] = label_series(col, values)
             frame[col.name] = pd.Series(values, dtype=object)
     return parts, pd.DataFrame(frame)
