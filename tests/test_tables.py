@@ -240,3 +240,17 @@ def test_metrics_on_a_copy_and_on_noise():
     worse = evaluate_table(noise, df)
     assert worse["quality"] < same["quality"] - 0.05 and worse["detection_auc"] > 0.9
     assert worse["exact_copies"] == 0
+
+
+def test_read_table_sniffs_separator_and_reads_parquet(tmp_path):
+    from vaekit.tables import read_table, write_table
+
+    semi = _write(tmp_path, "semi.csv", '"age";"job";"y"\n30;"admin.";"no"\n33;"services";"yes"\n')
+    df = read_table(semi)  # the bank-marketing layout: ';' and quoted labels
+    assert list(df.columns) == ["age", "job", "y"] and df.job.tolist() == ["admin.", "services"]
+    tab = _write(tmp_path, "t.tsv", "a\tb\n1\tx\n")
+    assert list(read_table(tab).columns) == ["a", "b"]
+    assert list(read_table(semi, sep=",").columns) == ['age;"job";"y"']  # --sep overrides the sniffing
+    toy = toy_table(20)
+    write_table(toy, tmp_path / "toy.parquet")
+    pd.testing.assert_frame_equal(read_table(tmp_path / "toy.parquet"), toy)
