@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--tables", default="penguins,bank")
     p.add_argument("--encoding", default="quantile", choices=["quantile", "gmm"])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-tvae", action="store_true", help="vaekit only (no ctgan installed)")
+    p.add_argument("--models", default="vaekit,tvae", help="which to run: vaekit, tvae or both (comma-separated)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -78,8 +78,10 @@ def main() -> None:
     results = []
     for name in args.tables.split(","):
         real = read_table(TABLES[name]).dropna().reset_index(drop=True)
-        models = {"vaekit": lambda s: run_vaekit(real, args.epochs, s, args.encoding)}
-        if not args.no_tvae:
+        models = {}
+        if "vaekit" in args.models:
+            models["vaekit"] = lambda s: run_vaekit(real, args.epochs, s, args.encoding)
+        if "tvae" in args.models:
             models["TVAE (ctgan)"] = lambda s: run_tvae(real, args.epochs, s)
         for label, fn in models.items():
             row = {"table": name, "rows": len(real), "model": label, **mean_of([fn(s) for s in range(args.seeds)])}
