@@ -29,6 +29,8 @@ from .errors import ConfigError, DataError
 KINDS = ("continuous", "integer", "boolean", "categorical", "datetime", "constant")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 MAX_CATEGORY_INTEGERS = 10  # an integer column with at most this many values is categorical
+MAX_CATEGORIES = 50  # more labels than this, in over half the rows: an identifier, refused unless declared
+ISO_DATE = r"\d{4}-\d{1,2}-\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?"  # text read as a datetime
 N_QUANTILES = 1000  # quantile grid per numeric column (fewer with fewer rows)
 U_CLIP = 1e-4  # uniform levels clipped to [U_CLIP, 1 - U_CLIP]: Gaussianised values within +-3.7
 
@@ -275,6 +277,13 @@ def _guess_kind(name: str, values) -> str:
         if 0 < bad.sum() <= 0.05 * len(values):  # mostly numbers with a few stray words
             raise DataError(f"column {name!r} mixes numbers and text (e.g. {values[bad].iloc[0]!r}); fix those "
                             f"cells, or pass --column-kind {name}=categorical to treat every value as a label")
+        # ISO dates only: a looser parser would read month names such as "may" as dates
+        if values.str.fullmatch(ISO_DATE).all():
+            return "datetime"
+    distinct = values.nunique()
+    if distinct > MAX_CATEGORIES and distinct > 0.5 * len(values):
+        raise DataError(f"column {name!r} has {distinct} distinct labels in {len(values)} rows (an identifier or "
+                        f"free text?); drop it, or pass --column-kind {name}=categorical to model it anyway")
     return "categorical"
 
 

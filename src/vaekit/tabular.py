@@ -59,6 +59,7 @@ def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | 
     config = config.replace(input_shape=[x.shape[1]])
     if c is not None:
         config = config.replace(condition_dim=c.shape[1], condition_on="columns")
+    torch.manual_seed(config.seed)  # the initial weights: same seed, same model (fit() seeds the rest)
     model = VAE.from_config(config, likelihood=MixedLikelihood(schema.heads()))
     model.schema = schema  # saved as schema.json beside the weights
     kwargs = {} if c is None else {"condition": c}
