@@ -34,9 +34,9 @@ KEYS = ("quality", "column_shapes", "column_pair_trends", "detection_auc", "priv
         "exact_copies", "fit_seconds", "epochs_run")
 
 
-def run_vaekit(real: pd.DataFrame, epochs: int, seed: int, encoding: str) -> dict:
+def run_vaekit(real: pd.DataFrame, epochs: int, seed: int, encoding: str, **config) -> dict:
     t = time.perf_counter()
-    model = fit_table(real, table_config(epochs=epochs, seed=seed, progress=False), encoding=encoding)
+    model = fit_table(real, table_config(epochs=epochs, seed=seed, progress=False, **config), encoding=encoding)
     fit_s = time.perf_counter() - t
     synth = sample_table(model, len(real), seed=seed)
     return {**evaluate_table(synth, real, schema=model.schema, seed=seed), "fit_seconds": fit_s,
@@ -69,6 +69,8 @@ def main() -> None:
     p.add_argument("--tables", default="penguins,bank")
     p.add_argument("--encoding", default="quantile", choices=["quantile", "gmm"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int, help="vaekit: override table_config's batch size")
+    p.add_argument("--lr", type=float, help="vaekit: override table_config's learning rate")
     p.add_argument("--models", default="vaekit,tvae", help="which to run: vaekit, tvae or both (comma-separated)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
@@ -80,7 +82,8 @@ def main() -> None:
         real = read_table(TABLES[name]).dropna().reset_index(drop=True)
         models = {}
         if "vaekit" in args.models:
-            models["vaekit"] = lambda s: run_vaekit(real, args.epochs, s, args.encoding)
+            overrides = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
+            models["vaekit"] = lambda s: run_vaekit(real, args.epochs, s, args.encoding, **overrides)
         if "tvae" in args.models:
             models["TVAE (ctgan)"] = lambda s: run_tvae(real, args.epochs, s)
         for label, fn in models.items():
