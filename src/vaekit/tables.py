@@ -307,12 +307,17 @@ def to_numbers(col: Column, s) -> np.ndarray:
 def _fit_gmm(col: Column, x: np.ndarray, seed: int) -> None:
     """Mode-specific normalisation: a Dirichlet-process Gaussian mixture (at most 10 modes,
     those with weight > 0.005 kept), reduced to plain numbers."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import BayesianGaussianMixture
 
     k = int(min(10, len(np.unique(x))))
     gmm = BayesianGaussianMixture(n_components=k, weight_concentration_prior_type="dirichlet_process",
                                   weight_concentration_prior=1e-3, max_iter=100, random_state=seed)
-    gmm.fit(x.reshape(-1, 1))
+    with warnings.catch_warnings():  # a mode that has not settled after 100 steps is still usable
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gmm.fit(x.reshape(-1, 1))
     keep = gmm.weights_ > 5e-3
     col.means = gmm.means_[keep, 0].tolist()
     col.stds = np.sqrt(gmm.covariances_[keep].reshape(-1)).clip(1e-6).tolist()
