@@ -110,7 +110,14 @@ class Schema:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, default=_json_value)
+        """One line per column (and per condition column's values): diffable, and short
+        enough to read even with a thousand quantiles per column."""
+        d = dataclasses.asdict(self)
+        lines = [f" {json.dumps(k)}: {json.dumps(d[k], default=_json_value)}" for k in ("encoding", "condition_columns")]
+        cols = ",\n  ".join(json.dumps(c, default=_json_value) for c in d["columns"])
+        rows = ",\n  ".join(f"{json.dumps(k)}: {json.dumps(v, default=_json_value)}" for k, v in d["condition_rows"].items())
+        lines += [f' "columns": [\n  {cols}\n ]', f' "condition_rows": {{\n  {rows}\n }}' if rows else ' "condition_rows": {}']
+        return "{\n" + ",\n".join(lines) + "\n}\n"
 
     @classmethod
     def from_json(cls, text: str) -> "Schema":
