@@ -60,7 +60,7 @@ def test_train_on_image_folder_and_npy(tmp_path):
 def test_demo(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "3"]) == 0
     out = capsys.readouterr().out
-    for name in ("samples.png", "reconstructions.png", "interpolations.png"):
+    for name in ("report.html", "samples.png", "reconstructions.png", "interpolations.png"):
         assert (tmp_path / "demo" / name).is_file() and name in out
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "2"]) == 0  # re-running replaces a demo
 

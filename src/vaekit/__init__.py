@@ -46,7 +46,9 @@ _EXPORTS = {
     "read_table": "tables",
     "write_table": "tables",
     "Schema": "tables",
+    "table_section": "report",
     "errors": None,
+    "report": None,  # the module is callable: vaekit.report(run, data, out=...)
 }
 
 __all__ = sorted(_EXPORTS)
@@ -64,7 +66,7 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from . import errors
+    from . import errors, report
     from .checkpoint import load, save
     from .config import Config
     from .data import Dataset, download_mnist, load_data
@@ -74,6 +76,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .nets import MLP, ConvDecoder, ConvEncoder
     from .objectives import Bound, elbo, iwae
     from .priors import StandardNormal
+    from .report import table_section
     from .sample import write_output
     from .table_metrics import evaluate_table
     from .tables import Schema, read_table, write_table

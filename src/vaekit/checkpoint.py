@@ -129,8 +129,10 @@ def publish(staging: Path, target: Path) -> None:
 
 def read_verified(folder: Path, name: str, manifest: dict) -> bytes:
     """The bytes of `folder/name`, refused unless size and sha256 match the manifest."""
+    if "/" in name or "\\" in name or name.startswith("."):  # a manifest never points outside its folder
+        raise IntegrityError(f"{folder / MANIFEST} lists {name!r}, not a plain file name; the run folder was altered")
     entry = manifest["files"].get(name)
-    if entry is None:
+    if not isinstance(entry, dict):
         raise IntegrityError(f"{folder / MANIFEST} does not list {name}; the run folder is incomplete or altered")
     path = folder / name
     if not path.is_file():
@@ -142,7 +144,9 @@ def read_verified(folder: Path, name: str, manifest: dict) -> bytes:
     return data
 
 
-def read_manifest(folder: Path) -> dict:
+def read_manifest(folder: Path, fmt: str = FORMAT, version: int = FORMAT_VERSION) -> dict:
+    """The parsed manifest of `folder`, refused unless it is exactly the bytes vaekit writes
+    for its content (so even a whitespace edit is caught) with a known format and version."""
     path = folder / MANIFEST
     if not folder.is_dir():
         raise IntegrityError(f"{folder} is not a vaekit run folder (no such folder); pass the --out folder of `vaekit train`")
@@ -150,16 +154,19 @@ def read_manifest(folder: Path) -> dict:
         raise IntegrityError(f"{path} is missing; {folder} is not a complete vaekit run folder")
     if path.stat().st_size > MAX_JSON_BYTES:
         raise IntegrityError(f"{path} is too large to be a vaekit manifest")
+    raw = path.read_bytes()
     try:
-        manifest = json.loads(path.read_bytes())
+        manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IntegrityError(f"{path} is not valid JSON ({e}); the run folder is damaged") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt or not isinstance(manifest.get("files"), dict):
         raise IntegrityError(f"{path} is not a vaekit manifest")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise IntegrityError(f"{path} has format_version {version!r}; this vaekit reads up to "
-                             f"{FORMAT_VERSION}: upgrade vaekit")
+    got = manifest.get("format_version")
+    if isinstance(got, bool) or not isinstance(got, int) or got < 1 or got > version:
+        raise IntegrityError(f"{path} has format_version {got!r}; this vaekit reads 1 to "
+                             f"{version}: upgrade vaekit")
+    if json.dumps(manifest, indent=2).encode() != raw:  # the manifest has no checksum of its own
+        raise IntegrityError(f"{path} was altered (it is not in the form vaekit writes); restore the original")
     return manifest
 
 
@@ -167,6 +174,16 @@ def mixed_likelihood(schema):
     from .likelihoods import MixedLikelihood
 
     return MixedLikelihood(schema.heads())
+
+
+def _check_jsonl(path: Path, data: bytes) -> None:
+    """A metrics file is JSON objects, one a line; anything else was not written by vaekit."""
+    try:
+        ok = all(isinstance(json.loads(line), dict) for line in data.decode().splitlines())
+    except (ValueError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise IntegrityError(f"{path} is not JSON lines as vaekit writes them; restore the original file")
 
 
 def load(path: str | os.PathLike, device: str | torch.device | None = None):
@@ -178,14 +195,18 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None):
 
     folder = Path(path)
     manifest = read_manifest(folder)
-    config_bytes = read_verified(folder, "config.json", manifest)
-    weights = read_verified(folder, "model.safetensors", manifest)
+    # every listed file, not only the two parsed here: a damaged metrics.jsonl is news too
+    names = sorted(set(manifest["files"]) | set(MODEL_FILES))
+    verified = {name: read_verified(folder, name, manifest) for name in names}
+    config_bytes, weights = verified["config.json"], verified["model.safetensors"]
+    if "metrics.jsonl" in verified:
+        _check_jsonl(folder / "metrics.jsonl", verified["metrics.jsonl"])
     schema = None
-    if SCHEMA in manifest["files"]:
+    if SCHEMA in verified:
         from .tables import Schema
 
         try:
-            schema = Schema.from_json(read_verified(folder, SCHEMA, manifest).decode())
+            schema = Schema.from_json(verified[SCHEMA].decode())
         except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
             raise IntegrityError(f"{folder / SCHEMA} is not a table schema ({e}); train again") from None
     try:

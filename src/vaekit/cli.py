@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, VaekitError
+from .errors import ConfigError, OutputExistsError, VaekitError
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")  # as tables.TABLE_SUFFIXES; no numpy import here
 
@@ -36,8 +36,16 @@ def _data_args(p: argparse.ArgumentParser, split: str) -> None:
                    help=f"which part of digits/mnist (default {split}); a path is used whole")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2), like every other error."""
+
+    def error(self, message: str):
+        where = self.prog.removeprefix("vaekit").strip()  # the subcommand, if any
+        self.exit(2, f"vaekit: error: {where + ': ' if where else ''}{message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vaekit", description="Learn a VAE from your data and generate more like it.")
+    parser = _Parser(prog="vaekit", description="Learn a VAE from your data and generate more like it.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -86,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--condition-columns", help="tables: comma-separated columns to condition on (a conditional VAE)")
     t.add_argument("--encoding", choices=["quantile", "gmm"], default="quantile",
                    help="tables: numeric columns by quantile transform (default) or Gaussian-mixture modes")
+    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files to RUN/tensorboard")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the latest checkpoint in OUT.partial/checkpoints")
+    t.add_argument("--checkpoint-every", type=int, metavar="EPOCHS",
+                   help="save the training state every EPOCHS epochs (default 1; 0 = off)")
+    t.add_argument("--checkpoint-minutes", type=float, metavar="M",
+                   help="also save it every M minutes, mid-epoch if need be (default off)")
+    t.add_argument("--skip-nonfinite", type=int, nargs="?", const=10, metavar="N",
+                   help="skip batches with a NaN/Inf loss or gradient, at most N in a row (default 10) "
+                        "instead of stopping at the first")
 
     s = sub.add_parser("sample", help="generate new examples from a trained run")
     s.add_argument("run", metavar="RUN")
@@ -98,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: all classes in turn); tables: sex=Female, age>40 (repeatable)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
+    s.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
     r = sub.add_parser("reconstruct", help="encode and decode data with a trained run")
     r.add_argument("run", metavar="RUN")
@@ -105,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", required=True, help=".png (inputs above reconstructions) or .npy")
     r.add_argument("-n", type=int, default=32, help="how many examples, from the start (default 32)")
     r.add_argument("--device", default="auto")
+    r.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
     i = sub.add_parser("interpolate", help="decode the line between pairs of inputs in latent space")
     i.add_argument("run", metavar="RUN")
@@ -113,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--pairs", type=int, default=4, help="pairs: examples (0,1), (2,3), ... (default 4)")
     i.add_argument("--steps", type=int, default=10)
     i.add_argument("--device", default="auto")
+    i.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
     e = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO terms, active units")
     e.add_argument("run", metavar="RUN")
@@ -126,6 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
 
+    rp = sub.add_parser("report", help="one self-contained HTML file: curves, samples, latent space, evaluation")
+    rp.add_argument("run", metavar="RUN")
+    rp.add_argument("data", metavar="DATA", nargs="?",
+                    help="digits | mnist | path to .npy/.npz or an image folder (optional: adds the data's pictures)")
+    rp.add_argument("--data-dir", help="folder of the MNIST *-ubyte.gz files (DATA = mnist)")
+    rp.add_argument("--split", default="test", choices=["train", "test", "all"],
+                    help="part of digits/mnist (default test)")
+    rp.add_argument("-o", "--output", required=True, help="the .html file to write")
+    rp.add_argument("--k", type=int, default=100, help="importance samples for the evaluation (default 100)")
+    rp.add_argument("-n", type=int, default=1000, help="examples used, from the start (default 1000)")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--device", default="auto")
+
     d = sub.add_parser("demo", help="train on digits in seconds and write sample and reconstruction grids")
     d.add_argument("--out", default="vaekit-demo", help="folder for the demo (default vaekit-demo)")
     d.add_argument("--epochs", type=int, default=80)
@@ -136,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 TRAIN_FLAGS = ("epochs", "latent_dim", "arch", "latent_dims", "ladder_hidden", "hidden", "channels", "activation", "likelihood", "binarize",
                "objective", "k", "beta", "kl_warmup", "free_bits", "prior", "prior_components", "mmd_kernel",
                "mmd_weight", "batch_size", "lr", "lr_schedule", "lr_warmup", "lr_final", "val_nll_k",
-               "patience", "val_fraction", "grad_clip", "seed", "device", "condition_on")
+               "patience", "val_fraction", "grad_clip", "seed", "device", "checkpoint_every", "checkpoint_minutes",
+               "skip_nonfinite", "condition_on")
 
 
 def cmd_train(args) -> int:
@@ -148,8 +183,11 @@ def cmd_train(args) -> int:
     if args.config:
         try:
             base = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # missing, unreadable, not UTF-8, not JSON
             raise ConfigError(f"--config {args.config}: cannot read JSON ({e})") from None
+        if not isinstance(base, dict):
+            raise ConfigError(f"--config {args.config}: must be a JSON object of Config fields, "
+                              'e.g. {"epochs": 20}')
     overrides = {f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f) is not None}
     if args.objective == "iwae" and args.k is None and base.get("k") is None:
         overrides["k"] = 5
@@ -157,8 +195,9 @@ def cmd_train(args) -> int:
         overrides["wae_deterministic"] = False
     if args.no_progress:
         overrides["progress"] = False
-    table = is_table_path(args.data)
-    if table:
+    if args.tensorboard:
+        overrides["tensorboard"] = True
+    if is_table_path(args.data):
         from .tabular import table_config
 
         config = table_config(**{**base, **overrides})
@@ -167,7 +206,7 @@ def cmd_train(args) -> int:
         raise ConfigError("--column-kind and --condition-columns apply to tables; pass a .csv or .parquet file")
     config = Config.from_dict({**base, **overrides})
     ds = load_data(args.data, args.split, args.data_dir, args.download)
-    model = fit(ds, config, out=args.out, force=args.force)
+    model = fit(ds, config, out=args.out, force=args.force, resume=args.resume)
     h = model.history
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
     loss = last.get("val_loss", last.get("train_loss", float("nan")))
@@ -182,7 +221,7 @@ def _train_table(args, config) -> int:
 
     conds = [c.strip() for c in args.condition_columns.split(",") if c.strip()] if args.condition_columns else None
     model = fit_table(args.data, config, out=args.out, kinds=column_kinds(args.column_kind), condition_columns=conds,
-                      encoding=args.encoding, sep=args.sep, force=args.force)
+                      encoding=args.encoding, sep=args.sep, force=args.force, resume=args.resume)
     h = model.history
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
     loss = last.get("val_loss", last.get("train_loss", float("nan")))
@@ -210,19 +249,19 @@ def cmd_sample(args) -> int:
     from .sample import check_output_file, write_output
 
     _positive(args.n, "-n")
-    if not args.temperature > 0:
-        raise ConfigError(f"--temperature {args.temperature} must be > 0")
+    if not 0 < args.temperature < float("inf"):
+        raise ConfigError(f"--temperature {args.temperature} must be a finite number > 0, e.g. 1")
     model = _load_run(args)
     if getattr(model, "schema", None) is not None:
         from .tables import check_table_output, write_table
         from .tabular import sample_table
 
-        check_table_output(args.output)
+        check_table_output(args.output, force=args.force)
         df = sample_table(model, args.n, conditions=args.condition, seed=args.seed, temperature=args.temperature)
         write_table(df, args.output)
         print(f"wrote {args.n} rows to {args.output}")
         return 0
-    check_output_file(args.output)
+    check_output_file(args.output, force=args.force)
     x = model.sample(args.n, temperature=args.temperature, mean=not args.draw,
                      generator=torch.Generator().manual_seed(args.seed),
                      condition=_sample_condition(model, args.condition, args.n))
@@ -278,7 +317,7 @@ def cmd_reconstruct(args) -> int:
     from .sample import check_output_file, write_output
 
     _positive(args.n, "-n")
-    check_output_file(args.output)
+    check_output_file(args.output, force=args.force)
     model = _load_run(args)
     x, _, c = _eval_data(args, model, args.n)
     recon = model.reconstruct(x, c=c)
@@ -300,7 +339,7 @@ def cmd_interpolate(args) -> int:
     _positive(args.pairs, "--pairs")
     if args.steps < 2:
         raise ConfigError(f"--steps {args.steps} must be >= 2")
-    check_output_file(args.output)
+    check_output_file(args.output, force=args.force)
     model = _load_run(args)
     x, _, c = _eval_data(args, model, 2 * args.pairs)
     if len(x) < 2:
@@ -368,16 +407,32 @@ def _evaluate_table(args, model) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import check_output_html, report
+
+    _positive(args.k, "--k")
+    _positive(args.n, "-n")
+    check_output_html(args.output)
+    path = report(args.run, args.data, args.output, k=args.k, n=args.n, split=args.split, data_dir=args.data_dir,
+                  seed=args.seed, device=args.device)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import torch
 
     from .config import Config
     from .data import load_data
     from .train import fit
+    from .report import report
     from .sample import write_output
 
+    _positive(args.epochs, "--epochs")
     out = Path(args.out)
     marker = out / "demo.json"
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} is a file; choose a folder path for --out")
     if out.exists() and any(out.iterdir()) and not marker.exists() and not args.force:
         raise ConfigError(f"{out} exists and is not a vaekit demo folder; choose another --out or pass --force")
     staging = out.with_name(out.name + ".partial-demo")
@@ -391,7 +446,7 @@ def cmd_demo(args) -> int:
     try:
         train, test = load_data("digits", "train"), load_data("digits", "test")
         config = Config(latent_dim=8, hidden=[256, 128], epochs=args.epochs, batch_size=64, lr=2e-3,
-                        patience=15, seed=0, progress=False)
+                        patience=15, seed=0, progress=False, checkpoint_every=0)  # seconds long: nothing to resume
         print(f"training a VAE on scikit-learn's digits for up to {args.epochs} epochs ...", flush=True)
         model = fit(train, config, out=staging / "run")
         write_output(model.sample(64, generator=torch.Generator().manual_seed(0)), staging / "samples.png")
@@ -399,6 +454,7 @@ def cmd_demo(args) -> int:
         write_output(torch.cat([x, model.reconstruct(x)]), staging / "reconstructions.png", nrow=16)
         path = model.interpolate(x[0:8:2], x[1:8:2], steps=10)  # (10, 4, 1, 8, 8)
         write_output(path.transpose(0, 1).reshape(-1, *path.shape[2:]), staging / "interpolations.png", nrow=10)
+        report(model, test, staging / "report.html", k=100, title="digits demo")
         (staging / "demo.json").write_text(json.dumps({"epochs": len(model.history.epochs)}))
         publish(staging, out)
     finally:
@@ -406,18 +462,21 @@ def cmd_demo(args) -> int:
             shutil.rmtree(staging, ignore_errors=True)
     h = model.history
     print(f"trained on digits for {len(h.epochs)} epochs (val loss {h.epochs[h.best_epoch - 1]['val_loss']:.2f} nats)")
-    for name in ("samples.png", "reconstructions.png", "interpolations.png", "run"):
+    for name in ("report.html", "samples.png", "reconstructions.png", "interpolations.png", "run"):
         print(f"  {out / name}")
     return 0
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
-            "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "demo": cmd_demo}
+            "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "report": cmd_report, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        return e.code if isinstance(e.code, int) else 2
     try:
         return COMMANDS[args.command](args)
     except VaekitError as e:
@@ -425,6 +484,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vaekit: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # disk full, permission denied...: the environment, not a bug
+        if args.debug:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"vaekit: error: {e.strerror or e}{where}; check the path, its permissions and free space",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("vaekit: interrupted; nothing was written", file=sys.stderr)
+        extra = "; checkpoints are kept: rerun with --resume to continue" if args.command == "train" else ""
+        print(f"vaekit: interrupted; no output was published{extra}", file=sys.stderr)
         return 130

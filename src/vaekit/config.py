@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_type_hints
 
@@ -58,6 +59,10 @@ class Config:
     seed: int = 0  # seeds the split, initialisation, batches and sampling
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True  # show a progress bar with the running loss on stderr
+    tensorboard: bool = False  # also write TensorBoard event files to <run>/tensorboard (needs out=)
+    checkpoint_every: int = 1  # with an output folder: save the training state every N epochs (0 = off)
+    checkpoint_minutes: float = 0.0  # also save it every M minutes, mid-epoch if need be (0 = off)
+    skip_nonfinite: int = 0  # skip a batch whose loss or gradient is NaN/Inf, at most this many in a row (0 = stop)
     input_shape: list[int] | None = None  # shape of one example, recorded from the data by fit()
     condition_on: str | None = None  # conditional VAE: "labels" (class labels of the data), "columns" (tables)
     condition_dim: int = 0  # size of the condition vector c given to encoder and decoder; fit() records it
@@ -70,6 +75,9 @@ class Config:
             value = getattr(self, f.name)
             if choices and all(isinstance(c, str) for c in choices) and value not in choices:
                 raise ConfigError(f"{f.name}={value!r} is not one of {', '.join(choices)}; pick one of those")
+            if hints[f.name] is float and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                           or not math.isfinite(value)):
+                raise ConfigError(f"{f.name}={value!r} must be a finite number")
         self.hidden = [int(h) for h in self.hidden]
         self.channels = [int(c) for c in self.channels]
         if self.input_shape is not None:
@@ -124,6 +132,13 @@ class Config:
             if self.arch == "ladder" or self.prior == "vamp":
                 raise ConfigError("a conditional VAE works with --arch mlp|conv and --prior normal|mog; "
                                   "drop --arch ladder / --prior vamp or the condition")
+        if not isinstance(self.tensorboard, bool):
+            raise ConfigError(f"tensorboard={self.tensorboard!r} must be true or false (--tensorboard)")
+        for name in ("checkpoint_every", "skip_nonfinite"):
+            _positive_int(self, name, "--" + name.replace("_", "-"), allow_zero=True)
+        if self.checkpoint_minutes < 0:
+            raise ConfigError(f"checkpoint_minutes={self.checkpoint_minutes} must be >= 0 "
+                              "(--checkpoint-minutes; 0 = off)")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"device={dev!r} is not auto, cpu, cuda or cuda:N")
@@ -144,8 +159,10 @@ class Config:
             raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(names)}")
         try:
             return cls(**d)
-        except TypeError as e:  # e.g. a list where a number belongs
-            raise ConfigError(f"config has a value of the wrong type: {e}") from None
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, AttributeError) as e:  # e.g. a list where a number belongs
+            raise ConfigError(f"config has a value of the wrong type: {e}; fix it in the JSON") from None
 
     @classmethod
     def from_json(cls, text: str) -> "Config":

@@ -181,8 +181,9 @@ def load_array(path: Path) -> Dataset:
         raise
     except (ValueError, OSError, EOFError) as e:
         raise DataError(f"{path} is not a readable numpy array ({e}); save it with numpy.save") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise DataError(f"{path} has dtype {arr.dtype}; it must be numeric")
+    if arr.dtype == object or np.issubdtype(arr.dtype, np.complexfloating) \
+            or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise DataError(f"{path} has dtype {arr.dtype}; it must be real numbers (float, int or bool)")
     if arr.ndim < 2 or arr.shape[0] == 0 or arr.size == 0:
         raise DataError(f"{path} has shape {arr.shape}; need (N, features...) with N >= 1 examples")
     image = False

@@ -16,7 +16,7 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 from .data import MNIST_TEST_BINARIZE_SEED, binarize_fixed, check_finite
-from .errors import IncompatibleError
+from .errors import ConfigError, IncompatibleError
 from .objectives import log_weights
 
 
@@ -28,8 +28,11 @@ def prepare_eval_data(model, x: torch.Tensor, seed: int = MNIST_TEST_BINARIZE_SE
         raise IncompatibleError(f"the data's examples have shape {tuple(x.shape[1:])} but the model expects "
                                 f"{shape}; evaluate it on data like its training data")
     check_finite(x, "the evaluation data")
-    x = x.to(model.device, torch.float32)
     config = getattr(model, "config", None)
+    if config is not None and config.likelihood == "bernoulli" and not (bool(x.min() >= 0) and bool(x.max() <= 1)):
+        raise IncompatibleError(f"the data has values in {float(x.min()):.3g}..{float(x.max()):.3g} but this model's "
+                                "Bernoulli likelihood needs [0, 1]; use data scaled like its training data")
+    x = x.to(model.device, torch.float32)
     if config is not None and config.binarize == "dynamic":
         x = binarize_fixed(x, seed)
     return x
@@ -50,7 +53,7 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     A conditional model takes the conditions `c` (N, C): then this is log p(x|c).
     """
     if k < 1:
-        raise ValueError(f"k={k} must be >= 1")
+        raise ConfigError(f"k={k} must be >= 1")
     model.eval()
     values = math.prod(model.input_shape)
     chunk = chunk or max(1, min(k, (1 << 21) // max(1, batch_size * values)))

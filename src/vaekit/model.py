@@ -20,6 +20,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
 from .config import Config
+from .errors import ConfigError, IncompatibleError
 from .ladder import LadderEncoder, LadderPrior, TakeBottom
 from .likelihoods import make_likelihood
 from .nets import MLP, ConvDecoder, ConvEncoder
@@ -88,6 +89,9 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> Distribution:
         """q(z|x[, c]) for x (B, *shape), c (B, C): a distribution with batch (B,) and event (d,)."""
+        if tuple(x.shape[1:]) != self.input_shape:  # a clear message, not a matmul error deep inside
+            raise IncompatibleError(f"x has shape {tuple(x.shape)} but this model takes (B, *{self.input_shape}); "
+                                    "pass data shaped like its training data")
         xs = self.likelihood.standardize(x)
         c = self.check_condition(c, len(x))
         if c is not None and isinstance(self.encoder, ConvEncoder):
@@ -126,8 +130,8 @@ class VAE(nn.Module):
         """n new examples (n, *shape): z ~ p(z) (scaled by `temperature` around the prior's
         mean), decoded; the likelihood's mean by default, or a draw from p(x|z). A conditional
         model takes `condition` (n, C) or (C,), e.g. `model.label_condition(7)`."""
-        if n < 1:
-            raise ValueError(f"n={n} must be >= 1")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"n={n!r} must be an integer >= 1 (how many samples)")
         c = self.check_condition(condition, n)
         z = self.prior.draw(n, temperature, generator, self.encode)  # (n, d)
         return self._output(self.decode(z, c), mean, generator)
@@ -162,7 +166,7 @@ class VAE(nn.Module):
         or (B, *shape)); returns (steps, B, *shape) of likelihood means. A conditional model
         interpolates the conditions c1 -> c2 along with z."""
         if steps < 2:
-            raise ValueError(f"steps={steps} must be >= 2")
+            raise ConfigError(f"steps={steps} must be >= 2")
         one = x1.dim() == len(self.input_shape)
         x1, x2 = (x1.unsqueeze(0), x2.unsqueeze(0)) if one else (x1, x2)
         c1, c2 = self.check_condition(c1, len(x1)), self.check_condition(c2, len(x2))

@@ -10,13 +10,14 @@ import numpy as np
 import torch
 
 from .checkpoint import write_atomic
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, OutputExistsError
 
 OUTPUT_SUFFIXES = (".png", ".npy")
 
 
 def check_output_file(path: str | Path, force: bool = True) -> Path:
-    """Refuse an unsupported suffix or a missing parent folder before any work is done."""
+    """Refuse an unsupported suffix, a missing parent folder or (unless `force`) an existing
+    file before any work is done."""
     p = Path(path)
     if p.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ConfigError(f"{p}: output must end in .png (image grid) or .npy (array)")
@@ -24,6 +25,8 @@ def check_output_file(path: str | Path, force: bool = True) -> Path:
         raise ConfigError(f"{p.parent} does not exist; create it first or choose another -o")
     if p.is_dir():
         raise ConfigError(f"{p} is a folder; give a file name ending in .png or .npy")
+    if p.exists() and not force:
+        raise OutputExistsError(f"{p} exists; choose another -o or pass --force to overwrite it")
     return p
 
 

@@ -42,14 +42,15 @@ def table_config(**changes: Any) -> Config:
 
 def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | None = None, *,
               kinds: dict[str, str] | None = None, condition_columns: list[str] | None = None,
-              encoding: str = "quantile", sep: str | None = None, force: bool = False) -> VAE:
+              encoding: str = "quantile", sep: str | None = None, force: bool = False, resume: bool = False) -> VAE:
     """Fit a VAE to a table (a pandas DataFrame or a .csv/.parquet path) and return it with
     its `schema`; with `out`, save the run folder (schema.json included, sha256-checked).
-    `kinds` overrides inferred column kinds, e.g. {"year": "categorical"}."""
+    `kinds` overrides inferred column kinds, e.g. {"year": "categorical"}; `resume` continues
+    an interrupted fit from the checkpoints in `<out>.partial` (see train.fit)."""
     from .checkpoint import check_output_dir
     from .train import fit
 
-    if out is not None:
+    if out is not None and not resume:
         check_output_dir(Path(out), force)  # before any work
     df = read_table(data, sep) if isinstance(data, (str, os.PathLike)) else data
     config = (config or table_config()).replace(likelihood="mixed")
@@ -65,7 +66,7 @@ def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | 
     model = VAE.from_config(config, likelihood=MixedLikelihood(schema.heads()))
     model.schema = schema  # saved as schema.json beside the weights
     kwargs = {} if c is None else {"condition": c}
-    return fit(x, config, out, force=force, model=model, **kwargs)
+    return fit(x, config, out, force=force, model=model, resume=resume, **kwargs)
 
 
 def table_schema(model) -> Schema:

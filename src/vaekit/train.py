@@ -20,11 +20,13 @@ import numpy as np
 import torch
 
 from . import checkpoint
+from . import resume as resuming
 from .config import Config
 from .data import Dataset, check_finite, is_binary
-from .errors import ConfigError, DataError, NonFiniteError
+from .errors import ConfigError, DataError, NonFiniteError, OutputExistsError
 from .evaluate import log_likelihood
 from .model import VAE
+from .monitor import check_tensorboard, live_terms, second_term, tensorboard_writer
 from .objectives import Bound, elbo, iwae, wae_mmd
 
 METRICS = "metrics.jsonl"
@@ -41,6 +43,8 @@ class History:
 
 
 def resolve_device(name: str) -> torch.device:
+    if not (name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ConfigError(f"device {name!r} is not auto, cpu, cuda or cuda:N; pass one of those to --device")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
@@ -172,16 +176,18 @@ def learning_rate(config: Config, step: int, total_steps: int, steps_per_epoch: 
     return config.lr * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def nonfinite_message(what: str, epoch: int, step: int) -> str:
-    return (f"{what} became non-finite at epoch {epoch + 1}, step {step}; lower --lr, "
-            "raise --grad-clip protection or check the data for extreme values")
+def nonfinite_message(what: str, epoch: int, step: int, last: Path | None = None) -> str:
+    return (f"{what} became non-finite at epoch {epoch + 1}, step {step}; {resuming.nonfinite_hint(last)}; lower --lr, "
+            "raise --grad-clip protection, check the data for extreme values or pass --skip-nonfinite")
 
 
 def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None = None, *,
-        force: bool = False, model: VAE | None = None, condition: Any = None) -> VAE:
+        force: bool = False, model: VAE | None = None, condition: Any = None, resume: bool = False) -> VAE:
     """Train a VAE on `data` (Dataset, tensor or array (N, *shape)) and return it, best
     validation weights loaded, in eval mode. With `out`, the run folder (config, weights,
-    manifest, metrics.jsonl) is built in `<out>.partial` and renamed to `out` when done.
+    manifest, metrics.jsonl) is built in `<out>.partial` and renamed to `out` when done;
+    training checkpoints go to `<out>.partial/checkpoints`, and `resume=True` continues
+    from the latest one (bit-identical on CPU to a run that was never interrupted).
     A conditional VAE: `config.condition_on="labels"` (the data's class labels), or
     `condition` (N, C), one condition vector per example."""
     config = config or Config()
@@ -191,7 +197,12 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     device = resolve_device(config.device)
     target = Path(out) if out is not None else None
     if target is not None:
+        if resume and (target / checkpoint.MANIFEST).is_file() and not force:
+            raise OutputExistsError(f"{target} is a complete run already; nothing to resume "
+                                    "(pass --force to train again)")
         checkpoint.check_output_dir(target, force)  # before any work: bad --out costs nothing
+    if config.tensorboard:
+        check_tensorboard(target)
 
     torch.manual_seed(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed)  # batches and binarisation
@@ -213,23 +224,36 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    run_dir = None
+    run_dir, loop, best_state, perm, sums = None, resuming.LoopState(), None, None, None
+    saves = resuming.Schedule(config)
     if target is not None:
         run_dir = target.with_name(target.name + ".partial")
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-    history = History()
-    best_loss, best_state, bad_epochs = math.inf, None, 0
+        resuming.prepare(run_dir, resume, force)
+        fingerprint = resuming.data_fingerprint(ds.x)
+        if resume and (restored := resuming.restore(run_dir, model, opt, gen, config, fingerprint)):
+            loop, best_state, perm, sums = restored
+            saves.saved(resuming.latest(run_dir))
+            # metrics.jsonl holds exactly the epochs the checkpoint has seen
+            checkpoint.write_atomic(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in loop.history).encode())
+    history = History(loop.history, loop.best_epoch)
+    best_loss = math.inf if loop.best_loss is None else loop.best_loss
+
+    def save_checkpoint() -> None:  # the whole training state, so a kill costs at most this much work
+        loop.best_loss = None if best_loss == math.inf else best_loss
+        saves.saved(resuming.save(run_dir, model, opt, gen, loop, best_state, config, fingerprint, perm, sums))
+
+    board = tensorboard_writer(run_dir) if config.tensorboard else None  # per-epoch scalars, next to metrics.jsonl
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
     try:
-        for epoch in range(config.epochs):
+        for epoch in range(loop.epoch, config.epochs):
             model.train()
             t0 = time.perf_counter()
-            perm = torch.randperm(len(x_train), generator=gen, device=device)
-            sums = torch.zeros(3, dtype=torch.float64, device=device)
+            if perm is None:  # a fresh epoch (not one resumed half-way)
+                perm = torch.randperm(len(x_train), generator=gen, device=device)
+                sums = torch.zeros(4, dtype=torch.float64, device=device)  # -bound, recon, kl, examples
+                loop.epoch, loop.step, loop.epoch_skips = epoch, 0, 0
             bar = _progress(steps_per_epoch, epoch, config)
-            for step in range(steps_per_epoch):
+            for step in range(loop.step, steps_per_epoch):
                 idx = perm[step * config.batch_size:(step + 1) * config.batch_size]  # (B,)
                 xb = x_train[idx]  # (B, *shape)
                 cb = None if c_train is None else c_train[idx]  # (B, C)
@@ -238,28 +262,43 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                 b = objective(model, xb, config, beta=kl_weight(config, epoch * steps_per_epoch + step, steps_per_epoch),
                               c=cb)
                 loss = -b.bound.mean()
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(nonfinite_message("the loss", epoch, step))
-                for group in opt.param_groups:
-                    group["lr"] = learning_rate(config, epoch * steps_per_epoch + step,
-                                                config.epochs * steps_per_epoch, steps_per_epoch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-                if not torch.isfinite(norm):
-                    raise NonFiniteError(nonfinite_message("the gradient", epoch, step))
-                opt.step()
-                sums += torch.stack([-b.bound.sum(), b.recon.sum(), b.kl.sum()]).detach().double()
+                bad = None if torch.isfinite(loss) else "the loss"
+                if bad is None:
+                    for group in opt.param_groups:
+                        group["lr"] = learning_rate(config, epoch * steps_per_epoch + step,
+                                                    config.epochs * steps_per_epoch, steps_per_epoch)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                    bad = None if torch.isfinite(norm) else "the gradient"
+                loop.step = step + 1
+                if bad is not None:  # never step on NaN: skip the batch (--skip-nonfinite) or stop here
+                    loop.skips_in_a_row, loop.epoch_skips = loop.skips_in_a_row + 1, loop.epoch_skips + 1
+                    if loop.skips_in_a_row > config.skip_nonfinite:
+                        raise NonFiniteError(nonfinite_message(bad, epoch, step, saves.last))
+                    opt.zero_grad(set_to_none=True)
+                else:
+                    loop.skips_in_a_row = 0
+                    opt.step()
+                    sums += torch.stack([-b.bound.sum(), b.recon.sum(), b.kl.sum(),
+                                         b.bound.new_tensor(len(xb))]).detach().double()
                 if bar is not None:
-                    seen = min((step + 1) * config.batch_size, len(x_train))
-                    bar.set_postfix(loss=f"{sums[0].item() / seen:.3f}", kl=f"{sums[2].item() / seen:.2f}", refresh=False)
+                    seen = max(sums[3].item(), 1.0)
+                    bar.set_postfix(live_terms(sums[:3] / seen, config), refresh=False)
                     bar.update(1)
+                if run_dir is not None and saves.time_due() and loop.step < steps_per_epoch:
+                    save_checkpoint()  # mid-epoch: the batch order and partial sums go along
             if bar is not None:
                 bar.close()
-            train_loss, train_recon, train_kl = (sums / len(x_train)).tolist()
+            if not sums[3] > 0:
+                raise NonFiniteError(f"every batch of epoch {epoch + 1} was skipped as non-finite; "
+                                     f"{resuming.nonfinite_hint(saves.last)}; lower --lr or check the data")
+            train_loss, train_recon, train_kl = (sums[:3] / sums[3]).tolist()
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_recon": train_recon,
                                    "train_kl": train_kl}
+            if config.skip_nonfinite:
+                row["skipped_batches"] = loop.epoch_skips
             if len(x_val):
                 val = evaluate_bound(model, x_val, config, c=c_val)
                 row.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
@@ -273,25 +312,39 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             if run_dir is not None:
                 with open(run_dir / METRICS, "a") as f:
                     f.write(json.dumps(row) + "\n")
+            if board is not None:
+                board(row)
             score = row.get("val_loss", train_loss)
+            perm = sums = None
+            loop.epoch, loop.step = epoch + 1, 0
             if score < best_loss:
-                best_loss, bad_epochs, history.best_epoch = score, 0, epoch + 1
+                best_loss, loop.bad_epochs, history.best_epoch = score, 0, epoch + 1
                 best_state = copy.deepcopy(model.state_dict())
             else:
-                bad_epochs += 1
-                if config.patience and bad_epochs >= config.patience:
+                loop.bad_epochs += 1
+                if config.patience and loop.bad_epochs >= config.patience:
                     history.stopped_early = True
                     break
+            loop.best_epoch = history.best_epoch
+            if run_dir is not None and (saves.epoch_due(epoch + 1) or saves.time_due()) and epoch + 1 < config.epochs:
+                save_checkpoint()
         if best_state is not None:
             model.load_state_dict(best_state)
         model.eval()
         model.history = history
+        if board is not None:
+            board.close()  # event files complete before the folder is published
         if run_dir is not None:
+            resuming.finite_or_raise(model, "the trained model")
             extra = (METRICS,) if (run_dir / METRICS).exists() else ()
             checkpoint.write_model_files(model, run_dir, extra=extra)
             checkpoint.publish(run_dir, target)
+            shutil.rmtree(target / resuming.FOLDER, ignore_errors=True)  # the run is complete: drop its checkpoints
     except BaseException:
-        if run_dir is not None and run_dir.exists():
+        if board is not None:
+            board.close()
+        # keep checkpoints for --resume; a folder without one holds nothing worth keeping
+        if run_dir is not None and run_dir.exists() and saves.last is None:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return model
@@ -300,7 +353,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
 def _report_epoch(row: dict[str, Any], config: Config) -> None:
     val = f", val {row['val_loss']:.4f}" if "val_loss" in row else ""
     print(f"epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.4f} (recon {row['train_recon']:.3f}, "
-          f"kl {row['train_kl']:.3f}){val} [{row['seconds']:.1f}s]", file=sys.stderr, flush=True)
+          f"{second_term(config)} {row['train_kl']:.3f}){val} [{row['seconds']:.1f}s]", file=sys.stderr, flush=True)
 
 
 def _progress(total: int, epoch: int, config: Config):

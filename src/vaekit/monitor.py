@@ -1,0 +1,57 @@
+"""Watching training as it runs: the progress bar's live terms and TensorBoard event files.
+
+fit() calls these; they hold no training logic. tensorboard is an optional dependency
+(`pip install tensorboard`), imported only when `Config.tensorboard` asks for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .config import Config
+from .errors import ConfigError
+
+
+def second_term(config: Config) -> str:
+    """The name of the bound's second term: WAE-MMD's `kl` column carries the MMD."""
+    return "mmd" if config.objective == "wae-mmd" else "kl"
+
+
+def live_terms(means: torch.Tensor, config: Config) -> dict[str, str]:
+    """The bar's postfix from the running means (3,) of the loss, recon and second term."""
+    loss, recon, second = means.tolist()
+    return {"loss": f"{loss:.3f}", "recon": f"{recon:.3f}", second_term(config): f"{second:.3f}"}
+
+
+def check_tensorboard(target: Path | None) -> None:
+    """Fail before training when TensorBoard logging cannot work."""
+    if target is None:
+        raise ConfigError("tensorboard=True writes event files into the run folder; pass out=... (--out)")
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (needs the tensorboard package)
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                          "(or vaekit[tensorboard])") from None
+
+
+def tensorboard_writer(run_dir: Path) -> Callable[[dict[str, Any]], None]:
+    """A callback writing each epoch's metrics row as TensorBoard scalars to
+    <run>/tensorboard; `train_loss` becomes `loss/train`, so train and validation share a
+    chart. Call `.close()` on it when training ends."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                split, _, term = key.partition("_")
+                tag = f"{term}/{split}" if split in ("train", "val") and term else key
+                writer.add_scalar(tag, value, row["epoch"])
+        writer.flush()  # a live `tensorboard --logdir` sees each epoch as it ends
+
+    log.close = writer.close
+    return log
