@@ -220,6 +220,11 @@ def test_bad_conditions_and_overrides(tmp_path, capsys):
     assert "kind must be one of" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "5", "-o", str(tmp_path / "s.npy")]) == 2
     assert ".csv or .parquet" in capsys.readouterr().err
+    assert main(["sample", str(run), "-n", "5", "-o", str(out)]) == 0
+    assert main(["sample", str(run), "-n", "7", "-o", str(out)]) == 2  # an existing file is kept ...
+    assert "pass --force" in capsys.readouterr().err and len(pd.read_csv(out)) == 5
+    assert main(["sample", str(run), "-n", "7", "-o", str(out), "--force"]) == 0  # ... unless --force
+    assert len(pd.read_csv(out)) == 7
 
 
 def test_constant_column_kept_and_only_constants_refused():
