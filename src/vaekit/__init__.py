@@ -47,6 +47,7 @@ _EXPORTS = {
     "write_table": "tables",
     "Schema": "tables",
     "table_section": "report",
+    "export_onnx": "export",
     "errors": None,
     "report": None,  # the module is callable: vaekit.report(run, data, out=...)
 }
@@ -71,6 +72,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .config import Config
     from .data import Dataset, download_mnist, load_data
     from .evaluate import log_likelihood
+    from .export import export_onnx
     from .likelihoods import Bernoulli, Gaussian, MixedLikelihood
     from .model import VAE
     from .nets import MLP, ConvDecoder, ConvEncoder

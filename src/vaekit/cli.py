@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float)
     t.add_argument("--grad-clip", type=float)
     t.add_argument("--seed", type=int)
-    t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--device", help="auto | cpu | cuda | cuda:N (torchrun: auto = cuda:LOCAL_RANK)")
+    t.add_argument("--amp", action="store_true", default=None, help="bf16 mixed precision on CUDA")
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
+    t.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="read a .npy (memory-mapped) or image folder batch by batch instead of into memory "
+                        "(default: stream a .npy larger than 1 GiB as float32)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--column-kind", action="append", metavar="COL=KIND",
                    help="tables: override a column's kind (continuous, integer, boolean, categorical, datetime)")
@@ -160,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--device", default="auto")
 
+    x = sub.add_parser("export", help="write the decoder (and encoder) as ONNX, checked with onnxruntime")
+    x.add_argument("run", metavar="RUN")
+    x.add_argument("--onnx", required=True, help="decoder file: z (B, d) -> mean of p(x|z) (B, *shape)")
+    x.add_argument("--encoder", help="also the encoder: x (B, *shape) -> mu, sigma of q(z|x), each (B, d)")
+
     d = sub.add_parser("demo", help="train on digits in seconds and write sample and reconstruction grids")
     d.add_argument("--out", default="vaekit-demo", help="folder for the demo (default vaekit-demo)")
     d.add_argument("--epochs", type=int, default=80)
@@ -171,12 +181,13 @@ TRAIN_FLAGS = ("epochs", "latent_dim", "arch", "latent_dims", "ladder_hidden", "
                "objective", "k", "beta", "kl_warmup", "free_bits", "prior", "prior_components", "mmd_kernel",
                "mmd_weight", "batch_size", "lr", "lr_schedule", "lr_warmup", "lr_final", "val_nll_k",
                "patience", "val_fraction", "grad_clip", "seed", "device", "checkpoint_every", "checkpoint_minutes",
-               "skip_nonfinite", "condition_on")
+               "skip_nonfinite", "condition_on", "amp", "compile")
 
 
 def cmd_train(args) -> int:
     from .config import Config
     from .data import load_data
+    from .distributed import is_main
     from .train import fit
 
     base = {}
@@ -205,13 +216,14 @@ def cmd_train(args) -> int:
     if args.column_kind or args.condition_columns:
         raise ConfigError("--column-kind and --condition-columns apply to tables; pass a .csv or .parquet file")
     config = Config.from_dict({**base, **overrides})
-    ds = load_data(args.data, args.split, args.data_dir, args.download)
+    ds = load_data(args.data, args.split, args.data_dir, args.download, stream=args.stream)
     model = fit(ds, config, out=args.out, force=args.force, resume=args.resume)
     h = model.history
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
     loss = last.get("val_loss", last.get("train_loss", float("nan")))
-    print(f"trained {len(h.epochs)} epochs on {ds.name} ({len(ds.x)} examples); best epoch {h.best_epoch}, "
-          f"loss {loss:.4f}; saved {args.out}")
+    if is_main():  # under torchrun, rank 0 speaks for all
+        print(f"trained {len(h.epochs)} epochs on {ds.name} ({len(ds.x)} examples); best epoch {h.best_epoch}, "
+              f"loss {loss:.4f}; saved {args.out}")
     return 0
 
 
@@ -419,6 +431,19 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .checkpoint import load
+    from .export import export_onnx
+
+    result = export_onnx(load(args.run, device="cpu"), args.onnx, args.encoder)
+    print(f"wrote {result['decoder']} (z -> mean of p(x|z)); onnxruntime matches PyTorch within "
+          f"{result['decoder_max_abs_diff']:.2g}")
+    if args.encoder:
+        print(f"wrote {result['encoder']} (x -> mu, sigma of q(z|x)); onnxruntime matches PyTorch within "
+              f"{result['encoder_max_abs_diff']:.2g}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import torch
 
@@ -468,7 +493,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
-            "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "report": cmd_report, "demo": cmd_demo}
+            "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "report": cmd_report, "export": cmd_export, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

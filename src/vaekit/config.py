@@ -57,7 +57,9 @@ class Config:
     patience: int = 10  # epochs without validation improvement before stopping; 0 disables
     val_nll_k: int = 0  # > 0: log the importance-sampled validation NLL with k samples each epoch
     seed: int = 0  # seeds the split, initialisation, batches and sampling
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun, auto/cuda is cuda:LOCAL_RANK)
+    amp: bool = False  # bf16 mixed precision (autocast) on CUDA; an error on CPU
+    compile: bool = False  # torch.compile the training step; saved weights stay unwrapped
     progress: bool = True  # show a progress bar with the running loss on stderr
     tensorboard: bool = False  # also write TensorBoard event files to <run>/tensorboard (needs out=)
     checkpoint_every: int = 1  # with an output folder: save the training state every N epochs (0 = off)
@@ -139,6 +141,9 @@ class Config:
         if self.checkpoint_minutes < 0:
             raise ConfigError(f"checkpoint_minutes={self.checkpoint_minutes} must be >= 0 "
                               "(--checkpoint-minutes; 0 = off)")
+        for name in ("amp", "compile", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"device={dev!r} is not auto, cpu, cuda or cuda:N")

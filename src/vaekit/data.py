@@ -40,17 +40,20 @@ MNIST_TEST_BINARIZE_SEED = 0  # the fixed seed of the once-binarised MNIST test 
 
 
 class Dataset(NamedTuple):
-    x: torch.Tensor  # (N, *shape) float32
+    x: torch.Tensor  # (N, *shape) float32; a stream.LazyRows when loaded with stream=True
     labels: torch.Tensor | None  # (N,) int64, or None
     image: bool  # True when x is (N, C, H, W) in [0, 1]
     name: str  # where it came from, for reports
 
 
 def load_data(spec: str, split: str = "train", data_dir: str | os.PathLike | None = None,
-              download: bool = False) -> Dataset:
+              download: bool = False, stream: bool | None = False) -> Dataset:
     """Load `spec`: "digits", "mnist" (IDX files in `data_dir`) or a path to a file or folder.
 
     `split` is "train", "test" or "all" for the named datasets; a path is always all of it.
+    `stream=True` leaves a `.npy` (memory-mapped) or an image folder on disk: `x` is then a
+    `vaekit.stream.LazyRows` that `fit` reads batch by batch; None streams a `.npy` whose
+    float32 copy would exceed 1 GiB.
     """
     if split not in ("train", "test", "all"):
         raise DataError(f"split {split!r} is not train, test or all")
@@ -64,9 +67,17 @@ def load_data(spec: str, split: str = "train", data_dir: str | os.PathLike | Non
     if not path.exists():
         raise DataError(f"{spec}: no such file or folder, and not a dataset name; "
                         "use digits, mnist or a path to .npy/.npz or an image folder")
+    from . import stream as lazy
+
+    streamed = lazy.should_stream(path) if stream is None else stream
     if path.is_dir():
-        return load_image_folder(path)
+        return load_image_folder(path, stream=streamed)
     suffix = path.suffix.lower()
+    if streamed and suffix == ".npz":
+        raise DataError(f"{spec}: a .npz cannot be memory-mapped; save the array with numpy.save as .npy to stream it")
+    if streamed and suffix == ".npy":
+        x = lazy.open_npy(path)
+        return Dataset(x, None, x.image, path.name)
     if suffix in (".npy", ".npz"):
         return load_array(path)
     if suffix in IMAGE_SUFFIXES:
@@ -206,16 +217,21 @@ def load_array(path: Path) -> Dataset:
     return Dataset(x, labels, image, path.name)
 
 
-def load_image_folder(path: Path) -> Dataset:
+def load_image_folder(path: Path, stream: bool = False) -> Dataset:
     """Every image file under `path` (sorted), same size required; greyscale stays 1 channel.
 
     Sub-folder names become integer labels (in sorted order) when images sit in sub-folders.
+    `stream=True` lists the files and reads their headers only; pixels are decoded per batch.
     """
     from PIL import Image, UnidentifiedImageError
 
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); point at a folder of images")
+    if stream:
+        from .stream import open_image_folder
+
+        return Dataset(open_image_folder(files, path.name), _folder_labels(path, files), True, path.name)
     images, modes = [], set()
     for f in files:
         try:
@@ -235,15 +251,23 @@ def load_image_folder(path: Path) -> Dataset:
     arr = np.stack([np.asarray(im.convert(mode), dtype=np.float32) / 255.0 for im in images])
     x = torch.from_numpy(arr)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+    return Dataset(x, _folder_labels(path, files), True, path.name)
+
+
+def _folder_labels(path: Path, files: list[Path]) -> torch.Tensor | None:
     groups = [f.parent.relative_to(path).as_posix() for f in files]
-    labels = None
-    if len(set(groups)) > 1:
-        names = sorted(set(groups))
-        labels = torch.tensor([names.index(g) for g in groups])
-    return Dataset(x, labels, True, path.name)
+    if len(set(groups)) <= 1:
+        return None
+    names = sorted(set(groups))
+    return torch.tensor([names.index(g) for g in groups])
 
 
 def check_finite(x: torch.Tensor, what: str) -> None:
+    if not isinstance(x, torch.Tensor):  # a lazy source: one chunked pass, cached
+        bad = x.summary().nonfinite
+        if bad:
+            raise DataError(f"{what} contains {bad} NaN/Inf values; remove or impute them first")
+        return
     if x.numel() == 0:
         raise DataError(f"{what} is empty; it needs at least one example")
     if not torch.isfinite(x).all():
@@ -252,4 +276,6 @@ def check_finite(x: torch.Tensor, what: str) -> None:
 
 
 def is_binary(x: torch.Tensor) -> bool:
+    if not isinstance(x, torch.Tensor):
+        return x.summary().binary
     return bool(((x == 0) | (x == 1)).all())

@@ -53,9 +53,14 @@ class Gaussian(nn.Module):
 
     @torch.no_grad()
     def set_data_stats(self, x: torch.Tensor) -> None:
-        """Record the per-value mean and std of training data x (N, *shape)."""
-        self.shift.copy_(x.mean(0))
-        std = x.std(0, unbiased=False) if len(x) > 1 else torch.ones_like(self.scale)
+        """Record the per-value mean and std of training data x (N, *shape), a tensor or a
+        lazy source (streamed data: one chunked pass)."""
+        if isinstance(x, torch.Tensor):
+            mean = x.mean(0)
+            std = x.std(0, unbiased=False) if len(x) > 1 else torch.ones_like(self.scale)
+        else:
+            mean, std = x.moments()
+        self.shift.copy_(mean)
         self.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import checkpoint
@@ -61,6 +62,10 @@ class LoopState:
 def data_fingerprint(x: torch.Tensor) -> str:
     """sha256 of the training data's shape and values: a resume on other data is refused."""
     h = hashlib.sha256(str(tuple(x.shape)).encode())
+    if not isinstance(x, torch.Tensor):  # streamed rows: hashed chunk by chunk, never all in memory
+        for chunk in x.chunks():
+            h.update(np.ascontiguousarray(chunk, dtype=np.float32).data)
+        return h.hexdigest()
     h.update(x.detach().to("cpu", torch.float32).contiguous().numpy().data)  # no copy of the bytes
     return h.hexdigest()
 

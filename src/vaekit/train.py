@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, distributed
 from . import resume as resuming
 from .config import Config
 from .data import Dataset, check_finite, is_binary
@@ -28,6 +28,7 @@ from .evaluate import log_likelihood
 from .model import VAE
 from .monitor import check_tensorboard, live_terms, second_term, tensorboard_writer
 from .objectives import Bound, elbo, iwae, wae_mmd
+from .stream import binarize_once, take
 
 METRICS = "metrics.jsonl"
 
@@ -194,25 +195,34 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     ds = as_dataset(data)
     config = resolve_config(config, ds)
     c_all, config = build_condition(ds, config, condition)
-    device = resolve_device(config.device)
+    ranks, device = distributed.start(resolve_device(config.device), config.amp)  # torchrun: join the ranks
     target = Path(out) if out is not None else None
-    if target is not None:
-        if resume and (target / checkpoint.MANIFEST).is_file() and not force:
-            raise OutputExistsError(f"{target} is a complete run already; nothing to resume "
-                                    "(pass --force to train again)")
-        checkpoint.check_output_dir(target, force)  # before any work: bad --out costs nothing
-    if config.tensorboard:
+    if resume and ranks.world > 1:
+        ranks.close()
+        raise ConfigError("--resume under torchrun is not supported yet: resume with one process "
+                          "(checkpoints are in OUT.partial/checkpoints), or start the run again")
+    if target is not None:  # before any work: bad --out costs nothing
+        def check_out() -> None:
+            if resume and (target / checkpoint.MANIFEST).is_file() and not force:
+                raise OutputExistsError(f"{target} is a complete run already; nothing to resume "
+                                        "(pass --force to train again)")
+            checkpoint.check_output_dir(target, force)
+            if config.tensorboard:
+                check_tensorboard(target)
+        ranks.on_main(check_out)
+    elif config.tensorboard:
         check_tensorboard(target)
 
     torch.manual_seed(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed)  # batches and binarisation
     train_idx, val_idx = split_indices(len(ds.x), config.val_fraction, config.seed)
-    x_train = ds.x[train_idx].to(device)  # (N_train, *shape)
-    x_val = ds.x[val_idx].to(device)  # (N_val, *shape)
+    val_idx = ranks.split(val_idx)  # this rank's share of the validation rows
+    x_train = take(ds.x, train_idx, device)  # (N_train, *shape); streamed data stays on disk
+    x_val = take(ds.x, val_idx, device)  # (N_val, *shape)
     c_train, c_val = (None, None) if c_all is None else (c_all[train_idx].to(device), c_all[val_idx].to(device))
     if config.binarize == "dynamic" and len(x_val):
         # the validation set is binarised once with a fixed seed: every epoch scores the same bits
-        x_val = torch.bernoulli(x_val, generator=torch.Generator(device=device).manual_seed(config.seed + 1))
+        x_val = binarize_once(x_val, config.seed + 1, device)
 
     fresh = model is None
     model = VAE.from_config(config) if fresh else model
@@ -222,11 +232,18 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     if fresh and hasattr(model.prior, "init_from_data"):
         model.prior.init_from_data(x_train, torch.Generator().manual_seed(config.seed))
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # fused Adam: one kernel per parameter tensor instead of ~10; at small batches the for-loop
+    # Adam costs more than the forward and backward passes (measured 2.6x faster steps on CPU)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                           fused=device.type in ("cpu", "cuda"))
+    distributed.reseed(ranks, config.seed)
+    noise = ranks.noise_generator(gen, config.seed, device)
+    step_fn = distributed.training_step(model, lambda m, x, beta, c=None: objective(m, x, config, beta=beta, c=c), ranks,
+                                        device, amp=config.amp, compile=config.compile)
 
-    run_dir, loop, best_state, perm, sums = None, resuming.LoopState(), None, None, None
+    run_dir, loop, best_state, perm, sums, fingerprint = None, resuming.LoopState(), None, None, None, None
     saves = resuming.Schedule(config)
-    if target is not None:
+    if target is not None and ranks.main:  # rank 0 alone writes the run folder and its checkpoints
         run_dir = target.with_name(target.name + ".partial")
         resuming.prepare(run_dir, resume, force)
         fingerprint = resuming.data_fingerprint(ds.x)
@@ -242,8 +259,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         loop.best_loss = None if best_loss == math.inf else best_loss
         saves.saved(resuming.save(run_dir, model, opt, gen, loop, best_state, config, fingerprint, perm, sums))
 
-    board = tensorboard_writer(run_dir) if config.tensorboard else None  # per-epoch scalars, next to metrics.jsonl
-    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    board = tensorboard_writer(run_dir) if config.tensorboard and run_dir is not None else None
+    steps_per_epoch = ranks.steps(len(x_train), config.batch_size)
     try:
         for epoch in range(loop.epoch, config.epochs):
             model.train()
@@ -252,17 +269,17 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                 perm = torch.randperm(len(x_train), generator=gen, device=device)
                 sums = torch.zeros(4, dtype=torch.float64, device=device)  # -bound, recon, kl, examples
                 loop.epoch, loop.step, loop.epoch_skips = epoch, 0, 0
-            bar = _progress(steps_per_epoch, epoch, config)
+            bar = _progress(steps_per_epoch, epoch, config) if ranks.main else None
             for step in range(loop.step, steps_per_epoch):
-                idx = perm[step * config.batch_size:(step + 1) * config.batch_size]  # (B,)
+                idx, n_global = ranks.shard(perm, step, config.batch_size)
                 xb = x_train[idx]  # (B, *shape)
                 cb = None if c_train is None else c_train[idx]  # (B, C)
                 if config.binarize == "dynamic":
-                    xb = torch.bernoulli(xb, generator=gen)  # fresh bits every time an image is used
-                b = objective(model, xb, config, beta=kl_weight(config, epoch * steps_per_epoch + step, steps_per_epoch),
-                              c=cb)
-                loss = -b.bound.mean()
-                bad = None if torch.isfinite(loss) else "the loss"
+                    xb = torch.bernoulli(xb, generator=noise)  # fresh bits every time an image is used
+                b = step_fn(xb, kl_weight(config, epoch * steps_per_epoch + step, steps_per_epoch), c=cb)
+                loss = ranks.loss(b.bound, n_global)
+                # one decision for all ranks: every rank skips or stops together, none hangs
+                bad = "the loss" if ranks.anyone(not bool(torch.isfinite(loss))) else None
                 if bad is None:
                     for group in opt.param_groups:
                         group["lr"] = learning_rate(config, epoch * steps_per_epoch + step,
@@ -271,7 +288,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                     loss.backward()
                     max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
                     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-                    bad = None if torch.isfinite(norm) else "the gradient"
+                    bad = None if torch.isfinite(norm) else "the gradient"  # grads are all-reduced: same on every rank
                 loop.step = step + 1
                 if bad is not None:  # never step on NaN: skip the batch (--skip-nonfinite) or stop here
                     loop.skips_in_a_row, loop.epoch_skips = loop.skips_in_a_row + 1, loop.epoch_skips + 1
@@ -291,23 +308,25 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                     save_checkpoint()  # mid-epoch: the batch order and partial sums go along
             if bar is not None:
                 bar.close()
-            if not sums[3] > 0:
+            total = ranks.sum(sums)  # (4,) over all ranks
+            if not total[3] > 0:
                 raise NonFiniteError(f"every batch of epoch {epoch + 1} was skipped as non-finite; "
                                      f"{resuming.nonfinite_hint(saves.last)}; lower --lr or check the data")
-            train_loss, train_recon, train_kl = (sums[:3] / sums[3]).tolist()
+            train_loss, train_recon, train_kl = (total[:3] / total[3]).tolist()
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_recon": train_recon,
                                    "train_kl": train_kl}
             if config.skip_nonfinite:
                 row["skipped_batches"] = loop.epoch_skips
             if len(x_val):
-                val = evaluate_bound(model, x_val, config, c=c_val)
+                val = ranks.mean(evaluate_bound(model, x_val, config, c=c_val), len(x_val))
                 row.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
                 if config.val_nll_k:
-                    row["val_nll"] = -float(log_likelihood(model, x_val, k=config.val_nll_k, c=c_val).mean())
+                    nll = -float(log_likelihood(model, x_val, k=config.val_nll_k, c=c_val).mean())
+                    row["val_nll"] = ranks.mean({"nll": nll}, len(x_val))["nll"]
             row["lr"] = opt.param_groups[0]["lr"]
             row["seconds"] = time.perf_counter() - t0
             history.epochs.append(row)
-            if config.progress:
+            if config.progress and ranks.main:
                 _report_epoch(row, config)
             if run_dir is not None:
                 with open(run_dir / METRICS, "a") as f:
@@ -317,7 +336,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             score = row.get("val_loss", train_loss)
             perm = sums = None
             loop.epoch, loop.step = epoch + 1, 0
-            if score < best_loss:
+            if ranks.agree(score < best_loss):  # one decision for all ranks
                 best_loss, loop.bad_epochs, history.best_epoch = score, 0, epoch + 1
                 best_state = copy.deepcopy(model.state_dict())
             else:
@@ -347,6 +366,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         if run_dir is not None and run_dir.exists() and saves.last is None:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    finally:
+        ranks.close()
     return model
 
 

@@ -1,0 +1,97 @@
+"""Training throughput on one device, per way of running the step:
+
+  in-memory fp32 | in-memory + --amp (CUDA) | in-memory + --compile | streamed .npy (fp32)
+
+for the MNIST MLP (784-256-256-16, Bernoulli, dynamic binarisation) and the conv model
+(channels 32,64), batch 128 (and 1024 on CUDA), one epoch of `--n` examples each after a
+warm-up run (which also absorbs torch.compile's compile time). Also reports the process's
+peak RSS. Results: one JSON line per row, then one line describing the machine.
+
+    python benchmarks/device_speed.py --device cuda            # on a GPU machine
+    python benchmarks/device_speed.py --device cpu --quick     # seconds: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vaekit
+
+MODELS = {"mlp-784-256-256-16": {"hidden": [256, 256], "latent_dim": 16},
+          "conv-32-64-16": {"arch": "conv", "channels": [32, 64], "latent_dim": 16}}
+
+
+def peak_rss_mb() -> float | None:
+    try:
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
+    except OSError:
+        return None
+
+
+def load(data_dir: str, n: int) -> torch.Tensor:
+    try:
+        return vaekit.load_data("mnist", "train", data_dir).x[:n]
+    except vaekit.errors.VaekitError:
+        return torch.rand(n, 1, 28, 28)  # same shapes and arithmetic without the files
+
+
+def run(data, device: str, model: dict, batch: int, **flags) -> float:
+    config = vaekit.Config(**model, epochs=1, batch_size=batch, val_fraction=0.0, patience=0, progress=False,
+                           device=device, **flags)
+    vaekit.fit(data, config)  # warm-up (and compile)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    vaekit.fit(data, config)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return len(data.x if hasattr(data, "x") else data) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="../shared/data/mnist")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--n", type=int, default=60000)
+    p.add_argument("--quick", action="store_true", help="2,000 examples, the MLP only, no compile")
+    args = p.parse_args()
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
+        ("cpu" if args.device == "auto" else args.device)
+    n = 2000 if args.quick else args.n
+    x = load(args.data_dir, n)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.npy"
+        np.save(path, x.numpy())
+        streamed = vaekit.load_data(str(path), stream=True)
+        ways = {"in-memory": (x, {}), "streamed": (streamed, {})}
+        if device.startswith("cuda"):
+            ways["amp"] = (x, {"amp": True})
+        if not args.quick:
+            ways["compile"] = (x, {"compile": True})
+        batches = (128, 1024) if device.startswith("cuda") else (128,)
+        for name, model in MODELS.items():
+            if args.quick and name.startswith("conv"):
+                continue
+            for batch in batches:
+                row = {"model": name, "batch": batch, "device": device}
+                for way, (data, flags) in ways.items():
+                    row[f"{way}_ex_per_s"] = round(run(data, device, model, batch, **flags))
+                print(json.dumps(row), flush=True)
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
+    print(json.dumps({"date": date.today().isoformat(), "n": n, "gpu": gpu, "threads": torch.get_num_threads(),
+                      "cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
+                      "peak_rss_mb": peak_rss_mb()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""ONNX export: the decoder (and encoder) under onnxruntime match PyTorch for any batch size."""
+
+import numpy as np
+import pytest
+import torch
+
+import vaekit
+from vaekit import export
+from vaekit.cli import main
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("kind", ["mlp-bernoulli", "conv-gaussian"])
+def test_onnx_decoder_and_encoder_match_pytorch_for_batches_1_7_64(kind, tmp_path, capsys):
+    if kind == "mlp-bernoulli":
+        data, config = vaekit.load_data("digits").x[:300], vaekit.Config(hidden=[32], latent_dim=3)
+    else:
+        data = torch.randn(200, 2, 6, 5) * 3 + 1  # real-valued, odd-sized "images"
+        config = vaekit.Config(arch="conv", channels=[4, 8], latent_dim=3, likelihood="gaussian")
+    model = vaekit.fit(data, config.replace(epochs=1, batch_size=50, progress=False, device="cpu"))
+    vaekit.save(model, tmp_path / "run")
+    dec, enc = tmp_path / "decoder.onnx", tmp_path / "encoder.onnx"
+    assert main(["export", str(tmp_path / "run"), "--onnx", str(dec), "--encoder", str(enc)]) == 0
+    assert "onnxruntime matches PyTorch" in capsys.readouterr().out
+    decoder, encoder = _session(dec), _session(enc)
+    assert [i.name for i in decoder.get_inputs()] == ["z"] and [o.name for o in encoder.get_outputs()] == ["mu", "sigma"]
+    gen = torch.Generator().manual_seed(1)
+    for b in (1, 7, 64):
+        z = torch.randn(b, 3, generator=gen)  # (B, d)
+        with torch.no_grad():
+            want = model.decode(z).mean  # (B, *shape)
+        got = decoder.run(None, {"z": z.numpy()})[0]
+        assert got.shape == tuple(want.shape)
+        assert np.abs(got - want.numpy()).max() < 1e-5
+        x = data[:b]
+        with torch.no_grad():
+            q = model.encode(x)
+        mu, sigma = encoder.run(None, {"x": x.numpy()})
+        assert np.abs(mu - q.mean.numpy()).max() < 1e-5 and np.abs(sigma - q.stddev.numpy()).max() < 1e-5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder.onnx", "encoder.onnx", "run"]  # no temp files
+
+
+def test_export_refuses_bad_paths_ladder_encoders_and_mismatches(tmp_path, capsys, monkeypatch):
+    model = vaekit.fit(vaekit.load_data("digits").x[:100], vaekit.Config(
+        arch="ladder", latent_dims=[4, 2], hidden=[16], ladder_hidden=[8], epochs=1, progress=False, device="cpu"))
+    vaekit.save(model, tmp_path / "run")
+    assert main(["export", str(tmp_path / "run"), "--onnx", str(tmp_path / "d.txt")]) == 2
+    assert main(["export", str(tmp_path / "run"), "--onnx", str(tmp_path / "d.onnx"),
+                 "--encoder", str(tmp_path / "e.onnx")]) == 2
+    assert "hierarchical" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "run"), "--onnx", str(tmp_path / "d.onnx")]) == 0  # decoder alone works
+    (tmp_path / "d.onnx").unlink()
+    monkeypatch.setattr(export, "CHECK_ATOL", -1.0)  # every graph now "differs": nothing may be written
+    assert main(["export", str(tmp_path / "run"), "--onnx", str(tmp_path / "d.onnx")]) == 2
+    assert "differs from PyTorch" in capsys.readouterr().err
+    assert not (tmp_path / "d.onnx").exists()
+
+
+class _Conditioned(torch.nn.Module):
+    """Any model with `condition_dim` > 0 and encode(x, c) / decode(z, c) exports with an input c."""
+
+    condition_dim, latent_dim = 2, 3
+
+    def __init__(self, base):
+        super().__init__()
+        self.base, self.prior, self.shift = base, base.prior, torch.nn.Linear(2, 3)
+
+    def decode(self, z, c):
+        return self.base.decode(z + self.shift(c))
+
+    def encode(self, x, c):
+        q = self.base.encode(x)
+        return torch.distributions.Independent(torch.distributions.Normal(q.mean + self.shift(c), q.stddev), 1)
+
+
+def test_a_conditional_model_exports_with_a_condition_input(tmp_path):
+    base = vaekit.VAE.from_config(vaekit.Config(hidden=[16], latent_dim=3, input_shape=[1, 8, 8], likelihood="bernoulli"))
+    model = _Conditioned(base).eval()
+    result = vaekit.export_onnx(model, tmp_path / "d.onnx", tmp_path / "e.onnx")
+    assert result["decoder_max_abs_diff"] < 1e-5 and result["encoder_max_abs_diff"] < 1e-5
+    decoder, encoder = _session(tmp_path / "d.onnx"), _session(tmp_path / "e.onnx")
+    assert [i.name for i in decoder.get_inputs()] == ["z", "c"] and [i.name for i in encoder.get_inputs()] == ["x", "c"]
+    z, c = torch.randn(5, 3), torch.rand(5, 2)
+    with torch.no_grad():
+        want = model.decode(z, c).mean
+    assert np.abs(decoder.run(None, {"z": z.numpy(), "c": c.numpy()})[0] - want.numpy()).max() < 1e-5

@@ -1,0 +1,129 @@
+"""Streamed data: a .npy read batch by batch and image folders decoded per batch train like
+their in-memory versions, and memory stays bounded for an array larger than the cap."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vaekit
+import vaekit.stream
+from vaekit.cli import main
+from vaekit.errors import DataError
+from vaekit.stream import DeviceRows, LazyRows, hashed_uniform
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _cfg(**kw):
+    return vaekit.Config(**{"epochs": 2, "hidden": [16], "latent_dim": 2, "batch_size": 32, "patience": 0,
+                            "progress": False, "device": "cpu", **kw})
+
+
+def test_streamed_npy_trains_exactly_like_the_array_in_memory(tmp_path, capsys):
+    x = np.random.default_rng(0).random((300, 20), dtype=np.float32)  # in [0, 1]
+    np.save(tmp_path / "x.npy", x)
+    lazy, mem = vaekit.load_data(str(tmp_path / "x.npy"), stream=True), vaekit.load_data(str(tmp_path / "x.npy"))
+    assert isinstance(lazy.x, LazyRows) and isinstance(mem.x, torch.Tensor)
+    assert torch.equal(lazy.x[:], mem.x) and torch.equal(lazy.x[[5, 2, 5]], mem.x[[5, 2, 5]])
+    config = _cfg(likelihood="bernoulli", binarize="none")
+    a, b = vaekit.fit(lazy, config), vaekit.fit(mem, config)
+    assert a.history.epochs[-1]["val_loss"] == b.history.epochs[-1]["val_loss"]
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(v, w), k
+    # Gaussian likelihood: the data statistics come from a chunked float64 pass
+    g_lazy, g_mem = (vaekit.fit(d, _cfg(likelihood="gaussian", epochs=0)) for d in (lazy, mem))
+    assert torch.allclose(g_lazy.likelihood.shift, g_mem.likelihood.shift, atol=1e-6)
+    assert torch.allclose(g_lazy.likelihood.scale, g_mem.likelihood.scale, atol=1e-6)
+    assert main(["train", str(tmp_path / "x.npy"), "--stream", "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--hidden", "8", "--latent-dim", "2", "--no-progress", "--device", "cpu"]) == 0
+    assert "trained 1 epochs on x.npy (300 examples)" in capsys.readouterr().out
+
+
+def test_streamed_uint8_channels_last_images_match_the_in_memory_loader(tmp_path):
+    x = np.random.default_rng(1).integers(0, 256, (40, 6, 5, 3), dtype=np.uint8)  # (N, H, W, C)
+    np.save(tmp_path / "img.npy", x)
+    lazy, mem = vaekit.load_data(str(tmp_path / "img.npy"), stream=True), vaekit.load_data(str(tmp_path / "img.npy"))
+    assert lazy.image and mem.image and lazy.x.shape == mem.x.shape == (40, 3, 6, 5)
+    assert torch.equal(lazy.x[:], mem.x)
+    np.save(tmp_path / "f.npy", np.asfortranarray(np.ones((10, 4), dtype=np.float32)))
+    np.savez(tmp_path / "z.npz", x=np.ones((10, 4), dtype=np.float32))
+    for bad in ("f.npy", "z.npz"):
+        with pytest.raises(DataError, match="numpy.save"):
+            vaekit.load_data(str(tmp_path / bad), stream=True)
+    np.save(tmp_path / "nan.npy", np.array([[0.0, np.nan]] * 3, dtype=np.float32))
+    with pytest.raises(DataError, match="3 NaN/Inf"):
+        vaekit.load_data(str(tmp_path / "nan.npy"), stream=True)
+
+
+def test_streamed_image_folder_decodes_per_batch_and_binarises_validation_once(tmp_path):
+    rng = np.random.default_rng(2)
+    for i in range(24):
+        (tmp_path / "imgs" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (7, 9), dtype=np.uint8), "L").save(tmp_path / "imgs" / f"c{i % 2}" / f"{i:02d}.png")
+    lazy = vaekit.load_data(str(tmp_path / "imgs"), stream=True)
+    mem = vaekit.load_data(str(tmp_path / "imgs"))
+    assert lazy.x.shape == mem.x.shape == (24, 1, 7, 9)
+    assert torch.equal(lazy.x[:], mem.x) and torch.equal(lazy.labels, mem.labels)
+    # validation bits depend on (seed, row, value) only, not on how the rows are batched
+    val = DeviceRows(lazy.x, np.arange(5, 17), torch.device("cpu")).binarized(7)
+    whole = val[:]
+    assert torch.equal(torch.cat([val[0:5], val[5:12]]), whole) and set(whole.unique().tolist()) <= {0.0, 1.0}
+    u = hashed_uniform(7, np.arange(100_000), 1)
+    assert abs(float(u.mean()) - 0.5) < 0.01 and u.min() >= 0 and u.max() < 1
+    model = vaekit.fit(lazy, _cfg(arch="conv", channels=[4], val_fraction=0.25))
+    assert model.config.binarize == "dynamic" and np.isfinite(model.history.epochs[-1]["val_loss"])
+    Image.fromarray(np.zeros((8, 9), dtype=np.uint8), "L").save(tmp_path / "imgs" / "c0" / "odd.png")
+    with pytest.raises(DataError, match="resize all images"):
+        vaekit.load_data(str(tmp_path / "imgs"), stream=True)
+
+
+MEASURE = """
+import json, sys
+import torch, vaekit
+
+def hwm_mb():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+
+torch.set_num_threads(1)
+config = vaekit.Config(epochs=1, hidden=[32], latent_dim=2, batch_size=512, patience=0, progress=False, device="cpu")
+vaekit.fit(torch.randn(1000, 1024), config)  # warm-up: the runtime's one-off memory (allocator, kernels)
+baseline = hwm_mb()
+ds = vaekit.load_data(sys.argv[1], stream=True)
+model = vaekit.fit(ds, config)
+print(json.dumps({"baseline_mb": baseline, "peak_mb": hwm_mb(), "rows": len(ds.x),
+                  "epochs": len(model.history.epochs)}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_training_on_a_200_mb_array_stays_under_a_100_mb_cap(tmp_path):
+    path = tmp_path / "big.npy"
+    big = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(50_000, 1024))  # 204.8 MB
+    rng = np.random.default_rng(0)
+    for i in range(0, len(big), 5000):
+        big[i:i + 5000] = rng.standard_normal((5000, 1024), dtype=np.float32)
+    big.flush()
+    del big
+    cap_mb = 100  # above the warm baseline; half the array's size
+    done = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, timeout=180,
+                          env={"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps({**r, "array_mb": round(path.stat().st_size / 1e6, 1), "cap_mb": cap_mb}))  # pytest -s shows it
+    assert r["rows"] == 50_000 and r["epochs"] == 1
+    assert r["peak_mb"] - r["baseline_mb"] < cap_mb, r
+
+
+def test_large_npy_streams_by_default_from_the_cli_only(tmp_path, monkeypatch):
+    np.save(tmp_path / "x.npy", np.zeros((50, 10), dtype=np.float32))  # 2,000 bytes as float32
+    monkeypatch.setattr(vaekit.stream, "AUTO_STREAM_BYTES", 1000)
+    assert isinstance(vaekit.load_data(str(tmp_path / "x.npy"), stream=None).x, LazyRows)  # the CLI's default
+    assert isinstance(vaekit.load_data(str(tmp_path / "x.npy")).x, torch.Tensor)  # the API's default
+    monkeypatch.setattr(vaekit.stream, "AUTO_STREAM_BYTES", 4000)
+    assert isinstance(vaekit.load_data(str(tmp_path / "x.npy"), stream=None).x, torch.Tensor)
