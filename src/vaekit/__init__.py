@@ -38,6 +38,14 @@ _EXPORTS = {
     "load": "checkpoint",
     "log_likelihood": "evaluate",
     "write_output": "sample",
+    "MixedLikelihood": "likelihoods",
+    "fit_table": "tabular",
+    "sample_table": "tabular",
+    "table_config": "tabular",
+    "evaluate_table": "table_metrics",
+    "read_table": "tables",
+    "write_table": "tables",
+    "Schema": "tables",
     "table_section": "report",
     "export_onnx": "export",
     "errors": None,
@@ -65,11 +73,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .data import Dataset, download_mnist, load_data
     from .evaluate import log_likelihood
     from .export import export_onnx
-    from .likelihoods import Bernoulli, Gaussian
+    from .likelihoods import Bernoulli, Gaussian, MixedLikelihood
     from .model import VAE
     from .nets import MLP, ConvDecoder, ConvEncoder
     from .objectives import Bound, elbo, iwae
     from .priors import StandardNormal
     from .report import table_section
     from .sample import write_output
+    from .table_metrics import evaluate_table
+    from .tables import Schema, read_table, write_table
+    from .tabular import fit_table, sample_table, table_config
     from .train import History, fit

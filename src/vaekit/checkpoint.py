@@ -23,6 +23,7 @@ FORMAT = "vaekit-model"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_FILES = ("config.json", "model.safetensors")
+SCHEMA = "schema.json"  # table models only (tables.Schema)
 MAX_JSON_BYTES = 1 << 20  # a manifest or config larger than this is not ours
 
 
@@ -65,10 +66,13 @@ def model_bytes(model) -> dict[str, bytes]:
 
     module = getattr(model, "_orig_mod", model)  # torch.compile wrappers never reach the file
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    return {
+    files = {
         "config.json": model.config.to_json().encode(),
         "model.safetensors": save(tensors, metadata={"format": FORMAT}),
     }
+    if getattr(module, "schema", None) is not None:  # a table model: columns, encodings, conditions
+        files[SCHEMA] = module.schema.to_json().encode()
+    return files
 
 
 def write_model_files(model, folder: Path, extra: tuple[str, ...] = ()) -> None:
@@ -166,6 +170,12 @@ def read_manifest(folder: Path, fmt: str = FORMAT, version: int = FORMAT_VERSION
     return manifest
 
 
+def mixed_likelihood(schema):
+    from .likelihoods import MixedLikelihood
+
+    return MixedLikelihood(schema.heads())
+
+
 def _check_jsonl(path: Path, data: bytes) -> None:
     """A metrics file is JSON objects, one a line; anything else was not written by vaekit."""
     try:
@@ -191,11 +201,20 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None):
     config_bytes, weights = verified["config.json"], verified["model.safetensors"]
     if "metrics.jsonl" in verified:
         _check_jsonl(folder / "metrics.jsonl", verified["metrics.jsonl"])
+    schema = None
+    if SCHEMA in verified:
+        from .tables import Schema
+
+        try:
+            schema = Schema.from_json(verified[SCHEMA].decode())
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
+            raise IntegrityError(f"{folder / SCHEMA} is not a table schema ({e}); train again") from None
     try:
         config = Config.from_json(config_bytes.decode())
-        model = VAE.from_config(config)
+        model = VAE.from_config(config, likelihood=None if schema is None else mixed_likelihood(schema))
     except (ConfigError, ValueError, UnicodeDecodeError) as e:
         raise IntegrityError(f"{folder / 'config.json'} does not describe a model: {e}") from None
+    model.schema = schema
     try:
         tensors = load_tensors(weights)
         model.load_state_dict(tensors, strict=True)

@@ -12,6 +12,12 @@ from pathlib import Path
 
 from .errors import ConfigError, OutputExistsError, VaekitError
 
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")  # as tables.TABLE_SUFFIXES; no numpy import here
+
+
+def is_table_path(path: str) -> bool:
+    return Path(path).suffix.lower() in TABLE_SUFFIXES
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -21,7 +27,9 @@ def _ints(text: str) -> list[int]:
 
 
 def _data_args(p: argparse.ArgumentParser, split: str) -> None:
-    p.add_argument("data", metavar="DATA", help="digits | mnist | path to .npy/.npz or an image folder")
+    p.add_argument("data", metavar="DATA", help="digits | mnist | path to .npy/.npz, an image folder or a "
+                   ".csv/.parquet table")
+    p.add_argument("--sep", help="tables: CSV separator (default: sniffed from the header, ',', ';' or tab)")
     p.add_argument("--data-dir", help="folder of the MNIST *-ubyte.gz files (DATA = mnist)")
     p.add_argument("--download", action="store_true", help="download MNIST into --data-dir, checksums verified")
     p.add_argument("--split", default=split, choices=["train", "test", "all"],
@@ -86,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read a .npy (memory-mapped) or image folder batch by batch instead of into memory "
                         "(default: stream a .npy larger than 1 GiB as float32)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--column-kind", action="append", metavar="COL=KIND",
+                   help="tables: override a column's kind (continuous, integer, boolean, categorical, datetime)")
+    t.add_argument("--condition-columns", help="tables: comma-separated columns to condition on (a conditional VAE)")
+    t.add_argument("--encoding", choices=["quantile", "gmm"], default="quantile",
+                   help="tables: numeric columns by quantile transform (default) or Gaussian-mixture modes")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files to RUN/tensorboard")
     t.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the latest checkpoint in OUT.partial/checkpoints")
@@ -100,12 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="generate new examples from a trained run")
     s.add_argument("run", metavar="RUN")
     s.add_argument("-n", type=int, default=64, help="how many (default 64)")
-    s.add_argument("-o", "--output", required=True, help=".png image grid or .npy array")
+    s.add_argument("-o", "--output", required=True, help=".png image grid or .npy array; tables: .csv or .parquet")
     s.add_argument("--temperature", type=float, default=1.0, help="scale of the prior draw (default 1)")
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of its mean")
     s.add_argument("--condition", action="append", metavar="VALUE",
                    help="conditional runs: the class label to generate, e.g. --condition 7 "
-                        "(default: all classes in turn)")
+                        "(default: all classes in turn); tables: sex=Female, age>40 (repeatable)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")
@@ -134,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-n", type=int, help="use only the first N examples")
     e.add_argument("--batch-size", type=int, default=100)
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--rows", type=int, help="tables: synthetic rows to score (default: as many as DATA has)")
     e.add_argument("--compile", action="store_true", help="torch.compile the estimator (faster for large N x k)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
@@ -194,6 +208,13 @@ def cmd_train(args) -> int:
         overrides["progress"] = False
     if args.tensorboard:
         overrides["tensorboard"] = True
+    if is_table_path(args.data):
+        from .tabular import table_config
+
+        config = table_config(**{**base, **overrides})
+        return _train_table(args, config)
+    if args.column_kind or args.condition_columns:
+        raise ConfigError("--column-kind and --condition-columns apply to tables; pass a .csv or .parquet file")
     config = Config.from_dict({**base, **overrides})
     ds = load_data(args.data, args.split, args.data_dir, args.download, stream=args.stream)
     model = fit(ds, config, out=args.out, force=args.force, resume=args.resume)
@@ -203,6 +224,22 @@ def cmd_train(args) -> int:
     if is_main():  # under torchrun, rank 0 speaks for all
         print(f"trained {len(h.epochs)} epochs on {ds.name} ({len(ds.x)} examples); best epoch {h.best_epoch}, "
               f"loss {loss:.4f}; saved {args.out}")
+    return 0
+
+
+def _train_table(args, config) -> int:
+    from .tables import column_kinds
+    from .tabular import fit_table
+
+    conds = [c.strip() for c in args.condition_columns.split(",") if c.strip()] if args.condition_columns else None
+    model = fit_table(args.data, config, out=args.out, kinds=column_kinds(args.column_kind), condition_columns=conds,
+                      encoding=args.encoding, sep=args.sep, force=args.force, resume=args.resume)
+    h = model.history
+    last = h.epochs[h.best_epoch - 1] if h.epochs else {}
+    loss = last.get("val_loss", last.get("train_loss", float("nan")))
+    schema = model.schema
+    print(f"trained {len(h.epochs)} epochs on {args.data} ({len(schema.columns)} columns); best epoch "
+          f"{h.best_epoch}, loss {loss:.4f}; saved {args.out}")
     return 0
 
 
@@ -226,8 +263,17 @@ def cmd_sample(args) -> int:
     _positive(args.n, "-n")
     if not 0 < args.temperature < float("inf"):
         raise ConfigError(f"--temperature {args.temperature} must be a finite number > 0, e.g. 1")
-    check_output_file(args.output, force=args.force)
     model = _load_run(args)
+    if getattr(model, "schema", None) is not None:
+        from .tables import check_table_output, write_table
+        from .tabular import sample_table
+
+        check_table_output(args.output, force=args.force)
+        df = sample_table(model, args.n, conditions=args.condition, seed=args.seed, temperature=args.temperature)
+        write_table(df, args.output)
+        print(f"wrote {args.n} rows to {args.output}")
+        return 0
+    check_output_file(args.output, force=args.force)
     x = model.sample(args.n, temperature=args.temperature, mean=not args.draw,
                      generator=torch.Generator().manual_seed(args.seed),
                      condition=_sample_condition(model, args.condition, args.n))
@@ -331,6 +377,8 @@ def cmd_evaluate(args) -> int:
     if args.n is not None:
         _positive(args.n, "-n")
     model = _load_run(args)
+    if getattr(model, "schema", None) is not None:
+        return _evaluate_table(args, model)
     x, ds, c = _eval_data(args, model, args.n)
     torch.manual_seed(args.seed)
     result = evaluate(model, x, k=args.k, batch_size=args.batch_size, compile=args.compile, c=c)
@@ -346,6 +394,28 @@ def cmd_evaluate(args) -> int:
     print("KL per dim: " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
     if "kl_per_layer" in result:
         print("KL per stochastic layer (bottom first): " + " ".join(f"{v:.2f}" for v in result["kl_per_layer"]))
+    return 0
+
+
+def _evaluate_table(args, model) -> int:
+    from .table_metrics import evaluate_table
+    from .tables import read_table
+
+    if args.rows is not None:
+        _positive(args.rows, "--rows")
+    real = read_table(args.data, args.sep)
+    if args.n:
+        real = real.iloc[:args.n]
+    r = evaluate_table(model, real, n=args.rows, seed=args.seed)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"data: {args.data}, {r['rows_real']} real rows, {r['rows_synthetic']} synthetic rows")
+    print(f"quality (SDMetrics): {r['quality']:.4f} (column shapes {r['column_shapes']:.4f}, "
+          f"column-pair trends {r['column_pair_trends']:.4f}); higher is better")
+    print(f"detection ROC AUC:   {r['detection_auc']:.4f} (0.5: indistinguishable)")
+    print(f"privacy: {r['privacy_closer_than_median']:.4f} of synthetic rows are closer to a training row than "
+          f"the median training nearest-neighbour distance; {r['exact_copies']} exact copies")
     return 0
 
 

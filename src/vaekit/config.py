@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args, get_type_hints
 from .errors import ConfigError
 
 Arch = Literal["mlp", "conv", "ladder"]
-LikelihoodName = Literal["auto", "bernoulli", "gaussian"]
+LikelihoodName = Literal["auto", "bernoulli", "gaussian", "mixed"]
 Binarize = Literal["auto", "dynamic", "none"]
 Objective = Literal["elbo", "iwae", "wae-mmd"]
 PriorName = Literal["normal", "vamp", "mog"]
@@ -33,7 +33,7 @@ class Config:
     ladder_hidden: list[int] = field(default_factory=lambda: [100, 100])  # arch=ladder: widths between layers
     channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths per stride-2 stage
     activation: Activation = "relu"  # nonlinearity between layers
-    likelihood: LikelihoodName = "auto"  # p(x|z); auto: Bernoulli for data in [0, 1], Gaussian otherwise
+    likelihood: LikelihoodName = "auto"  # p(x|z); auto: Bernoulli for [0, 1] data, else Gaussian; mixed: tables
     binarize: Binarize = "auto"  # auto: dynamic binarisation when Bernoulli meets non-binary data
     objective: Objective = "elbo"  # training bound: ELBO, or the importance-weighted bound (IWAE)
     k: int = 1  # importance samples per example for the IWAE objective (1 = ELBO)

@@ -40,13 +40,16 @@ class VAE(nn.Module):
         self.condition_dim = condition_dim  # size of c; 0: unconditional
 
     @classmethod
-    def from_config(cls, config: Config) -> "VAE":
-        """Build the model a Config describes; `config.input_shape` and a resolved likelihood needed."""
+    def from_config(cls, config: Config, likelihood: nn.Module | None = None) -> "VAE":
+        """Build the model a Config describes; `config.input_shape` and a resolved likelihood needed.
+        `likelihood`, if given, replaces the config's (tables: a MixedLikelihood from the schema)."""
         if config.input_shape is None or config.likelihood == "auto":
             raise ValueError("from_config needs input_shape and a concrete likelihood; fit() records both")
         shape, d, cd = tuple(config.input_shape), config.latent_dim, config.condition_dim
-        likelihood = make_likelihood(config.likelihood, shape)
-        out_shape = (likelihood.n_params, *shape)
+        if likelihood is None:
+            likelihood = make_likelihood(config.likelihood, shape)
+        # a likelihood with a flat parameter vector (mixed heads) says its size itself
+        out_shape = getattr(likelihood, "param_shape", None) or (likelihood.n_params, *shape)
         if config.arch == "ladder":
             dims, act = config.latent_dims, config.activation
             encoder = LadderEncoder(shape, config.hidden, config.ladder_hidden, dims, act)
@@ -143,6 +146,8 @@ class VAE(nn.Module):
     def _output(self, px: Distribution, mean: bool, generator: torch.Generator | None) -> torch.Tensor:
         if mean:
             return px.mean
+        if hasattr(px, "draw"):  # e.g. the mixed table likelihood draws its own heads
+            return px.draw(generator)
         if isinstance(px.base_dist, torch.distributions.Bernoulli):
             u = torch.rand(px.mean.shape, generator=generator, device="cpu").to(px.mean.device)
             return (u < px.mean).float()

@@ -1,0 +1,121 @@
+"""How good is a synthetic table? Three figures, each on real vs synthetic DataFrames:
+
+    quality    SDMetrics' QualityReport score in [0, 1] (the mean of column shapes and
+               column-pair trends); higher is better
+    detection  ROC AUC of a classifier telling real rows from synthetic ones, 5-fold
+               cross-validated (gradient-boosted trees); 0.5 is ideal, 1 means always told apart
+    privacy    the share of synthetic rows closer to a training row than the median distance
+               from a training row to its nearest other training row (exact copies counted
+               separately); lower is more private, near 0.5 for a fresh sample of the same data
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .tables import Schema, infer_schema, to_numbers
+
+SDTYPES = {"continuous": "numerical", "integer": "numerical", "datetime": "datetime", "boolean": "boolean",
+           "categorical": "categorical", "constant": "categorical"}
+
+
+def evaluate_table(model_or_synthetic, real, n: int | None = None, seed: int = 0,
+                   schema: Schema | None = None) -> dict[str, Any]:
+    """Quality, detection AUC and privacy of a table model (sampled `n` rows, default as many
+    as `real`) or of a synthetic DataFrame, against the real (training) DataFrame."""
+    import pandas as pd
+
+    if isinstance(model_or_synthetic, pd.DataFrame):
+        synth = model_or_synthetic
+        schema = schema or infer_schema(real)
+    else:
+        from .tabular import sample_table, table_schema
+
+        schema = table_schema(model_or_synthetic)
+        synth = sample_table(model_or_synthetic, n or len(real), seed=seed)
+    missing = [c for c in schema.names if c not in real.columns]
+    if missing:
+        from .errors import IncompatibleError
+
+        raise IncompatibleError(f"the evaluation table lacks column(s) {missing} that the model generates; "
+                                "evaluate on a table like the training table")
+    real = real[schema.names]
+    synth = synth[schema.names]
+    result = {"rows_real": len(real), "rows_synthetic": len(synth)}
+    result.update(quality(real, synth, schema))
+    result["detection_auc"] = detection_auc(real, synth, schema, seed)
+    result.update(privacy(real, synth, schema))
+    return result
+
+
+def quality(real, synth, schema: Schema) -> dict[str, float]:
+    """SDMetrics' single-table QualityReport: overall, column shapes, column-pair trends."""
+    import warnings
+
+    with warnings.catch_warnings():  # sdmetrics 0.32 marks the single-table import path deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        from sdmetrics.reports.single_table import QualityReport
+
+    import pandas as pd
+
+    meta = {"columns": {c.name: {"sdtype": SDTYPES[c.kind]} for c in schema.columns}}
+    dates = [c.name for c in schema.columns if c.kind == "datetime"]
+    if dates:  # a CSV holds dates as text: give sdmetrics real timestamps on both sides
+        real, synth = real.copy(), synth.copy()
+        for name in dates:
+            real[name], synth[name] = pd.to_datetime(real[name]), pd.to_datetime(synth[name])
+    report = QualityReport()
+    report.generate(real, synth, meta, verbose=False)
+    props = report.get_properties().set_index("Property")["Score"]
+    return {"quality": float(report.get_score()), "column_shapes": float(props["Column Shapes"]),
+            "column_pair_trends": float(props["Column Pair Trends"])}
+
+
+def features(df, schema: Schema, ref) -> np.ndarray:
+    """Rows -> numbers for classifiers and distances: numeric columns standardised by the
+    real table `ref` (missing: 0 plus an indicator), categoricals one-hot over `ref`'s labels."""
+    import pandas as pd
+
+    cols = []
+    for c in schema.columns:
+        if c.kind == "constant":
+            continue
+        if c.numeric:
+            x, r = to_numbers(c, df[c.name]), to_numbers(c, ref[c.name])
+            sd = np.nanstd(r) or 1.0
+            z = (x - np.nanmean(r)) / sd
+            cols += [np.nan_to_num(z)[:, None], np.isnan(x)[:, None].astype(float)]
+        else:
+            labels = pd.Series(ref[c.name].astype(str).unique())
+            cols.append((df[c.name].astype(str).to_numpy()[:, None] == labels.to_numpy()[None, :]).astype(float))
+    return np.concatenate(cols, axis=1)
+
+
+def detection_auc(real, synth, schema: Schema, seed: int = 0) -> float:
+    """Mean 5-fold cross-validated ROC AUC of gradient-boosted trees, real (0) vs synthetic (1)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    x = np.concatenate([features(real, schema, real), features(synth, schema, real)])
+    y = np.r_[np.zeros(len(real)), np.ones(len(synth))]
+    clf = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    return float(np.mean(cross_val_score(clf, x, y, cv=folds, scoring="roc_auc")))
+
+
+def privacy(real, synth, schema: Schema) -> dict[str, float]:
+    """Distance to the closest training row (Euclidean on `features`), against the median
+    nearest-neighbour distance among training rows."""
+    from sklearn.neighbors import NearestNeighbors
+
+    xr, xs = features(real, schema, real), features(synth, schema, real)
+    nn = NearestNeighbors(n_neighbors=2).fit(xr)
+    d_real = nn.kneighbors(xr)[0][:, 1]  # (N,) to the nearest other training row
+    d_syn = nn.kneighbors(xs, n_neighbors=1)[0][:, 0]  # (M,)
+    median = float(np.median(d_real))
+    synth_keys = synth.astype(str).agg("\x1f".join, axis=1)
+    copies = synth_keys.isin(set(real.astype(str).agg("\x1f".join, axis=1)))
+    return {"privacy_closer_than_median": float(np.mean(d_syn < median)), "median_nn_distance": median,
+            "exact_copies": int(copies.sum()), "exact_copy_share": float(copies.mean())}

@@ -1,0 +1,348 @@
+"""Tables: read a CSV/Parquet file and infer a column schema (encoding: table_codec.py).
+
+Each column gets a kind and an encoding into a block of the row vector x (D_enc,):
+    continuous / integer / datetime  one value, Gaussianised by the column's quantiles
+                                     (default) or mode-specific normalisation with a
+                                     per-column Gaussian mixture (Xu et al., CTGAN/TVAE 2019):
+                                     a value (x - mu_k) / (4 sd_k) and a one-hot mode k;
+                                     plus a 0/1 missingness indicator if the column has gaps
+    categorical / boolean            one-hot over the seen labels (+ a "missing" label)
+    constant                         nothing: one value and no gaps is written back as is
+The schema is plain JSON (numbers, strings, lists): sklearn objects are reduced to their
+fitted numbers, so a saved run never needs pickle. `heads()` lists the blocks for the
+mixed likelihood (likelihoods.MixedLikelihood).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DataError, OutputExistsError
+
+KINDS = ("continuous", "integer", "boolean", "categorical", "datetime", "constant")
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+MAX_CATEGORY_INTEGERS = 10  # an integer column with at most this many values is categorical
+MAX_CATEGORIES = 50  # more labels than this, in over half the rows: an identifier, refused unless declared
+ISO_DATE = r"\d{4}-\d{1,2}-\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?"  # text read as a datetime
+N_QUANTILES = 1000  # quantile grid per numeric column (fewer with fewer rows)
+U_CLIP = 1e-4  # uniform levels clipped to [U_CLIP, 1 - U_CLIP]: Gaussianised values within +-3.7
+
+
+@dataclass
+class Column:
+    name: str  # the column's header
+    kind: str  # one of KINDS
+    dtype: str  # the pandas dtype it had, restored when decoding
+    missing_rate: float = 0.0  # share of missing cells in the training data
+    categories: list[Any] = field(default_factory=list)  # categorical/boolean: seen labels, JSON values
+    quantiles: list[float] = field(default_factory=list)  # numeric: values at evenly spaced levels
+    means: list[float] = field(default_factory=list)  # numeric, gmm encoding: mode means
+    stds: list[float] = field(default_factory=list)  # numeric, gmm encoding: mode standard deviations
+    weights: list[float] = field(default_factory=list)  # numeric, gmm encoding: mode weights
+    min: float | None = None  # numeric: smallest seen value (decoded values are clipped to it)
+    max: float | None = None  # numeric: largest seen value
+    value: Any = None  # constant: the one value
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("continuous", "integer", "datetime")
+
+    def width(self) -> int:
+        """Encoded size of this column."""
+        if self.kind == "constant":
+            return 0
+        if not self.numeric:
+            return len(self.categories) + (self.missing_rate > 0)
+        return 1 + (len(self.means) if self.means else 0) + (self.missing_rate > 0)
+
+
+@dataclass
+class Schema:
+    columns: list[Column]  # every column of the table, in order
+    encoding: str = "quantile"  # numeric columns: "quantile" or "gmm"
+    condition_columns: list[str] = field(default_factory=list)  # columns fed to the model as c
+    condition_rows: dict[str, list[Any]] = field(default_factory=dict)  # their training values
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise ConfigError(f"no column {name!r} in this table; columns: {', '.join(self.names)}")
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def modelled(self) -> list[Column]:
+        """Columns encoded into x (not conditions)."""
+        return [c for c in self.columns if c.name not in self.condition_columns]
+
+    @property
+    def conditions(self) -> list[Column]:
+        return [self.column(n) for n in self.condition_columns]
+
+    def heads(self, columns: list[Column] | None = None) -> list[list[Any]]:
+        """Blocks of the encoded row: [kind, start, width, mask], kind normal | categorical |
+        bernoulli; `mask` is the index of the missingness indicator that switches a normal
+        value off (-1: none)."""
+        out, start = [], 0
+        for c in self.modelled if columns is None else columns:
+            if c.kind == "constant":
+                continue
+            miss = start + c.width() - 1 if c.missing_rate > 0 else -1
+            if c.numeric:
+                out.append(["normal", start, 1, miss])
+                if c.means:
+                    out.append(["categorical", start + 1, len(c.means), -1])
+                if miss >= 0:
+                    out.append(["bernoulli", miss, 1, -1])
+            else:
+                out.append(["categorical", start, c.width(), -1])
+            start += c.width()
+        return out
+
+    def to_json(self) -> str:
+        """One line per column (and per condition column's values): diffable, and short
+        enough to read even with a thousand quantiles per column."""
+        d = dataclasses.asdict(self)
+        lines = [f" {json.dumps(k)}: {json.dumps(d[k], default=_json_value)}" for k in ("encoding", "condition_columns")]
+        cols = ",\n  ".join(json.dumps(c, default=_json_value) for c in d["columns"])
+        rows = ",\n  ".join(f"{json.dumps(k)}: {json.dumps(v, default=_json_value)}" for k, v in d["condition_rows"].items())
+        lines += [f' "columns": [\n  {cols}\n ]', f' "condition_rows": {{\n  {rows}\n }}' if rows else ' "condition_rows": {}']
+        return "{\n" + ",\n".join(lines) + "\n}\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "Schema":
+        d = json.loads(text)
+        d["columns"] = [Column(**c) for c in d["columns"]]
+        return cls(**d)
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if hasattr(v, "isoformat"):  # a constant timestamp
+        return v.isoformat()
+    raise TypeError(f"{type(v).__name__} is not JSON")
+
+
+# ---- reading and writing ---------------------------------------------------------------
+def is_table_path(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in TABLE_SUFFIXES
+
+
+def read_table(path: str | Path, sep: str | None = None):
+    """A pandas DataFrame from .csv/.tsv (separator sniffed from the header when not given:
+    ',', ';' or tab) or .parquet. Anything that does not parse as a table is a DataError."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file; pass a .csv or .parquet table")
+    try:
+        if p.suffix.lower() in (".parquet", ".pq"):
+            df = pd.read_parquet(p)
+        else:
+            if sep is None:
+                with open(p, encoding="utf-8", errors="strict") as f:
+                    header = f.readline()
+                sep = max([",", ";", "\t"], key=header.count)
+            df = pd.read_csv(p, sep=sep)
+    except (UnicodeDecodeError, ValueError, OSError, pd.errors.ParserError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{p} is not a readable table ({first}); pass a CSV (header line, one row per "
+                        "line) or a Parquet file") from None
+    if df.shape[1] == 0 or len(df) == 0:
+        raise DataError(f"{p} has no rows (or no columns); a table needs a header and at least one row")
+    return df
+
+
+def write_table(df, path: str | Path) -> Path:
+    """Write df as .csv or .parquet, atomically (a temporary name, then renamed)."""
+    from .checkpoint import write_atomic
+
+    p = check_table_output(path)
+    if p.suffix.lower() in (".parquet", ".pq"):
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        data = buf.getvalue()
+    else:
+        data = df.to_csv(index=False, sep="\t" if p.suffix.lower() == ".tsv" else ",").encode()
+    write_atomic(p, data)
+    return p
+
+
+def check_table_output(path: str | Path, force: bool = True) -> Path:
+    """Refuse a non-table suffix, a missing parent folder or (unless `force`) an existing file."""
+    p = Path(path)
+    if p.suffix.lower() not in TABLE_SUFFIXES:
+        raise ConfigError(f"{p}: a table model writes .csv or .parquet; change -o")
+    if not p.parent.is_dir():
+        raise ConfigError(f"{p.parent} does not exist; create it first or choose another -o")
+    if p.is_dir():
+        raise ConfigError(f"{p} is a folder; give a file name ending in .csv or .parquet")
+    if p.exists() and not force:
+        raise OutputExistsError(f"{p} exists; choose another -o or pass --force to overwrite it")
+    return p
+
+
+# ---- schema inference ------------------------------------------------------------------
+def infer_schema(df, kinds: dict[str, str] | None = None, encoding: str = "quantile",
+                 condition_columns: list[str] | None = None, seed: int = 0) -> Schema:
+    """Infer each column's kind (or take it from `kinds`) and fit its encoding on df."""
+    import pandas as pd
+
+    if encoding not in ("quantile", "gmm"):
+        raise ConfigError(f"encoding={encoding!r} must be quantile or gmm")
+    if len(df) == 0 or df.shape[1] == 0:
+        raise DataError("the table is empty; pass a table with a header and at least one row")
+    kinds = dict(kinds or {})
+    names = [str(n) for n in df.columns]
+    if len(set(names)) != len(names):
+        raise DataError("the table has repeated column names; rename them so each is unique")
+    for name, kind in kinds.items():
+        if name not in names:
+            raise ConfigError(f"--column-kind names column {name!r}, which the table lacks; columns: {', '.join(names)}")
+        if kind not in KINDS[:-1]:
+            raise ConfigError(f"--column-kind {name}={kind}: kind must be one of {', '.join(KINDS[:-1])}")
+    conds = list(condition_columns or [])
+    for name in conds:
+        if name not in names:
+            raise ConfigError(f"--condition-columns names {name!r}, which the table lacks; columns: {', '.join(names)}")
+    if len(conds) == len(names):
+        raise ConfigError("every column is a condition column; leave at least one column to generate")
+    columns = [_infer_column(str(name), df[name], kinds.get(str(name)), encoding, seed) for name in df.columns]
+    schema = Schema(columns, encoding, conds)
+    for name in conds:
+        values = to_numbers(schema.column(name), df[name]) if schema.column(name).numeric else None
+        schema.condition_rows[name] = [None if pd.isna(v) else plain(v) for v in
+                                       (values if values is not None else df[name].tolist())]
+    return schema
+
+
+def plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _infer_column(name: str, s, kind: str | None, encoding: str, seed: int) -> Column:
+    missing = s.isna()
+    if missing.all():
+        raise DataError(f"column {name!r} is entirely missing; drop it from the table")
+    values = s[~missing]
+    dtype = str(s.dtype)
+    rate = float(missing.mean())
+    if kind is None and values.nunique() == 1 and rate == 0:  # one value, no gaps: nothing to learn
+        kind = "constant"
+    if kind is None:
+        kind = _guess_kind(name, values)
+    if kind == "constant":
+        return Column(name, "constant", dtype, value=plain(values.iloc[0]))
+    col = Column(name, kind, dtype, rate)
+    if kind in ("categorical", "boolean"):
+        if kind == "boolean" and not set(values.unique()) <= {True, False}:
+            raise DataError(f"column {name!r} is not boolean (values {sorted(map(str, values.unique()))[:5]}); "
+                            f"use --column-kind {name}=categorical")
+        labels = values.unique().tolist()
+        col.categories = sorted((plain(v) for v in labels), key=lambda v: (str(type(v)), v))
+        return col
+    x = to_numbers(col, values)
+    col.min, col.max = float(x.min()), float(x.max())
+    if kind == "integer" and not np.all(x == np.round(x)):
+        raise DataError(f"column {name!r} has fractions but was declared integer; use --column-kind {name}=continuous")
+    n_q = min(N_QUANTILES, len(x))
+    col.quantiles = np.quantile(x, np.linspace(0, 1, n_q)).tolist()
+    if encoding == "gmm":
+        _fit_gmm(col, x, seed)
+    return col
+
+
+def _guess_kind(name: str, values) -> str:
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(values) or (values.dtype == object and set(values.unique()) <= {True, False}):
+        return "boolean"
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return "datetime"
+    if pd.api.types.is_numeric_dtype(values):
+        x = values.to_numpy(dtype=np.float64)
+        if not np.isfinite(x).all():
+            raise DataError(f"column {name!r} holds infinite values; replace them with numbers or blanks")
+        whole = bool(np.all(x == np.round(x)))
+        if whole and values.nunique() <= MAX_CATEGORY_INTEGERS:
+            return "categorical"
+        return "integer" if whole else "continuous"
+    types = {type(v) for v in values}
+    if any(issubclass(t, (int, float, np.number)) for t in types) and any(issubclass(t, str) for t in types):
+        raise DataError(f"column {name!r} mixes numbers and text; clean it, or pass "
+                        f"--column-kind {name}=categorical to treat every value as a label")
+    if types <= {str}:
+        parsed = pd.to_numeric(values, errors="coerce")
+        bad = parsed.isna()
+        if 0 < bad.sum() <= 0.05 * len(values):  # mostly numbers with a few stray words
+            raise DataError(f"column {name!r} mixes numbers and text (e.g. {values[bad].iloc[0]!r}); fix those "
+                            f"cells, or pass --column-kind {name}=categorical to treat every value as a label")
+        # ISO dates only: a looser parser would read month names such as "may" as dates
+        if values.str.fullmatch(ISO_DATE).all():
+            return "datetime"
+    distinct = values.nunique()
+    if distinct > MAX_CATEGORIES and distinct > 0.5 * len(values):
+        raise DataError(f"column {name!r} has {distinct} distinct labels in {len(values)} rows (an identifier or "
+                        f"free text?); drop it, or pass --column-kind {name}=categorical to model it anyway")
+    return "categorical"
+
+
+def to_numbers(col: Column, s) -> np.ndarray:
+    """A numeric column as float64 (datetimes as seconds since 1970); NaN where missing."""
+    import pandas as pd
+
+    if col.kind == "datetime" and pd.api.types.is_numeric_dtype(s):
+        return s.to_numpy(dtype=np.float64)  # already seconds (drawn condition rows)
+    if col.kind == "datetime":
+        t = pd.to_datetime(s, errors="coerce")
+        ns = t.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
+        return np.where(t.isna().to_numpy(), np.nan, ns / 1e9)
+    try:
+        return pd.to_numeric(s, errors="raise").to_numpy(dtype=np.float64)
+    except (ValueError, TypeError):
+        raise DataError(f"column {col.name!r} has values that are not numbers but is {col.kind}; "
+                        f"use --column-kind {col.name}=categorical") from None
+
+
+def _fit_gmm(col: Column, x: np.ndarray, seed: int) -> None:
+    """Mode-specific normalisation: a Dirichlet-process Gaussian mixture (at most 10 modes,
+    those with weight > 0.005 kept), reduced to plain numbers."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import BayesianGaussianMixture
+
+    k = int(min(10, len(np.unique(x))))
+    gmm = BayesianGaussianMixture(n_components=k, weight_concentration_prior_type="dirichlet_process",
+                                  weight_concentration_prior=1e-3, max_iter=100, random_state=seed)
+    with warnings.catch_warnings():  # a mode that has not settled after 100 steps is still usable
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gmm.fit(x.reshape(-1, 1))
+    keep = gmm.weights_ > 5e-3
+    col.means = gmm.means_[keep, 0].tolist()
+    col.stds = np.sqrt(gmm.covariances_[keep].reshape(-1)).clip(1e-6).tolist()
+    col.weights = (gmm.weights_[keep] / gmm.weights_[keep].sum()).tolist()
+
+
+def column_kinds(specs: list[str] | None) -> dict[str, str]:
+    """`--column-kind col=kind` arguments -> {col: kind}."""
+    kinds = {}
+    for spec in specs or []:
+        name, sep, kind = spec.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--column-kind {spec!r} must look like COLUMN=KIND, e.g. year=categorical")
+        kinds[name] = kind
+    return kinds
+
