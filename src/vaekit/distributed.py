@@ -146,6 +146,17 @@ class Group:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                # meet before tearing down: a rank that destroys its gloo group while a peer still
+                # talks to it can abort that peer at exit ("terminate called without an active exception")
+                try:
+                    if dist.get_backend() == "gloo":
+                        from datetime import timedelta
+
+                        dist.monitored_barrier(timeout=timedelta(seconds=60))
+                    else:
+                        dist.barrier()
+                except Exception:  # a peer is gone: nothing to wait for
+                    pass
                 dist.destroy_process_group()
             self.owned = False
 
