@@ -35,7 +35,7 @@ CONDITION = re.compile(r"^\s*(.+?)\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*$")
 def table_config(**changes: Any) -> Config:
     """Defaults for tables: a smaller net than for images, mixed likelihood. Batch 500 at
     lr 4e-3 scored higher and fitted faster than batch 256 at 2e-3 on both benchmark tables
-    (docs/benchmarks-tables.md)."""
+    (docs/benchmarks.md (Synthetic tables))."""
     base = dict(latent_dim=16, hidden=[128, 128], epochs=100, batch_size=500, lr=4e-3, patience=20)
     return Config(**{**base, **changes, "likelihood": "mixed"})
 
