@@ -278,3 +278,20 @@ def test_importance_sampled_likelihood_of_table_rows(toy_model):
     with torch.no_grad():
         bound = torch.stack([vaekit.elbo(model, x).bound for _ in range(20)]).mean(0)  # (64,) ELBO, averaged
     assert torch.isfinite(ll).all() and float(ll.mean()) >= float(bound.mean()) - 0.05
+
+
+def test_report_of_a_table_run(toy_model, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from vaekit.cli import main
+
+    df, model = toy_model
+    vaekit.save(model, tmp_path / "run")
+    df.to_csv(tmp_path / "real.csv", index=False)
+    out = tmp_path / "report.html"
+    assert main(["report", str(tmp_path / "run"), str(tmp_path / "real.csv"), "-o", str(out)]) == 0
+    html = out.read_text()
+    assert "Marginals" in html and "Associations" in html and "detection_auc" in html
+    assert html.count("<img") >= len(df.columns) + 1  # a marginal per column and the matrices
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "run"), "-o", str(tmp_path / "no-data.html")]) == 2
+    assert "give the real table" in capsys.readouterr().err and not (tmp_path / "no-data.html").exists()

@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="one self-contained HTML file: curves, samples, latent space, evaluation")
     rp.add_argument("run", metavar="RUN")
     rp.add_argument("data", metavar="DATA", nargs="?",
-                    help="digits | mnist | path to .npy/.npz or an image folder (optional: adds the data's pictures)")
+                    help="digits | mnist | path to .npy/.npz or an image folder (optional: adds the data's pictures); "
+                         "for a table run, the real .csv/.parquet (needed)")
     rp.add_argument("--data-dir", help="folder of the MNIST *-ubyte.gz files (DATA = mnist)")
     rp.add_argument("--split", default="test", choices=["train", "test", "all"],
                     help="part of digits/mnist (default test)")

@@ -79,12 +79,26 @@ def report(run_or_model, data: Any = None, out: str | os.PathLike = "report.html
         rows = list(history.epochs) if history is not None else []
     name = title or name
     model.eval()
-    ds = _dataset(data, split, data_dir) if data is not None else None
+    table = getattr(model, "schema", None) is not None
+    ds = _dataset(data, split, data_dir) if data is not None and not table else None
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     config = getattr(model, "config", None)
     second = "mmd" if config is not None and config.objective == "wae-mmd" else "kl"
+    if table:  # a table model: real vs synthetic tables, not pictures of x
+        sections = [_table_report(model, data, n, seed), *sections]
+        body = [f"<h1>vaekit report: {_e(name)}</h1>",
+                f"<p>table model: {len(model.schema.names)} columns, latent dimensions {model.latent_dim}, "
+                f"{model.num_parameters():,} parameters</p>"]
+        if rows:
+            body.append(_section("Training", _img(plots.curves(rows, second), "training curves")))
+        body += list(sections)
+        if config is not None:
+            items = "".join(f"<div><b>{_e(key)}</b> {_e(_fmt(v))}</div>" for key, v in config.to_dict().items())
+            body.append(_section("Config", f"<div class=kv>{items}</div>"))
+        write_atomic(path, page(f"vaekit report: {name}", body).encode())
+        return path
     image = len(model.input_shape) == 3
     body = [f"<h1>vaekit report: {_e(name)}</h1>",
             f"<p>latent dimensions {model.latent_dim}, input shape {tuple(model.input_shape)}, "
@@ -106,6 +120,30 @@ def report(run_or_model, data: Any = None, out: str | os.PathLike = "report.html
         body.append(_section("Config", f"<div class=kv>{items}</div>"))
     write_atomic(path, page(f"vaekit report: {name}", body).encode())
     return path
+
+
+def _table_report(model, data: Any, n: int, seed: int) -> str:
+    """Real vs synthetic for a table model: `data` (a .csv/.parquet path or a DataFrame, the
+    first `n` rows) against as many sampled rows, with the evaluation scores."""
+    import pandas as pd
+
+    from .table_metrics import evaluate_table
+    from .tables import read_table
+    from .tabular import sample_table
+
+    if data is None:
+        raise ConfigError("a table run's report compares real and synthetic rows: give the real table, "
+                          "e.g. vaekit report RUN data.csv -o report.html")
+    if isinstance(data, pd.DataFrame):
+        real = data
+    elif isinstance(data, (str, os.PathLike)):
+        real = read_table(data)
+    else:
+        raise ConfigError("a table model's report needs the real table: a .csv/.parquet path or a DataFrame")
+    real = real.iloc[:n]
+    synth = sample_table(model, len(real), seed=seed)
+    scores = evaluate_table(synth, real[model.schema.names], schema=model.schema, seed=seed)
+    return table_section(real[model.schema.names], synth, scores)
 
 
 def _dataset(data: Any, split: str, data_dir):
