@@ -295,3 +295,44 @@ def test_report_of_a_table_run(toy_model, tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path / "run"), "-o", str(tmp_path / "no-data.html")]) == 2
     assert "give the real table" in capsys.readouterr().err and not (tmp_path / "no-data.html").exists()
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).write_text, (self.marker, "pwned"))
+
+
+@pytest.mark.parametrize("force_unsafe", [False, True])
+def test_planted_pickles_in_table_files_are_never_executed(toy_model, tmp_path, monkeypatch, force_unsafe):
+    """schema.json (as planted, and with the manifest rewritten to vouch for it) and the
+    table files themselves: a pickle is refused with a typed error and never runs."""
+    import hashlib
+    import pickle
+
+    from vaekit.cli import main
+    from vaekit.errors import VaekitError
+
+    if force_unsafe:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "MARKER"
+    evil = pickle.dumps({"x": _Payload(marker)})
+    _, model = toy_model
+    run = tmp_path / "run"
+    vaekit.save(model, run)
+    schema = run / "schema.json"
+    for rehash in (False, True):
+        schema.write_bytes(evil)
+        if rehash:
+            manifest = json.loads((run / "manifest.json").read_text())
+            manifest["files"]["schema.json"] = {"bytes": len(evil), "sha256": hashlib.sha256(evil).hexdigest()}
+            (run / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        with pytest.raises(VaekitError):
+            vaekit.load(run)
+        assert main(["sample", str(run), "-n", "3", "-o", str(tmp_path / "s.csv")]) != 0
+    for name in ("evil.csv", "evil.parquet", "evil.tsv"):
+        (tmp_path / name).write_bytes(evil)
+        assert main(["train", str(tmp_path / name), "--out", str(tmp_path / "o")]) == 2
+    assert not marker.exists() and not (tmp_path / "o").exists() and not (tmp_path / "s.csv").exists()
