@@ -131,3 +131,23 @@ def test_config_json_round_trip():
     assert Config.from_json(c.to_json()) == c
     with pytest.raises(ConfigError, match="unknown config field"):
         Config.from_dict({"latent_dimz": 3})
+
+
+def test_clip_gradients_matches_torch():
+    from vaekit.train import clip_gradients
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(5, 4), torch.nn.Linear(5, 4)
+    b.load_state_dict(a.state_dict())
+    for p, q in zip(a.parameters(), b.parameters()):
+        p.grad = torch.randn_like(p) * 10
+        q.grad = p.grad.clone()
+    for max_norm in (1.0, 1e6):
+        ours = clip_gradients(a, max_norm)
+        theirs = torch.nn.utils.clip_grad_norm_(b.parameters(), max_norm)
+        assert torch.allclose(ours, theirs)
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert torch.allclose(p.grad, q.grad, atol=1e-6)
+    assert float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in a.parameters()]))) <= 1.0 + 1e-5
+    a.weight.grad[0, 0] = float("nan")
+    assert not torch.isfinite(clip_gradients(a, 1.0))

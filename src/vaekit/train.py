@@ -177,6 +177,19 @@ def learning_rate(config: Config, step: int, total_steps: int, steps_per_epoch: 
     return config.lr * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def clip_gradients(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """Scale the gradients down to global norm `max_norm` (0: never) and return the norm
+    before clipping, whose finiteness the loop checks. Same result as clip_grad_norm_, in
+    three fused calls instead of two per tensor (it was ~5% of a small-batch step on CPU)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # ()
+    if max_norm > 0 and norm > max_norm:  # a non-finite norm compares False: the loop stops on it
+        torch._foreach_mul_(grads, max_norm / (float(norm) + 1e-6))
+    return norm
+
+
 def nonfinite_message(what: str, epoch: int, step: int, last: Path | None = None) -> str:
     return (f"{what} became non-finite at epoch {epoch + 1}, step {step}; {resuming.nonfinite_hint(last)}; lower --lr, "
             "raise --grad-clip protection, check the data for extreme values or pass --skip-nonfinite")
@@ -286,8 +299,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                                                     config.epochs * steps_per_epoch, steps_per_epoch)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
-                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                    norm = clip_gradients(model, config.grad_clip)
                     bad = None if torch.isfinite(norm) else "the gradient"  # grads are all-reduced: same on every rank
                 loop.step = step + 1
                 if bad is not None:  # never step on NaN: skip the batch (--skip-nonfinite) or stop here
