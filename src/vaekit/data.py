@@ -270,7 +270,11 @@ def check_finite(x: torch.Tensor, what: str) -> None:
         return
     if x.numel() == 0:
         raise DataError(f"{what} is empty; it needs at least one example")
-    if not torch.isfinite(x).all():
+    if not x.is_floating_point():
+        return  # integers are finite
+    # min and max propagate NaN and are +-inf when any value is: one pass, no (N, ...) mask
+    lo, hi = torch.aminmax(x.detach().reshape(-1))
+    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
         bad = int((~torch.isfinite(x)).sum())
         raise DataError(f"{what} contains {bad} NaN/Inf values; remove or impute them first")
 
@@ -278,4 +282,10 @@ def check_finite(x: torch.Tensor, what: str) -> None:
 def is_binary(x: torch.Tensor) -> bool:
     if not isinstance(x, torch.Tensor):
         return x.summary().binary
-    return bool(((x == 0) | (x == 1)).all())
+    flat = x.reshape(-1)
+    step = 1 << 20  # chunk by chunk: grey-level data answers False at the first chunk
+    for i in range(0, flat.numel(), step):
+        c = flat[i:i + step]
+        if not bool(((c == 0) | (c == 1)).all()):
+            return False
+    return True

@@ -78,13 +78,14 @@ def as_dataset(data: Any) -> Dataset:
 def resolve_config(config: Config, ds: Dataset) -> Config:
     """Fill in what the data decides: input shape, likelihood, binarisation."""
     x = ds.x
-    unit = bool(x.min() >= 0) and bool(x.max() <= 1)
+    lo, hi = (float(v) for v in (torch.aminmax(x.reshape(-1)) if isinstance(x, torch.Tensor) else (x.min(), x.max())))
+    unit = lo >= 0 and hi <= 1
     binary = is_binary(x)
     likelihood = config.likelihood
     if likelihood == "auto":
         likelihood = "bernoulli" if binary or (unit and ds.image) else "gaussian"
     if likelihood == "bernoulli" and not unit:
-        raise DataError(f"{ds.name} has values outside [0, 1] ({float(x.min()):.3g}..{float(x.max()):.3g}); "
+        raise DataError(f"{ds.name} has values outside [0, 1] ({lo:.3g}..{hi:.3g}); "
                         "a Bernoulli likelihood needs [0, 1]: use --likelihood gaussian or rescale")
     binarize = config.binarize
     if binarize == "auto":
