@@ -12,28 +12,23 @@ out) for table models. The module itself is callable: `vaekit.report(...)` is `r
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import os
 import sys
 import types
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
 from . import plots
 from .errors import ConfigError
+from .htmlpage import _e, _fmt, _img, _section, _table, page
+from .table_report import _table_report, associations, table_section  # noqa: F401 (re-exported: vaekit.report.table_section)
 
 ACTIVE = 0.01  # a unit is active when Var_x E[z|x] > 0.01, as in evaluate() (Burda et al. 2016)
-CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
-body{background:#fff}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-img{max-width:100%;height:auto;display:block;margin:.4em 0}img.grid{image-rendering:pixelated}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left}
-.note{color:#666;font-size:.9em}.kv{columns:3 16em;font-size:.9em}.kv div{break-inside:avoid;padding:.1em 0}
-.cols{display:flex;flex-wrap:wrap;gap:.5em}.cols img{max-width:360px}"""
+
 
 
 def check_output_html(out: str | os.PathLike) -> Path:
@@ -120,30 +115,6 @@ def report(run_or_model, data: Any = None, out: str | os.PathLike = "report.html
         body.append(_section("Config", f"<div class=kv>{items}</div>"))
     write_atomic(path, page(f"vaekit report: {name}", body).encode())
     return path
-
-
-def _table_report(model, data: Any, n: int, seed: int) -> str:
-    """Real vs synthetic for a table model: `data` (a .csv/.parquet path or a DataFrame, the
-    first `n` rows) against as many sampled rows, with the evaluation scores."""
-    import pandas as pd
-
-    from .table_metrics import evaluate_table
-    from .tables import read_table
-    from .tabular import sample_table
-
-    if data is None:
-        raise ConfigError("a table run's report compares real and synthetic rows: give the real table, "
-                          "e.g. vaekit report RUN data.csv -o report.html")
-    if isinstance(data, pd.DataFrame):
-        real = data
-    elif isinstance(data, (str, os.PathLike)):
-        real = read_table(data)
-    else:
-        raise ConfigError("a table model's report needs the real table: a .csv/.parquet path or a DataFrame")
-    real = real.iloc[:n]
-    synth = sample_table(model, len(real), seed=seed)
-    scores = evaluate_table(synth, real[model.schema.names], schema=model.schema, seed=seed)
-    return table_section(real[model.schema.names], synth, scores)
 
 
 def _dataset(data: Any, split: str, data_dir):
@@ -259,129 +230,6 @@ def _prior_grid(model, dims: list[int], z: np.ndarray, size: int = 80):
     dens, _, _ = np.histogram2d(draws[:, 1], draws[:, 0], bins=[size, size], range=[[lo[1], hi[1]], [lo[0], hi[0]]],
                                 density=True)  # rows = y, as the grid above
     return xs, ys, dens
-
-
-def table_section(real, synthetic, scores: dict[str, Any] | None = None, title: str = "Tables: real vs synthetic",
-                  max_columns: int = 40) -> str:
-    """An HTML section comparing two pandas DataFrames with the same columns: the marginal
-    distribution of each column (histograms for numbers, category shares otherwise), the two
-    association matrices side by side, and the `scores` dict as a table."""
-    missing = [c for c in real.columns if c not in synthetic.columns]
-    if missing:
-        raise ConfigError(f"synthetic table lacks column(s) {missing[:5]}; generate the same columns as the real table")
-    cols = list(real.columns[:max_columns])
-    numeric = {c: _is_numeric(real[c]) for c in cols}
-    parts = [_img(plots.marginal(real[c], synthetic[c], str(c), numeric[c]), f"column {c}") for c in cols]
-    body = f"<h3>Marginals</h3><div class=cols>{''.join(parts)}</div>"
-    if len(cols) > 1:
-        a, b = associations(real[cols]), associations(synthetic[cols])
-        gap = float(np.nanmean(np.abs(a - b)[~np.eye(len(cols), dtype=bool)]))
-        body += ("<h3>Associations</h3>" + _img(plots.matrices([str(c) for c in cols], a, b, ("real", "synthetic")),
-                                                "association matrices")
-                 + f"<p class=note>Pearson r between numbers, Cramér's V between categories, the correlation ratio "
-                 f"between a number and a category. Mean absolute difference off the diagonal: {gap:.3f}.</p>")
-    if scores:
-        body += "<h3>Scores</h3>" + _table(_flatten(scores))
-    note = f"<p class=note>{len(real)} real and {len(synthetic)} synthetic rows"
-    shown = len(real.columns) > max_columns
-    note += f"; the first {max_columns} of {len(real.columns)} columns shown.</p>" if shown else ".</p>"
-    return _section(title, note + body)
-
-
-def associations(df) -> np.ndarray:
-    """(C, C) associations between the columns of a DataFrame: Pearson r (number-number),
-    Cramér's V (category-category), the correlation ratio eta (number-category). NaN rows
-    are dropped per pair; a constant column gives 0."""
-    cols = list(df.columns)
-    num = {c: _is_numeric(df[c]) for c in cols}
-    out = np.eye(len(cols))
-    for i, a in enumerate(cols):
-        for j in range(i + 1, len(cols)):
-            b = cols[j]
-            pair = df[[a, b]].dropna()
-            x, y = pair.iloc[:, 0], pair.iloc[:, 1]
-            if num[a] and num[b]:
-                v = np.corrcoef(x.to_numpy(float), y.to_numpy(float))[0, 1] if x.std() > 0 and y.std() > 0 else 0.0
-            elif not num[a] and not num[b]:
-                v = _cramers_v(x, y)
-            else:
-                v = _eta(x if num[a] else y, y if num[a] else x)
-            out[i, j] = out[j, i] = 0.0 if not np.isfinite(v) else v
-    return out
-
-
-def _cramers_v(x, y) -> float:
-    import pandas as pd
-
-    table = pd.crosstab(x.astype(str), y.astype(str)).to_numpy(float)  # (r, c) counts
-    if min(table.shape) < 2:
-        return 0.0
-    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
-    chi2 = float(((table - expected) ** 2 / expected).sum())
-    return float(np.sqrt(chi2 / table.sum() / (min(table.shape) - 1)))
-
-
-def _eta(values, groups) -> float:
-    v = values.to_numpy(float)
-    total = ((v - v.mean()) ** 2).sum()
-    if total == 0:
-        return 0.0
-    between = sum(len(g) * (g.mean() - v.mean()) ** 2 for _, g in values.groupby(groups.astype(str).to_numpy()))
-    return float(np.sqrt(between / total))
-
-
-def _is_numeric(s) -> bool:
-    from pandas.api.types import is_bool_dtype, is_numeric_dtype
-
-    return is_numeric_dtype(s) and not is_bool_dtype(s)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = v
-    return out
-
-
-# ---- HTML ------------------------------------------------------------------------------
-def page(title: str, body: Sequence[str]) -> str:
-    """A complete HTML document: inline CSS, no script, no external resource."""
-    return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
-            f"<meta name=viewport content='width=device-width, initial-scale=1'><style>{CSS}</style></head>\n"
-            "<body>\n" + "\n".join(body) + "\n<p class=note>Made by vaekit.</p></body></html>\n")
-
-
-def _section(title: str, inner: str) -> str:
-    return f"<section><h2>{_e(title)}</h2>\n{inner}</section>"
-
-
-def _img(data: bytes, alt: str, grid: bool = False) -> str:
-    """An <img> with the PNG inline; small image grids are shown at twice their size, pixelated."""
-    size = ""
-    if grid:
-        width = int.from_bytes(data[16:20], "big")  # the PNG header's IHDR width
-        size = f" class=grid width={2 * width}" if 2 * width <= 1060 else " class=grid"
-    return f"<img{size} alt='{_e(alt)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
-
-
-def _table(d: dict[str, Any]) -> str:
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_fmt(v))}</td></tr>" for k, v in d.items())
-    return f"<table>{rows}</table>"
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    if isinstance(v, (list, tuple)):
-        return json.dumps([round(x, 4) if isinstance(x, float) else x for x in v])
-    return str(v)
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
 
 
 def _grid(x: torch.Tensor, nrow: int) -> bytes:
