@@ -31,6 +31,23 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...], wrong_suffix: str, names: str,
+                      force: bool = True, flag: str = "-o") -> Path:
+    """Refuse, before any work is done, an output file with another suffix (`wrong_suffix`
+    says what to write instead), a missing parent folder, a folder, or (unless `force`) an
+    existing file. `names` is how valid names end, for the messages."""
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        raise ConfigError(f"{p}: {wrong_suffix}")
+    if not p.parent.is_dir():
+        raise ConfigError(f"{p.parent} does not exist; create it first or choose another {flag}")
+    if p.is_dir():
+        raise ConfigError(f"{p} is a folder; give a file name ending in {names}")
+    if p.exists() and not force:
+        raise OutputExistsError(f"{p} exists; choose another {flag} or pass --force to overwrite it")
+    return p
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary name in the same folder, fsync, then rename over `path`:
     readers see the old file or the whole new one, never a part."""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import write_atomic
+from .checkpoint import check_output_path, write_atomic
 from .errors import ConfigError, IncompatibleError
 
 OPSET = 17  # widely served (onnxruntime >= 1.13)
@@ -109,12 +109,7 @@ def export_onnx(model, decoder: str | os.PathLike, encoder: str | os.PathLike | 
     checked against onnxruntime first. Returns the paths and the largest differences."""
     paths = [Path(decoder)] + ([Path(encoder)] if encoder is not None else [])
     for p in paths:
-        if p.suffix.lower() != ".onnx":
-            raise ConfigError(f"{p}: an ONNX file name must end in .onnx")
-        if not p.parent.is_dir():
-            raise ConfigError(f"{p.parent} does not exist; create it first")
-        if p.is_dir():
-            raise ConfigError(f"{p} is a folder; give a file name ending in .onnx")
+        check_output_path(p, (".onnx",), "an ONNX file name must end in .onnx", ".onnx", flag="path")
     if encoder is not None and hasattr(model.prior, "posterior"):
         raise IncompatibleError("this model's q(z|x) is hierarchical (arch=ladder), not one (mu, sigma); "
                                 "export the decoder only")

@@ -33,14 +33,9 @@ ACTIVE = 0.01  # a unit is active when Var_x E[z|x] > 0.01, as in evaluate() (Bu
 
 def check_output_html(out: str | os.PathLike) -> Path:
     """Refuse a bad output path before any work is done."""
-    p = Path(out)
-    if p.suffix.lower() not in (".html", ".htm"):
-        raise ConfigError(f"{p}: the report is HTML; give a file name ending in .html")
-    if p.is_dir():
-        raise ConfigError(f"{p} is a folder; give a file name ending in .html")
-    if not p.parent.is_dir():
-        raise ConfigError(f"{p.parent} does not exist; create it first or choose another -o")
-    return p
+    from .checkpoint import check_output_path
+
+    return check_output_path(out, (".html", ".htm"), "the report is HTML; give a file name ending in .html", ".html")
 
 
 def report(run_or_model, data: Any = None, out: str | os.PathLike = "report.html", *, k: int = 100,

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import write_atomic
-from .errors import ConfigError, DataError, OutputExistsError
+from .checkpoint import check_output_path, write_atomic
+from .errors import DataError
 
 OUTPUT_SUFFIXES = (".png", ".npy")
 
@@ -18,16 +18,8 @@ OUTPUT_SUFFIXES = (".png", ".npy")
 def check_output_file(path: str | Path, force: bool = True) -> Path:
     """Refuse an unsupported suffix, a missing parent folder or (unless `force`) an existing
     file before any work is done."""
-    p = Path(path)
-    if p.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ConfigError(f"{p}: output must end in .png (image grid) or .npy (array)")
-    if not p.parent.is_dir():
-        raise ConfigError(f"{p.parent} does not exist; create it first or choose another -o")
-    if p.is_dir():
-        raise ConfigError(f"{p} is a folder; give a file name ending in .png or .npy")
-    if p.exists() and not force:
-        raise OutputExistsError(f"{p} exists; choose another -o or pass --force to overwrite it")
-    return p
+    return check_output_path(path, OUTPUT_SUFFIXES, "output must end in .png (image grid) or .npy (array)",
+                             ".png or .npy", force)
 
 
 def image_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 1, min_cell: int = 28) -> np.ndarray:

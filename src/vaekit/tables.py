@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DataError, OutputExistsError
+from .errors import ConfigError, DataError
 
 KINDS = ("continuous", "integer", "boolean", "categorical", "datetime", "constant")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
@@ -182,16 +182,10 @@ def write_table(df, path: str | Path) -> Path:
 
 def check_table_output(path: str | Path, force: bool = True) -> Path:
     """Refuse a non-table suffix, a missing parent folder or (unless `force`) an existing file."""
-    p = Path(path)
-    if p.suffix.lower() not in TABLE_SUFFIXES:
-        raise ConfigError(f"{p}: a table model writes .csv or .parquet; change -o")
-    if not p.parent.is_dir():
-        raise ConfigError(f"{p.parent} does not exist; create it first or choose another -o")
-    if p.is_dir():
-        raise ConfigError(f"{p} is a folder; give a file name ending in .csv or .parquet")
-    if p.exists() and not force:
-        raise OutputExistsError(f"{p} exists; choose another -o or pass --force to overwrite it")
-    return p
+    from .checkpoint import check_output_path
+
+    return check_output_path(path, TABLE_SUFFIXES, "a table model writes .csv or .parquet; change -o",
+                             ".csv or .parquet", force)
 
 
 # ---- schema inference ------------------------------------------------------------------

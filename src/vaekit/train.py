@@ -209,8 +209,10 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     ds = as_dataset(data)
     config = resolve_config(config, ds)
     c_all, config = build_condition(ds, config, condition)
-    ranks, device = distributed.start(resolve_device(config.device), config.amp)  # torchrun: join the ranks
     target = Path(out) if out is not None else None
+    if config.tensorboard:
+        check_tensorboard(target)  # the same answer on every rank, before any rank joins
+    ranks, device = distributed.start(resolve_device(config.device), config.amp)  # torchrun: join the ranks
     if resume and ranks.world > 1:
         ranks.close()
         raise ConfigError("--resume under torchrun is not supported yet: resume with one process "
@@ -221,11 +223,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                 raise OutputExistsError(f"{target} is a complete run already; nothing to resume "
                                         "(pass --force to train again)")
             checkpoint.check_output_dir(target, force)
-            if config.tensorboard:
-                check_tensorboard(target)
         ranks.on_main(check_out)
-    elif config.tensorboard:
-        check_tensorboard(target)
 
     torch.manual_seed(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed)  # batches and binarisation
@@ -247,7 +245,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         model.prior.init_from_data(x_train, torch.Generator().manual_seed(config.seed))
     model.to(device)
     # fused Adam: one kernel per parameter tensor instead of ~10; at small batches the for-loop
-    # Adam costs more than the forward and backward passes (measured 2.6x faster steps on CPU)
+    # Adam is a large share of a step (IWAE model: 1.07 ms vs 0.40 ms fused, measured on CPU)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                            fused=device.type in ("cpu", "cuda"))
     distributed.reseed(ranks, config.seed)
