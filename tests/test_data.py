@@ -103,3 +103,15 @@ def test_image_folder(tmp_path):
         load_data(str(tmp_path / "missing"))
     with pytest.raises(DataError, match="not a dataset name|no such file"):
         load_data("cifar")
+
+
+def test_dynamic_binarisation_draws_bernoulli_bits():
+    from vaekit.data import binarize_dynamic
+
+    p = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0]).repeat(20000, 1)  # (N, 5)
+    bits = binarize_dynamic(p, torch.Generator().manual_seed(0))
+    assert bits.dtype == p.dtype and set(bits.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(bits.mean(0), p[0], atol=0.01, rtol=0)  # P(bit = 1) = intensity
+    assert bits[:, 0].sum() == 0 and bits[:, 4].sum() == len(p)  # 0 and 1 stay exact
+    again = binarize_dynamic(p, torch.Generator().manual_seed(0))
+    assert torch.equal(bits, again)  # the generator alone fixes the bits: resume stays bit-identical

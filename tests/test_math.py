@@ -9,7 +9,7 @@ from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
 from vaekit import VAE, Config, elbo, iwae, log_likelihood
-from vaekit.likelihoods import Gaussian
+from vaekit.likelihoods import Bernoulli, Gaussian
 from vaekit.objectives import kl_term
 from vaekit.priors import StandardNormal
 
@@ -56,6 +56,23 @@ def test_elbo_matches_hand_computation():
     assert b.recon.item() == pytest.approx(recon, rel=1e-5)
     assert b.kl.item() == pytest.approx(kl, rel=1e-5)
     assert b.bound.item() == pytest.approx(recon - 2.0 * kl, rel=1e-5)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_bernoulli_log_prob_matches_torch_with_broadcasting_and_gradients(soft):
+    from torch.distributions import Bernoulli as TorchBernoulli
+
+    torch.manual_seed(0)
+    logits = (torch.randn(5, 3, 1, 4, 4) * 8).requires_grad_()  # (k, B, *shape), large logits included
+    x = torch.rand(3, 1, 4, 4)  # (B, *shape): broadcast over k
+    x = x if soft else (x < 0.5).float()
+    ours = Bernoulli((1, 4, 4))(logits.unsqueeze(2)).log_prob(x)  # the decoder emits (..., n_params, *shape)
+    ref = Independent(TorchBernoulli(logits=logits, validate_args=False), 3).log_prob(x)
+    assert ours.shape == (5, 3)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-4)
+    g_ours, = torch.autograd.grad(ours.sum(), logits)
+    g_ref, = torch.autograd.grad(ref.sum(), logits)
+    torch.testing.assert_close(g_ours, g_ref)  # x - sigmoid(l), the same gradient
 
 
 def test_gradients_flow_through_reparameterised_sample():

@@ -169,6 +169,14 @@ def load_mnist(data_dir: str | os.PathLike, split: str = "train", download: bool
     return Dataset(x, torch.cat(ys), True, f"mnist[{split}]")
 
 
+def binarize_dynamic(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Fresh Bernoulli(intensity) bits for a training batch, as 1[u < x] with u ~ U[0, 1):
+    the same distribution as torch.bernoulli, whose CPU kernel is about 3.5x slower (1.5 ms
+    against 0.42 ms for a 128-image MNIST batch on 2 cores), a quarter of a training step.
+    Evaluation bits stay torch.bernoulli with a fixed seed (binarize_fixed): they are recorded."""
+    return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).lt_(x)
+
+
 def binarize_fixed(x: torch.Tensor, seed: int = MNIST_TEST_BINARIZE_SEED) -> torch.Tensor:
     """Draw each pixel once as Bernoulli(intensity) with a fixed seed: the evaluation bits."""
     return torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(seed))

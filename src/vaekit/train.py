@@ -22,13 +22,13 @@ import torch
 from . import checkpoint, distributed
 from . import resume as resuming
 from .config import Config
-from .data import Dataset, check_finite, is_binary
+from .data import Dataset, binarize_dynamic, check_finite, is_binary
 from .errors import ConfigError, DataError, NonFiniteError, OutputExistsError
 from .evaluate import log_likelihood
 from .model import VAE
 from .monitor import check_tensorboard, live_terms, second_term, tensorboard_writer
 from .objectives import Bound, elbo, iwae, wae_mmd
-from .stream import binarize_once, take
+from .stream import binarize_once, rows, take
 
 METRICS = "metrics.jsonl"
 
@@ -284,10 +284,10 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             bar = _progress(steps_per_epoch, epoch, config) if ranks.main else None
             for step in range(loop.step, steps_per_epoch):
                 idx, n_global = ranks.shard(perm, step, config.batch_size)
-                xb = x_train[idx]  # (B, *shape)
-                cb = None if c_train is None else c_train[idx]  # (B, C)
+                xb = rows(x_train, idx)  # (B, *shape)
+                cb = None if c_train is None else rows(c_train, idx)  # (B, C)
                 if config.binarize == "dynamic":
-                    xb = torch.bernoulli(xb, generator=noise)  # fresh bits every time an image is used
+                    xb = binarize_dynamic(xb, noise)  # fresh bits every time an image is used
                 b = step_fn(xb, kl_weight(config, epoch * steps_per_epoch + step, steps_per_epoch), c=cb)
                 loss = ranks.loss(b.bound, n_global)
                 # one decision for all ranks: every rank skips or stops together, none hangs
