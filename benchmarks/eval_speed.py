@@ -81,14 +81,8 @@ def pythae_model(ours: vaekit.VAE):
     return VAE(cfg, encoder=Enc(), decoder=Dec()).eval()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--k", type=int, default=1000)
-    p.add_argument("--n", type=int, default=200, help="examples for vaekit")
-    p.add_argument("--n-pythae", type=int, default=20, help="examples for pythae (it loops per example)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--data-dir", default="../shared/data/mnist")
-    args = p.parse_args()
+def measure(args) -> dict:
+    """One side-by-side run (args: data_dir, n, n_pythae, k, rounds) -> the result row."""
     torch.manual_seed(0)
     try:
         x = vaekit.load_data("mnist", "test", args.data_dir).x[:args.n]
@@ -122,7 +116,18 @@ def main() -> None:
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
         "torch": torch.__version__,
     }
-    print(json.dumps(row))
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--k", type=int, default=1000)
+    p.add_argument("--n", type=int, default=200, help="examples for vaekit")
+    p.add_argument("--n-pythae", type=int, default=20, help="examples for pythae (it loops per example)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--data-dir", default="../shared/data/mnist")
+    args = p.parse_args()
+    print(json.dumps(measure(args)))
 
 
 if __name__ == "__main__":
