@@ -29,6 +29,7 @@ from .priors import make_prior
 
 class VAE(nn.Module):
     min_sigma = 1e-4  # floor on the posterior std: log q(z|x) stays finite
+    sample_chunk_values = 1 << 22  # generation decodes about this many values at a time (16 MB of float32)
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: nn.Module, likelihood: nn.Module,
                  latent_dim: int, input_shape: tuple[int, ...], config: Config | None = None,
@@ -134,7 +135,17 @@ class VAE(nn.Module):
             raise ConfigError(f"n={n!r} must be an integer >= 1 (how many samples)")
         c = self.check_condition(condition, n)
         z = self.prior.draw(n, temperature, generator, self.encode)  # (n, d)
-        return self._output(self.decode(z, c), mean, generator)
+        # decoded in chunks, so the decoder's activations never outgrow the output itself:
+        # a million MNIST samples need their 3.1 GB, not three times that
+        rows = max(1, self.sample_chunk_values // max(1, math.prod(self.input_shape)))
+        out = None
+        for i in range(0, n, rows):
+            part = self._output(self.decode(z[i:i + rows], None if c is None else c[i:i + rows]), mean, generator)
+            if out is None:
+                out = part if len(part) == n else part.new_empty((n, *part.shape[1:]))  # (n, *shape)
+            if out is not part:
+                out[i:i + rows] = part
+        return out
 
     def label_condition(self, label) -> torch.Tensor:
         """The one-hot condition (C,) for a class label of a model trained with condition_on=labels."""
