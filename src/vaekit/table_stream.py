@@ -131,20 +131,22 @@ class ColumnStats:
             self.dtypes.append(str(s.dtype))
         if self.first is None:
             self.first = v.iloc[0]
+        text = v.dtype == object
+        counts = v.value_counts(sort=False) if text or self.distinct is not None else None  # the labels, each once
         if self.distinct is not None:
-            self.distinct.update(dict.fromkeys(v.unique().tolist()))
+            self.distinct.update(dict.fromkeys(counts.index.tolist()))
             if len(self.distinct) > MAX_DISTINCT:
                 self.distinct = None
-        text = v.dtype == object
-        if text and self.kind is None:
-            types = set(map(type, v))
+        if text and self.kind is None:  # the text checks, on each label once and weighted by its count
+            labels = counts.index
+            types = set(map(type, labels))
             self.types |= types
             if types <= {str}:
-                bad = pd.to_numeric(v, errors="coerce").isna().to_numpy()
-                self.not_numbers += int(bad.sum())
+                bad = pd.to_numeric(pd.Series(labels, dtype=object), errors="coerce").isna().to_numpy()
+                self.not_numbers += int(counts.to_numpy()[bad].sum())
                 if self.bad_example is None and bad.any():
-                    self.bad_example = v[bad].iloc[0]
-                self.iso = self.iso and bool(v.str.fullmatch(ISO_DATE).all())
+                    self.bad_example = v[v.isin(labels[bad])].iloc[0]  # the first in file order
+                self.iso = self.iso and bool(pd.Series(labels, dtype=object).str.fullmatch(ISO_DATE).all())
         numeric = pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_bool_dtype(v)
         if self.kind is not None and self.kind in ("continuous", "integer", "datetime"):
             x = to_numbers(Column(self.name, self.kind, ""), v)  # refuses text, as infer_schema does
