@@ -1,21 +1,17 @@
 """Tables larger than memory: the schema inferred chunk by chunk, the rows encoded to disk.
 
-`tables.infer_schema` needs the whole DataFrame. Here a CSV is read CHUNK_BYTES of text at a
-time (pandas `chunksize`) and a Parquet file by record batches (pyarrow), and each column
-keeps running statistics instead of its values:
-    rows, missing cells, the dtypes seen, exact min/max, integer-ness, non-finite values,
-    the text checks of tables._guess_kind (value types, cells that are not numbers, ISO
-    dates) and its distinct values (at most MAX_DISTINCT; more, and it cannot be one-hot);
-    numeric values: a seeded reservoir sample of at most RESERVOIR values (Vitter 1985,
-    algorithm R). The quantiles and the GMM modes are fitted on the reservoir (the end
-    quantiles are the exact min and max);
-    condition columns: a joint reservoir of at most RESERVOIR rows, schema.condition_rows.
-Kinds follow tables._guess_kind's rules on these statistics. A reservoir holds every value in
-file order while the stream is no longer than RESERVOIR, so a table of at most RESERVOIR rows
-gets exactly the schema infer_schema gives it.
+A CSV is read CHUNK_BYTES of text at a time (pandas `chunksize`), a Parquet file by record
+batches (pyarrow). Each column keeps running statistics instead of its values: rows, gaps,
+dtypes, exact min/max, integer-ness, the text checks of tables._guess_kind (on each distinct
+label once, weighted by its count), its distinct values (at most MAX_DISTINCT), and a seeded
+reservoir sample of at most RESERVOIR numeric values (Vitter 1985, algorithm R): quantiles
+and GMM modes are fitted on the reservoir (the end quantiles are the exact min and max).
+Condition columns keep a joint reservoir of rows (schema.condition_rows). A reservoir holds
+every value in file order while the stream fits in it, so a table of at most RESERVOIR rows
+gets exactly the schema tables.infer_schema gives it.
 
-A second pass encodes each chunk (table_codec.encode) into float32 .npy files, written under a
-temporary name and renamed; training reads them batch by batch (stream.NpyRows). Resident
+A second pass encodes each chunk (table_codec.encode) into float32 .npy files (written under
+a temporary name, then renamed) that training reads batch by batch (stream.NpyRows): resident
 memory is about one chunk plus the reservoirs, however long the table.
 """
 
@@ -153,7 +149,8 @@ class ColumnStats:
         elif self.kind is None and numeric:
             x = v.to_numpy(dtype=np.float64)
             self.nonfinite = self.nonfinite or not np.isfinite(x).all()
-        elif self.kind is None and (pd.api.types.is_datetime64_any_dtype(v) or (text and self.iso and self.types <= {str})):
+        elif self.kind is None and (pd.api.types.is_datetime64_any_dtype(v)
+                                     or (text and self.iso and self.types <= {str})):
             x = to_numbers(Column(self.name, "datetime", ""), v)
         else:
             self.numbers = False  # labels: no numeric statistics
@@ -168,7 +165,8 @@ class ColumnStats:
         """Numbers in some chunks and text in others: pandas would read the whole column as
         text, so the column must be read again as text."""
         kinds = {_kind(d) for d in self.dtypes}
-        return "O" in kinds and bool(kinds & {"i", "u", "f", "b"}) and not (kinds <= {"O", "b"} and self.types <= {bool})
+        bools_with_gaps = kinds <= {"O", "b"} and self.types <= {bool}
+        return "O" in kinds and bool(kinds & {"i", "u", "f", "b"}) and not bools_with_gaps
 
     def dtype(self) -> str:
         """The dtype pandas gives the whole column: int and float chunks make float64, bool and
@@ -209,7 +207,8 @@ class ColumnStats:
                             f"use --column-kind {name}=categorical")
         col.min, col.max = self.lo, self.hi
         if kind == "integer" and not self.whole:
-            raise DataError(f"column {name!r} has fractions but was declared integer; use --column-kind {name}=continuous")
+            raise DataError(f"column {name!r} has fractions but was declared integer; "
+                            f"use --column-kind {name}=continuous")
         q = np.quantile(self.values, np.linspace(0, 1, min(N_QUANTILES, self.sample.seen)))
         q[0], q[-1] = self.lo, self.hi  # the exact ends, whatever the reservoir holds
         col.quantiles = q.tolist()
@@ -232,7 +231,8 @@ class ColumnStats:
             if self.whole and labels is not None and len(labels) <= MAX_CATEGORY_INTEGERS:
                 return "categorical"
             return "integer" if self.whole else "continuous"
-        if any(issubclass(c, (int, float, np.number)) for c in self.types) and any(issubclass(c, str) for c in self.types):
+        types = self.types
+        if any(issubclass(c, (int, float, np.number)) for c in types) and any(issubclass(c, str) for c in types):
             raise DataError(f"column {name!r} mixes numbers and text; clean it, or pass "
                             f"--column-kind {name}=categorical to treat every value as a label")
         n = self.rows - self.missing
@@ -320,7 +320,8 @@ def write_encoded(schema: Schema, path: str | os.PathLike, folder: Path, rows: i
     files = {k: open(folder / f".{k}.npy.tmp", "wb") for k in targets if k == "x" or schema.condition_columns}
     try:
         for k, f in files.items():
-            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (rows, widths[k])})
+            header = {"descr": "<f4", "fortran_order": False, "shape": (rows, widths[k])}
+            np.lib.format.write_array_header_1_0(f, header)
         seen = 0
         for chunk in read_chunks(path, sep, chunk_rows, text):
             seen += len(chunk)
@@ -345,8 +346,8 @@ def write_encoded(schema: Schema, path: str | os.PathLike, folder: Path, rows: i
 def encoded_table(path: str | os.PathLike, kinds: dict[str, str] | None = None, encoding: str = "quantile",
                   condition_columns: list[str] | None = None, seed: int = 0, sep: str | None = None,
                   chunk_rows: int | None = None, near: str | os.PathLike | None = None):
-    """(schema, x, c) for training: x a stream.NpyRows (N, D_enc) on disk, c (N, C) float32
-    in memory or None. The encoded files live in a temporary folder beside `near` (the run
+    """(schema, x, c) for training: x (N, D_enc) and c (N, C) (None without condition columns)
+    stream.NpyRows on disk. The encoded files live in a temporary folder beside `near` (the run
     folder; default: the system's temporary folder, $TMPDIR), removed on exit."""
     from .stream import NpyRows
 
@@ -356,10 +357,11 @@ def encoded_table(path: str | os.PathLike, kinds: dict[str, str] | None = None, 
     parent = Path(near).resolve().parent if near is not None else None
     with tempfile.TemporaryDirectory(prefix=".vaekit-encoded-", dir=parent) as tmp:
         x_path, c_path = write_encoded(schema, path, Path(tmp), rows, sep, chunk_rows, text)
-        x = NpyRows(x_path)
+        x, c = NpyRows(x_path), None if c_path is None else NpyRows(c_path)
         x.name = Path(path).name
-        c = None if c_path is None else np.load(c_path, allow_pickle=False)  # (N, C): a few numbers a row
         try:
             yield schema, x, c
         finally:
-            x.close()  # before its folder goes
+            for rows in (x, c):
+                if rows is not None:
+                    rows.close()  # before their folder goes

@@ -64,12 +64,13 @@ def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | 
     df = read_table(data, sep) if isinstance(data, (str, os.PathLike)) else data
     schema = infer_schema(df, kinds, encoding, condition_columns, seed=config.seed)
     x = torch.from_numpy(encode(schema, df))  # (N, D_enc)
-    c = encode(schema, df, schema.conditions) if schema.condition_columns else None  # (N, C)
+    c = torch.from_numpy(encode(schema, df, schema.conditions)) if schema.condition_columns else None  # (N, C)
     return _fit_encoded(schema, x, c, config, out, force, resume)
 
 
-def _fit_encoded(schema: Schema, x, c: np.ndarray | None, config: Config, out, force: bool, resume: bool) -> VAE:
-    """Train on encoded rows x (N, D_enc), a tensor or a stream.LazyRows, with conditions c (N, C)."""
+def _fit_encoded(schema: Schema, x, c, config: Config, out, force: bool, resume: bool) -> VAE:
+    """Train on encoded rows x (N, D_enc) with conditions c (N, C) or None: tensors, or
+    stream.LazyRows read batch by batch."""
     from .data import Dataset
     from .train import fit
 
@@ -82,7 +83,7 @@ def _fit_encoded(schema: Schema, x, c: np.ndarray | None, config: Config, out, f
     model = VAE.from_config(config, likelihood=MixedLikelihood(schema.heads()))
     model.schema = schema  # saved as schema.json beside the weights
     data = x if isinstance(x, torch.Tensor) else Dataset(x, None, False, x.name)
-    kwargs = {} if c is None else {"condition": torch.from_numpy(c)}
+    kwargs = {} if c is None else {"condition": c}
     return fit(data, config, out, force=force, model=model, resume=resume, **kwargs)
 
 
