@@ -86,13 +86,31 @@ def test_a_sampled_reservoir_agrees_closely_with_the_whole_table(tmp_path, monke
     assert again == got  # seeded
 
 
+def test_the_reservoir_keeps_every_item_with_the_same_probability():
+    hits = np.zeros(1000)
+    for seed in range(400):  # a stream of 0..999 in uneven batches into a sample of 50
+        r, kept = ts.Reservoir(50, [seed]), np.empty(0)
+        for i in range(0, 1000, 73):
+            x = np.arange(i, min(1000, i + 73), dtype=float)
+            append, slot, item = r.place(len(x))
+            kept = np.concatenate([kept, x[:append]])
+            kept[slot] = x[item]
+        assert len(kept) == 50 == len(set(kept))
+        hits[kept.astype(int)] += 1
+    p = hits / 400  # 0.05 for every item; binomial sd 0.011
+    assert abs(p[:500].mean() - 0.05) < 0.003 and abs(p[500:].mean() - 0.05) < 0.003 and p.max() < 0.1
+    small = ts.Reservoir(50, [0])
+    assert small.place(30)[0] == 30 and small.place(30)[0] == 20  # the first 50 items, in order
+
+
 def test_streamed_fit_equals_the_in_memory_fit_and_samples(tmp_path):
     path = tmp_path / "t.csv"
     mixed_table(300, seed=2).to_csv(path, index=False)
-    for conds in (None, ["color", "stars"]):
-        a = fit_table(path, CONFIG, tmp_path / f"run{len(conds or [])}", condition_columns=conds, stream=True,
-                      chunk_rows=50)
-        b = fit_table(path, CONFIG, condition_columns=conds, stream=False)
+    mixed_table(300, seed=2).to_parquet(tmp_path / "t.parquet", index=False)
+    for data, conds in ((tmp_path / "t.parquet", None), (path, None), (path, ["color", "stars"])):
+        a = fit_table(data, CONFIG, tmp_path / f"run{len(conds or [])}", condition_columns=conds, stream=True,
+                      chunk_rows=50, force=True)
+        b = fit_table(data, CONFIG, condition_columns=conds, stream=False)
         assert a.schema == b.schema
         for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(v, w), k
