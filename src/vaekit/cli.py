@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
     t.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="read a .npy (memory-mapped) or image folder batch by batch instead of into memory "
-                        "(default: stream a .npy larger than 1 GiB as float32)")
+                        "(default: stream a .npy larger than 1 GiB as float32); tables: read the file in chunks "
+                        "and train from an encoded copy on disk (default: a table file larger than 256 MiB)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--column-kind", action="append", metavar="COL=KIND",
                    help="tables: override a column's kind (continuous, integer, boolean, categorical, datetime)")
@@ -234,7 +235,8 @@ def _train_table(args, config) -> int:
 
     conds = [c.strip() for c in args.condition_columns.split(",") if c.strip()] if args.condition_columns else None
     model = fit_table(args.data, config, out=args.out, kinds=column_kinds(args.column_kind), condition_columns=conds,
-                      encoding=args.encoding, sep=args.sep, force=args.force, resume=args.resume)
+                      encoding=args.encoding, sep=args.sep, force=args.force, resume=args.resume,
+                      stream=args.stream)
     h = model.history
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
     loss = last.get("val_loss", last.get("train_loss", float("nan")))

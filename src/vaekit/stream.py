@@ -171,11 +171,13 @@ class NpyRows(LazyRows):
             self.image = True
         self.row_shape = tuple(shape)
 
-    def __del__(self):
+    def close(self) -> None:
         fd = getattr(self, "_fd", None)
         if fd is not None:
             os.close(fd)
             self._fd = None
+
+    __del__ = close
 
     def _raw(self, idx: np.ndarray) -> np.ndarray:
         """Rows `idx` (sorted) as stored: (B, *raw_shape), one read per run of neighbours."""

@@ -151,18 +151,27 @@ def read_table(path: str | Path, sep: str | None = None):
         if p.suffix.lower() in (".parquet", ".pq"):
             df = pd.read_parquet(p)
         else:
-            if sep is None:
-                with open(p, encoding="utf-8", errors="strict") as f:
-                    header = f.readline()
-                sep = max([",", ";", "\t"], key=header.count)
-            df = pd.read_csv(p, sep=sep)
+            df = pd.read_csv(p, sep=csv_separator(p, sep))
     except (UnicodeDecodeError, ValueError, OSError, pd.errors.ParserError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"{p} is not a readable table ({first}); pass a CSV (header line, one row per "
-                        "line) or a Parquet file") from None
+        raise unreadable(p, e) from None
     if df.shape[1] == 0 or len(df) == 0:
         raise DataError(f"{p} has no rows (or no columns); a table needs a header and at least one row")
     return df
+
+
+def csv_separator(p: Path, sep: str | None) -> str:
+    """`sep`, or the one of ',', ';' and tab that the header line holds most of."""
+    if sep is not None:
+        return sep
+    with open(p, encoding="utf-8", errors="strict") as f:
+        header = f.readline()
+    return max([",", ";", "\t"], key=header.count)
+
+
+def unreadable(p: Path, e: Exception) -> DataError:
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return DataError(f"{p} is not a readable table ({first}); pass a CSV (header line, one row per "
+                     "line) or a Parquet file")
 
 
 def write_table(df, path: str | Path) -> Path:
@@ -192,14 +201,32 @@ def check_table_output(path: str | Path, force: bool = True) -> Path:
 def infer_schema(df, kinds: dict[str, str] | None = None, encoding: str = "quantile",
                  condition_columns: list[str] | None = None, seed: int = 0) -> Schema:
     """Infer each column's kind (or take it from `kinds`) and fit its encoding on df."""
-    import pandas as pd
-
     if encoding not in ("quantile", "gmm"):
         raise ConfigError(f"encoding={encoding!r} must be quantile or gmm")
     if len(df) == 0 or df.shape[1] == 0:
         raise DataError("the table is empty; pass a table with a header and at least one row")
-    kinds = dict(kinds or {})
     names = [str(n) for n in df.columns]
+    kinds, conds = check_request(names, kinds, condition_columns)
+    columns = [_infer_column(str(name), df[name], kinds.get(str(name)), encoding, seed) for name in df.columns]
+    schema = Schema(columns, encoding, conds)
+    for name in conds:
+        schema.condition_rows[name] = condition_values(schema.column(name), df[name])
+    return schema
+
+
+def condition_values(col: Column, s) -> list[Any]:
+    """A condition column's training values as JSON values (numbers for numeric kinds, datetimes
+    as seconds), None where missing: what sampling draws conditions from."""
+    import pandas as pd
+
+    values = to_numbers(col, s) if col.numeric else s.tolist()
+    return [None if pd.isna(v) else plain(v) for v in values]
+
+
+def check_request(names: list[str], kinds: dict[str, str] | None,
+                  condition_columns: list[str] | None) -> tuple[dict[str, str], list[str]]:
+    """Declared kinds and condition columns checked against the table's column names."""
+    kinds = dict(kinds or {})
     if len(set(names)) != len(names):
         raise DataError("the table has repeated column names; rename them so each is unique")
     for name, kind in kinds.items():
@@ -213,13 +240,7 @@ def infer_schema(df, kinds: dict[str, str] | None = None, encoding: str = "quant
             raise ConfigError(f"--condition-columns names {name!r}, which the table lacks; columns: {', '.join(names)}")
     if len(conds) == len(names):
         raise ConfigError("every column is a condition column; leave at least one column to generate")
-    columns = [_infer_column(str(name), df[name], kinds.get(str(name)), encoding, seed) for name in df.columns]
-    schema = Schema(columns, encoding, conds)
-    for name in conds:
-        values = to_numbers(schema.column(name), df[name]) if schema.column(name).numeric else None
-        schema.condition_rows[name] = [None if pd.isna(v) else plain(v) for v in
-                                       (values if values is not None else df[name].tolist())]
-    return schema
+    return kinds, conds
 
 
 def plain(v: Any) -> Any:

@@ -42,31 +42,49 @@ def table_config(**changes: Any) -> Config:
 
 def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | None = None, *,
               kinds: dict[str, str] | None = None, condition_columns: list[str] | None = None,
-              encoding: str = "quantile", sep: str | None = None, force: bool = False, resume: bool = False) -> VAE:
+              encoding: str = "quantile", sep: str | None = None, force: bool = False, resume: bool = False,
+              stream: bool | None = None, chunk_rows: int | None = None) -> VAE:
     """Fit a VAE to a table (a pandas DataFrame or a .csv/.parquet path) and return it with
     its `schema`; with `out`, save the run folder (schema.json included, sha256-checked).
     `kinds` overrides inferred column kinds, e.g. {"year": "categorical"}; `resume` continues
-    an interrupted fit from the checkpoints in `<out>.partial` (see train.fit)."""
+    an interrupted fit from the checkpoints in `<out>.partial` (see train.fit).
+    A path is read in chunks of `chunk_rows` rows (default: about 4 MB of text), never whole,
+    with `stream=True`, or with the default None when the file is larger than 256 MiB
+    (table_stream.AUTO_STREAM_TABLE_BYTES): the rows are encoded to a temporary .npy beside
+    `out` and trained on batch by batch."""
     from .checkpoint import check_output_dir
-    from .train import fit
+    from .table_stream import encoded_table, should_stream_table
 
     if out is not None and not resume:
         check_output_dir(Path(out), force)  # before any work
-    df = read_table(data, sep) if isinstance(data, (str, os.PathLike)) else data
     config = (config or table_config()).replace(likelihood="mixed")
+    if isinstance(data, (str, os.PathLike)) and should_stream_table(data, stream):
+        with encoded_table(data, kinds, encoding, condition_columns, config.seed, sep, chunk_rows, near=out) as parts:
+            return _fit_encoded(*parts, config, out, force, resume)
+    df = read_table(data, sep) if isinstance(data, (str, os.PathLike)) else data
     schema = infer_schema(df, kinds, encoding, condition_columns, seed=config.seed)
     x = torch.from_numpy(encode(schema, df))  # (N, D_enc)
+    c = torch.from_numpy(encode(schema, df, schema.conditions)) if schema.condition_columns else None  # (N, C)
+    return _fit_encoded(schema, x, c, config, out, force, resume)
+
+
+def _fit_encoded(schema: Schema, x, c, config: Config, out, force: bool, resume: bool) -> VAE:
+    """Train on encoded rows x (N, D_enc) with conditions c (N, C) or None: tensors, or
+    stream.LazyRows read batch by batch."""
+    from .data import Dataset
+    from .train import fit
+
     if x.shape[1] == 0:
         raise DataError("every modelled column is constant; there is nothing to learn: add columns that vary")
-    c = torch.from_numpy(encode(schema, df, schema.conditions)) if schema.condition_columns else None  # (N, C)
     config = config.replace(input_shape=[x.shape[1]])
     if c is not None:
         config = config.replace(condition_dim=c.shape[1], condition_on="columns")
     torch.manual_seed(config.seed)  # the initial weights: same seed, same model (fit() seeds the rest)
     model = VAE.from_config(config, likelihood=MixedLikelihood(schema.heads()))
     model.schema = schema  # saved as schema.json beside the weights
+    data = x if isinstance(x, torch.Tensor) else Dataset(x, None, False, x.name)
     kwargs = {} if c is None else {"condition": c}
-    return fit(x, config, out, force=force, model=model, resume=resume, **kwargs)
+    return fit(data, config, out, force=force, model=model, resume=resume, **kwargs)
 
 
 def table_schema(model) -> Schema:

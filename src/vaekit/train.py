@@ -28,7 +28,7 @@ from .evaluate import log_likelihood
 from .model import VAE
 from .monitor import check_tensorboard, live_terms, second_term, tensorboard_writer
 from .objectives import Bound, elbo, iwae, wae_mmd
-from .stream import binarize_once, rows, take
+from .stream import LazyRows, binarize_once, rows, take
 
 METRICS = "metrics.jsonl"
 
@@ -101,7 +101,7 @@ def build_condition(ds: Dataset, config: Config, condition: Any) -> tuple[torch.
     """The condition vectors c (N, C) of a conditional VAE, and the config recording them:
     one-hot class labels for condition_on="labels", or the caller's own array (N, C)."""
     if condition is not None:
-        c = torch.as_tensor(np.asarray(condition, dtype=np.float32))
+        c = condition if isinstance(condition, LazyRows) else torch.as_tensor(np.asarray(condition, dtype=np.float32))
         if c.ndim == 1:
             c = c.unsqueeze(1)
         if c.ndim != 2 or len(c) != len(ds.x):
@@ -231,7 +231,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     val_idx = ranks.split(val_idx)  # this rank's share of the validation rows
     x_train = take(ds.x, train_idx, device)  # (N_train, *shape); streamed data stays on disk
     x_val = take(ds.x, val_idx, device)  # (N_val, *shape)
-    c_train, c_val = (None, None) if c_all is None else (c_all[train_idx].to(device), c_all[val_idx].to(device))
+    c_train, c_val = (None, None) if c_all is None else (take(c_all, train_idx, device), take(c_all, val_idx, device))
     if config.binarize == "dynamic" and len(x_val):
         # the validation set is binarised once with a fixed seed: every epoch scores the same bits
         x_val = binarize_once(x_val, config.seed + 1, device)
