@@ -92,8 +92,8 @@ def resolve_config(config: Config, ds: Dataset) -> Config:
         binarize = "dynamic" if likelihood == "bernoulli" and not binary else "none"
     if binarize == "dynamic" and likelihood != "bernoulli":
         raise ConfigError("binarize=dynamic needs --likelihood bernoulli")
-    if config.arch == "conv" and x.ndim != 4:
-        raise ConfigError(f"--arch conv needs images (N, C, H, W); {ds.name} has shape {tuple(x.shape)}: use --arch mlp")
+    if config.arch in ("conv", "hvae") and x.ndim != 4:
+        raise ConfigError(f"--arch {config.arch} needs images (N, C, H, W); {ds.name} has shape {tuple(x.shape)}: use --arch mlp")
     return config.replace(input_shape=list(x.shape[1:]), likelihood=likelihood, binarize=binarize)
 
 
