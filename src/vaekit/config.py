@@ -196,8 +196,33 @@ class Config:
         except json.JSONDecodeError as e:
             raise ConfigError(f"config is not valid JSON ({e}); rewrite it or train again") from None
 
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> "Config":
+        """A named preset (`PRESETS`), with `changes` overriding its fields."""
+        return cls.from_dict({**preset(name), **changes})
+
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
+
+
+# Recommended settings, by name: `vaekit train --preset NAME`, `Config.preset(NAME, **changes)`.
+# Given fields (a --config file, flags, `changes`) override the preset's.
+PRESETS: dict[str, dict[str, Any]] = {
+    # MNIST 28x28 (any binary or [0, 1] image works): the hierarchical conv VAE with the stabilisers
+    # that make it train (KL warm-up, lr warm-up + cosine, gradient skipping, weight averaging).
+    # Sizes and budget: docs/benchmarks.md, "Hierarchical conv VAE".
+    "mnist": dict(arch="hvae", channels=[32, 64], groups=[1, 3], latent_channels=8, cells=1, activation="silu",
+                  epochs=100, batch_size=64, lr=2e-3, lr_schedule="cosine", lr_warmup=1.0, lr_final=0.01,
+                  kl_warmup=10.0, ema=0.999, grad_clip=200.0, grad_skip=3000.0, patience=0, val_fraction=0.05,
+                  checkpoint_minutes=10.0),
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The Config fields of a named preset (a fresh copy)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; pick one of {', '.join(PRESETS)}")
+    return json.loads(json.dumps(PRESETS[name]))
 
 
 def _positive_int(cfg: Config, name: str, flag: str, allow_zero: bool = False) -> None:
