@@ -106,6 +106,7 @@ class _Cache:
 
     def __init__(self):
         self.walk: Walk | None = None
+        self.version = -1  # the sample's version counter when cached: an in-place change invalidates it
 
     def __deepcopy__(self, memo) -> "_Cache":
         return _Cache()
@@ -210,7 +211,7 @@ class HVAEPrior(nn.Module):
         w = self.walk(h, max(1, math.prod(lead)), **kw)
         w = w._replace(z=w.z.reshape(*lead, -1))
         if kw.get("z") is None:
-            self._cache.walk = w
+            self._cache.walk, self._cache.version = w, w.z._version
         return w
 
     def recall(self, z: torch.Tensor, h: torch.Tensor | None = None) -> Walk | None:
@@ -221,7 +222,7 @@ class HVAEPrior(nn.Module):
             return None
         c = w.z
         same = (z.data_ptr() == c.data_ptr() and z.numel() == c.numel() and z.dtype == c.dtype
-                and z.device == c.device and z.is_contiguous() and z._version == c._version)
+                and z.device == c.device and z.is_contiguous() and z._version == self._cache.version)
         return w if same and (h is None or w.h is h) else None
 
     # ---- the distributions -----------------------------------------------------------------
