@@ -21,6 +21,12 @@ from vaekit.objectives import elbo, iwae
 TINY = dict(arch="hvae", channels=[8, 16], latent_channels=2, batch_size=64, lr=3e-3, progress=False, seed=1)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny convs: one thread is faster than two, and far faster on a shared, busy machine
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return vaekit.load_data("digits")
