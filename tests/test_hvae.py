@@ -151,6 +151,10 @@ def test_cli_train_sample_reconstruct_evaluate(tmp_path, capsys, small_npy):
     capsys.readouterr()
     assert main(["evaluate", run, small_npy, "-n", "20", "--k", "10"]) == 0
     assert "KL per stochastic layer (bottom first):" in capsys.readouterr().out
+    pytest.importorskip("onnxruntime")
+    assert main(["export", run, "--onnx", str(tmp_path / "d.onnx")]) == 0  # the decoder: z -> image
+    assert main(["export", run, "--onnx", str(tmp_path / "d2.onnx"), "--encoder", str(tmp_path / "e.onnx")]) == 2
+    assert "hierarchical" in capsys.readouterr().err
 
 
 def test_preset_and_flags_override_it(tmp_path, small_npy):

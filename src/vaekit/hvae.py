@@ -153,7 +153,10 @@ class HVAEPrior(nn.Module):
         k samples of an example share its features) or None for the prior. With z (rows, D) it
         scores that z; otherwise it draws one (the mean path if `mean`)."""
         feats = None if h is None else self._split_feats(h)
-        parts = None if z is None else self._split(z.reshape(rows, -1))
+        if z is not None:  # rows from z's shape, not a Python int: an exported graph keeps a free batch size
+            z = z.reshape(-1, z.shape[-1])  # (rows, D)
+            rows = z.shape[0]
+        parts = None if z is None else self._split(z)
         state = self.top.expand(rows, *self.top.shape)  # (rows, ch, h, w)
         zs, log_q, log_p, scale = [], [], [], len(self.up)
         for g, s in enumerate(self.scale_of):
@@ -184,7 +187,7 @@ class HVAEPrior(nn.Module):
         if params:
             state = self._upsample(state, scale, 0)
             state = F.interpolate(state, size=self.sizes[0], mode="nearest")  # the image's size
-            out = self.out(state).reshape(rows, self.n_params, *self.image)  # (rows, P, C, H, W)
+            out = self.out(state).reshape(-1, self.n_params, *self.image)  # (rows, P, C, H, W)
         flat = z if z is not None else torch.cat([t.flatten(1) for t in reversed(zs)], 1)  # (rows, D) finest first
         return Walk(flat, h, log_q if feats is not None else None, log_p, out)
 
@@ -198,12 +201,12 @@ class HVAEPrior(nn.Module):
     def _split(self, z: torch.Tensor) -> list[torch.Tensor]:
         """(rows, D) finest first -> per group (rows, lc, h, w), top-down order."""
         chunks = torch.split(z, self.dims, -1)[::-1]
-        return [t.reshape(len(z), self.lc, *self.sizes[s + 1]) for t, s in zip(chunks, self.scale_of)]
+        return [t.reshape(-1, self.lc, *self.sizes[s + 1]) for t, s in zip(chunks, self.scale_of)]
 
     def _split_feats(self, h: torch.Tensor) -> list[torch.Tensor]:
         """(B, F) bottom-up features -> per group (B, ch, h, w), top-down order."""
         sizes = [math.prod(s) for s in self.feat_shapes]
-        chunks = [t.reshape(len(h), *s) for t, s in zip(torch.split(h, sizes, -1), self.feat_shapes)]
+        chunks = [t.reshape(-1, *s) for t, s in zip(torch.split(h, sizes, -1), self.feat_shapes)]
         return chunks[::-1]
 
     def run(self, h: torch.Tensor | None, lead: torch.Size, **kw) -> Walk:
