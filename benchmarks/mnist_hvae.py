@@ -8,6 +8,7 @@ Also writes a 10x10 grid of prior samples (temperature 1.0) next to the result.
     python benchmarks/mnist_hvae.py --epochs 4 --kl-warmup 1 --eval-k 1000 --eval-n 1000 --threads 1
     python benchmarks/mnist_hvae.py --resume ...            # continue an interrupted run (same options)
     python benchmarks/mnist_hvae.py --scored-run RUN ...     # score a finished run folder again
+    python benchmarks/mnist_hvae.py --speed 1280 --threads 1 # seconds per step and per epoch only
 
 Prints one JSON line and appends it to --results (default bench-out/mnist_hvae.jsonl).
 """
@@ -43,9 +44,13 @@ def main() -> None:
     p.add_argument("--scored-run", help="a finished run folder to score (no training)")
     p.add_argument("--out", default=None, help="run folder (default bench-out/mnist-hvae-e<epochs>)")
     p.add_argument("--results", default="bench-out/mnist_hvae.jsonl")
+    p.add_argument("--speed", type=int, metavar="N", help="only time one epoch of the preset's loop on the first N "
+                   "training images (after one warm-up step) and project it to an epoch of MNIST")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.speed:
+        return _speed(args)
 
     changes = {k: v for k, v in (("epochs", args.epochs), ("kl_warmup", args.kl_warmup)) if v is not None}
     config = vaekit.Config.preset("mnist", **changes, likelihood="bernoulli", binarize="dynamic",
@@ -76,7 +81,7 @@ def main() -> None:
         "date": date.today().isoformat(), "model": "hvae", "preset": "mnist", "overrides": changes,
         "channels": c.channels, "groups": c.groups, "latent_channels": c.latent_channels, "cells": c.cells,
         "latent_dim": model.latent_dim, "params": model.num_parameters(), "epochs": len(epochs),
-        "batch_size": c.batch_size, "lr": c.lr, "ema": c.ema, "kl_warmup": c.kl_warmup,
+        "batch_size": c.batch_size, "lr": c.lr, "ema": c.ema, "kl_warmup": c.kl_warmup, "grad_skip": c.grad_skip,
         "seconds_per_epoch": [round(e["seconds"]) for e in epochs],
         "grad_skipped": sum(e.get("grad_skipped", 0) for e in epochs),
         "test_nll": round(res["nll"], 3), "test_nll_se": round(res["nll_se"], 3), "test_elbo": round(res["elbo"], 3),
@@ -91,6 +96,37 @@ def main() -> None:
     print(line)
     with open(args.results, "a") as f:
         f.write(line + "\n")
+
+
+def _speed(args) -> None:
+    """The preset's training loop (EMA, schedule and all) on N images, timed; with skipping
+    off, the gradient norm of every step is recorded, to see where --grad-skip should sit."""
+    from vaekit import train as loop
+
+    train = vaekit.load_data("mnist", "train", args.data_dir)
+    config = vaekit.Config.preset("mnist", epochs=1, val_fraction=0.0, likelihood="bernoulli", binarize="dynamic",
+                                  device=args.device, progress=False, checkpoint_minutes=0.0, grad_skip=0.0)
+    vaekit.fit(train.x[:config.batch_size], config)  # warm-up: allocations, first-call overheads
+    norms, clip = [], loop.clip_gradients
+
+    def recording(model, max_norm):
+        norm = clip(model, max_norm)
+        norms.append(float(norm))
+        return norm
+
+    loop.clip_gradients = recording
+    model = vaekit.fit(train.x[:args.speed], config)
+    loop.clip_gradients = clip
+    steps = -(-args.speed // config.batch_size)
+    per_step = model.history.epochs[0]["seconds"] / steps
+    row = {"date": date.today().isoformat(), "what": "hvae preset training speed", "images": args.speed,
+           "steps": steps, "seconds_per_step": round(per_step, 4),
+           "seconds_per_mnist_epoch": round(per_step * -(-57000 // config.batch_size)),
+           "grad_norms": [round(n) for n in norms], "preset_grad_skip": vaekit.Config.preset("mnist").grad_skip,
+           "params": model.num_parameters(), "threads": torch.get_num_threads(), "device": str(model.device),
+           "load_average": os.getloadavg()[0], "machine": platform.processor() or platform.machine(),
+           "torch": torch.__version__}
+    print(json.dumps(row))
 
 
 def _metrics(run: Path) -> list[dict]:

@@ -213,7 +213,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Sizes and budget: docs/benchmarks.md, "Hierarchical conv VAE".
     "mnist": dict(arch="hvae", channels=[32, 64], groups=[1, 3], latent_channels=8, cells=1, activation="silu",
                   epochs=100, batch_size=64, lr=2e-3, lr_schedule="cosine", lr_warmup=1.0, lr_final=0.01,
-                  kl_warmup=10.0, ema=0.999, grad_clip=200.0, grad_skip=3000.0, patience=0, val_fraction=0.05,
+                  kl_warmup=10.0, ema=0.999, grad_clip=200.0, grad_skip=10000.0, patience=0, val_fraction=0.05,
                   checkpoint_minutes=10.0),
 }
 
