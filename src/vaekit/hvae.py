@@ -33,7 +33,6 @@ from torch.distributions import Distribution, Normal, constraints
 
 from .nets import activation, conv_sizes
 
-MIN_SIGMA = 1e-4
 
 
 def default_groups(scales: int) -> list[int]:
@@ -163,7 +162,9 @@ class HVAEPrior(nn.Module):
             state, scale = self._upsample(state, scale, s), s
             state = self.pre[g](state)
             p_mu, p_raw = self.p_head[g](state).float().chunk(2, 1)  # each (rows, lc, h, w)
-            p = Normal(p_mu, F.softplus(p_raw) + MIN_SIGMA, validate_args=False)
+            # log-scales soft-clamped to [-5, 5] (NVAE): a prior scale near 0 would make log p's
+            # gradient explode (measured with softplus + 1e-4: norms of 1e6 in the first steps)
+            p = Normal(p_mu, torch.exp(_soft_clamp(p_raw)), validate_args=False)
             q = None
             if feats is not None:
                 f = self.q_feat[g](feats[g])  # (B, 2 lc, h, w)
