@@ -26,7 +26,7 @@ LrSchedule = Literal["constant", "cosine"]
 
 @dataclass
 class Config:
-    latent_dim: int = 16  # d, the number of independent normal latents per example
+    latent_dim: int = 16  # d, the number of independent normal latents per example (arch=hvae: unused, the latent maps set it)
     arch: Arch = "mlp"  # encoder/decoder networks: MLP on flattened input, or conv for images
     hidden: list[int] = field(default_factory=lambda: [256, 256])  # MLP widths (encoder; decoder reversed)
     latent_dims: list[int] = field(default_factory=list)  # arch=ladder: stochastic layer sizes, bottom first

@@ -40,9 +40,9 @@ FILES = ("state.json", "tensors.safetensors")
 NAME = re.compile(r"e\d{4,}-s\d{6,}")
 # Config fields a resumed run may change: they steer the loop, not the model, the data split
 # or the random draws (e.g. a lower --lr after a NaN). Changing the lr, schedule, clipping,
-# epochs or patience makes the run differ from an uninterrupted one; the others do not.
+# epochs, patience or gradient skipping makes the run differ from an uninterrupted one; the others do not.
 MAY_CHANGE = {"progress", "checkpoint_every", "checkpoint_minutes", "skip_nonfinite", "epochs", "patience",
-              "lr", "lr_schedule", "lr_warmup", "lr_final", "grad_clip"}
+              "lr", "lr_schedule", "lr_warmup", "lr_final", "grad_clip", "grad_skip"}
 
 
 @dataclass
