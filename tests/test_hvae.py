@@ -244,4 +244,5 @@ def test_resume_with_ema_is_bit_identical(digits, tmp_path, monkeypatch):
     monkeypatch.undo()
     model = vaekit.fit(x, config, out=tmp_path / "run", resume=True)
     assert rows(model) == rows(ref)
-    assert (tmp_path / "run" / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
+    saved = (tmp_path / "run" / "model.safetensors").read_bytes()
+    assert saved == (tmp_path / "ref" / "model.safetensors").read_bytes()

@@ -26,13 +26,13 @@ LrSchedule = Literal["constant", "cosine"]
 
 @dataclass
 class Config:
-    latent_dim: int = 16  # d, the number of independent normal latents per example (arch=hvae: unused, the latent maps set it)
+    latent_dim: int = 16  # d, the number of independent normal latents per example (hvae: unused, its maps set it)
     arch: Arch = "mlp"  # encoder/decoder networks: MLP on flattened input, or conv for images
     hidden: list[int] = field(default_factory=lambda: [256, 256])  # MLP widths (encoder; decoder reversed)
     latent_dims: list[int] = field(default_factory=list)  # arch=ladder: stochastic layer sizes, bottom first
     ladder_hidden: list[int] = field(default_factory=lambda: [100, 100])  # arch=ladder: widths between layers
     channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths per stride-2 stage (hvae: per scale)
-    groups: list[int] = field(default_factory=list)  # arch=hvae: stochastic groups per scale, finest first ([]: 1 each, 2 at the top)
+    groups: list[int] = field(default_factory=list)  # arch=hvae: latent groups per scale, finest first ([]: 1 each, 2 on top)
     latent_channels: int = 8  # arch=hvae: channels of each group's latent map z_l (its size is the scale's)
     cells: int = 1  # arch=hvae: residual cells per block, in both the bottom-up and the top-down pass
     activation: Activation = "relu"  # nonlinearity between layers
@@ -57,7 +57,7 @@ class Config:
     weight_decay: float = 0.0  # Adam L2 penalty
     grad_clip: float = 100.0  # max global gradient norm; 0 disables clipping
     grad_skip: float = 0.0  # skip the update when the gradient norm (before clipping) exceeds this; counted (0 = off)
-    ema: float = 0.0  # decay of an exponential moving average of the weights, e.g. 0.999; the average is saved (0 = off)
+    ema: float = 0.0  # decay of a moving average of the weights, e.g. 0.999; the average is what is saved (0 = off)
     val_fraction: float = 0.1  # share of training data held out for validation / early stopping
     patience: int = 10  # epochs without validation improvement before stopping; 0 disables
     val_nll_k: int = 0  # > 0: log the importance-sampled validation NLL with k samples each epoch

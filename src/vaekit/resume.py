@@ -165,8 +165,8 @@ def save(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generator,
 
 
 def restore(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generator, config: Config,
-            fingerprint: str, ema: dict[str, torch.Tensor] | None = None) -> tuple[LoopState, dict[str, torch.Tensor] | None, torch.Tensor | None,
-                                       torch.Tensor | None] | None:
+            fingerprint: str, ema: dict[str, torch.Tensor] | None = None
+            ) -> tuple[LoopState, dict[str, torch.Tensor] | None, torch.Tensor | None, torch.Tensor | None] | None:
     """Load the latest checkpoint into model, optimizer and generators. Returns (loop state,
     best weights, the epoch's batch order, its partial sums), or None when there is no
     checkpoint. Every byte is checked against the manifest before anything is parsed. `ema`

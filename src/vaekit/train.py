@@ -94,7 +94,8 @@ def resolve_config(config: Config, ds: Dataset) -> Config:
     if binarize == "dynamic" and likelihood != "bernoulli":
         raise ConfigError("binarize=dynamic needs --likelihood bernoulli")
     if config.arch in ("conv", "hvae") and x.ndim != 4:
-        raise ConfigError(f"--arch {config.arch} needs images (N, C, H, W); {ds.name} has shape {tuple(x.shape)}: use --arch mlp")
+        raise ConfigError(f"--arch {config.arch} needs images (N, C, H, W); {ds.name} has shape {tuple(x.shape)}: "
+                          "use --arch mlp")
     return config.replace(input_shape=list(x.shape[1:]), likelihood=likelihood, binarize=binarize)
 
 
