@@ -118,11 +118,17 @@ def _speed(args) -> None:
     model = vaekit.fit(train.x[:args.speed], config)
     loop.clip_gradients = clip
     steps = -(-args.speed // config.batch_size)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vaekit.objectives import elbo
+
+    with FlopCounterMode(display=False) as flops:  # one step's forward and backward, counted by torch
+        elbo(model, torch.bernoulli(train.x[:config.batch_size].to(model.device))).bound.mean().backward()
     per_step = model.history.epochs[0]["seconds"] / steps
     row = {"date": date.today().isoformat(), "what": "hvae preset training speed", "images": args.speed,
            "steps": steps, "seconds_per_step": round(per_step, 4),
            "seconds_per_mnist_epoch": round(per_step * -(-57000 // config.batch_size)),
-           "grad_norms": [round(n) for n in norms], "preset_grad_skip": vaekit.Config.preset("mnist").grad_skip,
+           "gflop_per_step": round(flops.get_total_flops() / 1e9, 2), "grad_norms": [round(n) for n in norms], "preset_grad_skip": vaekit.Config.preset("mnist").grad_skip,
            "params": model.num_parameters(), "threads": torch.get_num_threads(), "device": str(model.device),
            "load_average": os.getloadavg()[0], "machine": platform.processor() or platform.machine(),
            "torch": torch.__version__}
