@@ -177,8 +177,9 @@ class HVAEPrior(nn.Module):
             elif mean:
                 zg = dist.loc
             else:
-                eps = torch.randn(dist.loc.shape, generator=generator, device="cpu" if generator else dist.loc.device)
-                zg = dist.loc + temperature * dist.scale * eps.to(dist.loc.device)
+                eps = torch.randn_like(dist.loc) if generator is None else \
+                    torch.randn(dist.loc.shape, generator=generator).to(dist.loc.device)  # a seeded CPU draw
+                zg = dist.loc + temperature * dist.scale * eps
             log_p.append(p.log_prob(zg).flatten(1).sum(1))  # (rows,)
             if q is not None:
                 log_q.append(q.log_prob(zg).flatten(1).sum(1))
@@ -214,7 +215,7 @@ class HVAEPrior(nn.Module):
         """walk() over leading shape `lead`, remembered for the scoring and decoding that follow."""
         w = self.walk(h, max(1, math.prod(lead)), **kw)
         w = w._replace(z=w.z.reshape(*lead, -1))
-        if kw.get("z") is None:
+        if kw.get("z") is None and not torch.compiler.is_compiling():  # compiled: no Python-side cache
             self._cache.walk, self._cache.version = w, w.z._version
         return w
 
@@ -222,7 +223,7 @@ class HVAEPrior(nn.Module):
         """The cached pass if z is the sample it drew (the same memory, unmodified) and, when h
         is given, it ran on those features; else None."""
         w = self._cache.walk
-        if w is None:
+        if w is None or torch.compiler.is_compiling():
             return None
         c = w.z
         same = (z.data_ptr() == c.data_ptr() and z.numel() == c.numel() and z.dtype == c.dtype
