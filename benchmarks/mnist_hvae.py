@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 
 import vaekit
-from vaekit.config import preset
 from vaekit.evaluate import evaluate, prepare_eval_data
 from vaekit.sample import write_output
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import vaekit
-from vaekit import hvae, train
+from vaekit import hvae, stabilise, train
 from vaekit.cli import main
 from vaekit.config import Config
 from vaekit.errors import ConfigError, NonFiniteError
@@ -186,14 +186,14 @@ def test_ema_is_what_is_validated_and_saved(digits):
     assert any(not torch.equal(v, weights(avg)[k]) for k, v in weights(plain).items())
     # the update rule, with its early warm-up of the decay
     model = torch.nn.Linear(2, 1)
-    ema = train.ema_start(model, Config(ema=0.9))
+    ema = stabilise.ema_start(model, Config(ema=0.9))
     before = ema["weight"].clone()
     with torch.no_grad():
         model.weight.add_(1.0)
-    train.ema_update(ema, model, 0.9, step=1000)
+    stabilise.ema_update(ema, model, 0.9, step=1000)
     assert torch.allclose(ema["weight"], 0.9 * before + 0.1 * model.weight)
-    train.ema_update(ema, model, 0.9, step=0)  # d = 1/10 at the first step: mostly the new weights
-    with train.averaged(model, ema):
+    stabilise.ema_update(ema, model, 0.9, step=0)  # d = 1/10 at the first step: mostly the new weights
+    with stabilise.averaged(model, ema):
         assert torch.equal(model.weight, ema["weight"])
     assert not torch.equal(model.weight, ema["weight"])  # the live weights are back
 

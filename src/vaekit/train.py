@@ -5,7 +5,6 @@ on CPU. Helpers above the loop are small and pure; the loop itself reads top to 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -29,6 +28,7 @@ from .evaluate import log_likelihood
 from .model import VAE
 from .monitor import check_tensorboard, live_terms, second_term, tensorboard_writer
 from .objectives import Bound, elbo, iwae, wae_mmd
+from .stabilise import averaged, ema_start, ema_update, large_gradient, report_grad_skips
 from .stream import binarize_once, take
 
 METRICS = "metrics.jsonl"
@@ -193,45 +193,6 @@ def clip_gradients(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
     return norm
 
 
-def large_gradient(norm: torch.Tensor, config: Config) -> bool:
-    """--grad-skip: a gradient norm above the threshold is a spike (a rare batch, a posterior
-    nearly collapsing); one such step can undo many, so it is skipped and counted instead
-    (Child, Very Deep VAEs, 2021)."""
-    return config.grad_skip > 0 and bool(norm > config.grad_skip)
-
-
-def ema_start(model: torch.nn.Module, config: Config) -> dict[str, torch.Tensor] | None:
-    """--ema: a copy of the weights to average (None when off)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()} if config.ema else None
-
-
-@torch.no_grad()
-def ema_update(ema: dict[str, torch.Tensor] | None, model: torch.nn.Module, decay: float, step: int) -> None:
-    """ema <- d * ema + (1 - d) * weights, d = min(decay, (1 + t) / (10 + t)): early on the
-    average follows the weights instead of holding the random start. A pure function of the
-    step, so a resumed run averages exactly as an uninterrupted one."""
-    if ema is None:
-        return
-    d = min(decay, (1 + step) / (10 + step))
-    live = model.state_dict()
-    keys = [k for k, v in ema.items() if v.is_floating_point()]
-    torch._foreach_lerp_([ema[k] for k in keys], [live[k] for k in keys], 1 - d)
-
-
-@contextlib.contextmanager
-def averaged(model: torch.nn.Module, ema: dict[str, torch.Tensor] | None):
-    """Run the body with the averaged weights in the model (--ema), then put the live ones back."""
-    if ema is None:
-        yield
-        return
-    live = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(ema)
-    try:
-        yield
-    finally:
-        model.load_state_dict(live)
-
-
 def nonfinite_message(what: str, epoch: int, step: int, last: Path | None = None) -> str:
     return (f"{what} became non-finite at epoch {epoch + 1}, step {step}; {resuming.nonfinite_hint(last)}; lower --lr, "
             "raise --grad-clip protection, check the data for extreme values or pass --skip-nonfinite")
@@ -377,7 +338,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                 row["skipped_batches"] = loop.epoch_skips
             if config.grad_skip:
                 row["grad_skipped"] = loop.grad_skips
-                _report_grad_skips(loop.grad_skips, steps_per_epoch, epoch, config, ranks.main)
+                report_grad_skips(loop.grad_skips, steps_per_epoch, epoch, config, ranks.main)
             if len(x_val):
                 with averaged(model, ema):  # --ema: the averaged weights are the ones scored and kept
                     val = ranks.mean(evaluate_bound(model, x_val, config, c=c_val), len(x_val))
@@ -437,16 +398,6 @@ def _report_epoch(row: dict[str, Any], config: Config) -> None:
     val = f", val {row['val_loss']:.4f}" if "val_loss" in row else ""
     print(f"epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.4f} (recon {row['train_recon']:.3f}, "
           f"{second_term(config)} {row['train_kl']:.3f}){val} [{row['seconds']:.1f}s]", file=sys.stderr, flush=True)
-
-
-def _report_grad_skips(skips: int, steps: int, epoch: int, config: Config, main: bool) -> None:
-    """Never silent: a skipped update is said on stderr (progress bar or not)."""
-    if skips >= steps:
-        raise NonFiniteError(f"every update of epoch {epoch + 1} had a gradient norm above --grad-skip "
-                             f"{config.grad_skip:g}; raise it (or pass 0 to turn skipping off)")
-    if skips and main:
-        print(f"epoch {epoch + 1}: skipped {skips} of {steps} updates with gradient norm > {config.grad_skip:g} "
-              "(--grad-skip)", file=sys.stderr, flush=True)
 
 
 def _progress(total: int, epoch: int, config: Config):
