@@ -54,13 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder to create")
     t.add_argument("--force", action="store_true", help="replace an existing --out folder (only once training succeeds)")
     t.add_argument("--config", help="JSON file of Config fields; flags given here override it")
+    t.add_argument("--preset", choices=["mnist"],
+                   help="a recommended setting (mnist: the hierarchical conv VAE, arch=hvae, and its schedule); "
+                        "--config and flags override it")
     t.add_argument("--epochs", type=int)
     t.add_argument("--latent-dim", type=int)
-    t.add_argument("--arch", choices=["mlp", "conv", "ladder"])
+    t.add_argument("--arch", choices=["mlp", "conv", "ladder", "hvae"])
     t.add_argument("--latent-dims", type=_ints, help="arch=ladder: stochastic layer sizes, bottom first, e.g. 100,50")
     t.add_argument("--ladder-hidden", type=_ints, help="arch=ladder: widths between stochastic layers, e.g. 100,100")
     t.add_argument("--hidden", type=_ints, help="MLP widths, e.g. 256,256")
-    t.add_argument("--channels", type=_ints, help="conv widths, e.g. 32,64")
+    t.add_argument("--channels", type=_ints, help="conv widths, e.g. 32,64 (arch=hvae: one per scale, finest first)")
+    t.add_argument("--groups", type=_ints, help="arch=hvae: stochastic groups per scale, finest first, e.g. 1,2")
+    t.add_argument("--latent-channels", type=int, help="arch=hvae: channels of each latent map (default 8)")
+    t.add_argument("--cells", type=int, help="arch=hvae: residual cells per block (default 1)")
     t.add_argument("--activation", choices=["relu", "tanh", "elu", "silu"])
     t.add_argument("--likelihood", choices=["auto", "bernoulli", "gaussian"])
     t.add_argument("--binarize", choices=["auto", "dynamic", "none"])
@@ -86,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
     t.add_argument("--val-fraction", type=float)
     t.add_argument("--grad-clip", type=float)
+    t.add_argument("--grad-skip", type=float, metavar="NORM",
+                   help="skip (and count) an update whose gradient norm exceeds NORM (default 0 = off)")
+    t.add_argument("--ema", type=float, metavar="DECAY",
+                   help="keep a moving average of the weights with this decay, e.g. 0.999; it is what is "
+                        "validated and saved (default 0 = off)")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N (torchrun: auto = cuda:LOCAL_RANK)")
     t.add_argument("--amp", action="store_true", default=None, help="bf16 mixed precision on CUDA")
@@ -179,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TRAIN_FLAGS = ("epochs", "latent_dim", "arch", "latent_dims", "ladder_hidden", "hidden", "channels", "activation", "likelihood", "binarize",
+TRAIN_FLAGS = ("epochs", "latent_dim", "arch", "latent_dims", "ladder_hidden", "hidden", "channels", "groups",
+               "latent_channels", "cells", "grad_skip", "ema", "activation", "likelihood", "binarize",
                "objective", "k", "beta", "kl_warmup", "free_bits", "prior", "prior_components", "mmd_kernel",
                "mmd_weight", "batch_size", "lr", "lr_schedule", "lr_warmup", "lr_final", "val_nll_k",
                "patience", "val_fraction", "grad_clip", "seed", "device", "checkpoint_every", "checkpoint_minutes",
@@ -193,14 +205,19 @@ def cmd_train(args) -> int:
     from .train import fit
 
     base = {}
+    if args.preset:
+        from .config import preset
+
+        base = preset(args.preset)
     if args.config:
         try:
-            base = json.loads(Path(args.config).read_text())
+            loaded = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as e:  # missing, unreadable, not UTF-8, not JSON
             raise ConfigError(f"--config {args.config}: cannot read JSON ({e})") from None
-        if not isinstance(base, dict):
+        if not isinstance(loaded, dict):
             raise ConfigError(f"--config {args.config}: must be a JSON object of Config fields, "
                               'e.g. {"epochs": 20}')
+        base = {**base, **loaded}  # the file overrides the preset
     overrides = {f: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f) is not None}
     if args.objective == "iwae" and args.k is None and base.get("k") is None:
         overrides["k"] = 5

@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args, get_type_hints
 
 from .errors import ConfigError
 
-Arch = Literal["mlp", "conv", "ladder"]
+Arch = Literal["mlp", "conv", "ladder", "hvae"]
 LikelihoodName = Literal["auto", "bernoulli", "gaussian", "mixed"]
 Binarize = Literal["auto", "dynamic", "none"]
 Objective = Literal["elbo", "iwae", "wae-mmd"]
@@ -26,12 +26,15 @@ LrSchedule = Literal["constant", "cosine"]
 
 @dataclass
 class Config:
-    latent_dim: int = 16  # d, the number of independent normal latents per example
+    latent_dim: int = 16  # d, the number of independent normal latents per example (hvae: unused, its maps set it)
     arch: Arch = "mlp"  # encoder/decoder networks: MLP on flattened input, or conv for images
     hidden: list[int] = field(default_factory=lambda: [256, 256])  # MLP widths (encoder; decoder reversed)
     latent_dims: list[int] = field(default_factory=list)  # arch=ladder: stochastic layer sizes, bottom first
     ladder_hidden: list[int] = field(default_factory=lambda: [100, 100])  # arch=ladder: widths between layers
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths per stride-2 stage
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths per stride-2 stage (hvae: per scale)
+    groups: list[int] = field(default_factory=list)  # arch=hvae: latent groups per scale, finest first ([]: 1 each, 2 on top)
+    latent_channels: int = 8  # arch=hvae: channels of each group's latent map z_l (its size is the scale's)
+    cells: int = 1  # arch=hvae: residual cells per block, in both the bottom-up and the top-down pass
     activation: Activation = "relu"  # nonlinearity between layers
     likelihood: LikelihoodName = "auto"  # p(x|z); auto: Bernoulli for [0, 1] data, else Gaussian; mixed: tables
     binarize: Binarize = "auto"  # auto: dynamic binarisation when Bernoulli meets non-binary data
@@ -53,6 +56,8 @@ class Config:
     lr_final: float = 0.01  # cosine schedule ends at lr * lr_final
     weight_decay: float = 0.0  # Adam L2 penalty
     grad_clip: float = 100.0  # max global gradient norm; 0 disables clipping
+    grad_skip: float = 0.0  # skip the update when the gradient norm (before clipping) exceeds this; counted (0 = off)
+    ema: float = 0.0  # decay of a moving average of the weights, e.g. 0.999; the average is what is saved (0 = off)
     val_fraction: float = 0.1  # share of training data held out for validation / early stopping
     patience: int = 10  # epochs without validation improvement before stopping; 0 disables
     val_nll_k: int = 0  # > 0: log the importance-sampled validation NLL with k samples each epoch
@@ -103,6 +108,21 @@ class Config:
             self.latent_dim = sum(self.latent_dims)
         if not self.channels or min(self.channels) < 1:
             raise ConfigError(f"channels={self.channels} must list positive channel counts, e.g. [32, 64]")
+        self.groups = [int(g) for g in self.groups]
+        _positive_int(self, "latent_channels", "--latent-channels")
+        _positive_int(self, "cells", "--cells", allow_zero=True)
+        if self.arch == "hvae":
+            if not self.groups:  # one group per scale, two at the coarsest (hvae.default_groups)
+                self.groups = [1] * (len(self.channels) - 1) + [2]
+            if len(self.groups) != len(self.channels) or min(self.groups) < 0 or sum(self.groups) < 1:
+                raise ConfigError(f"groups={self.groups} must give a stochastic group count >= 0 for each of the "
+                                  f"{len(self.channels)} scales in --channels (at least one in all), e.g. "
+                                  f"--groups {','.join(['1'] * len(self.channels))}")
+            if self.prior != "normal":
+                raise ConfigError("arch=hvae has its own hierarchical prior; drop --prior")
+        if not (self.grad_skip >= 0 and 0 <= self.ema < 1):
+            raise ConfigError(f"grad_skip={self.grad_skip} must be >= 0 and ema={self.ema} in [0, 1), e.g. "
+                              "--grad-skip 400 --ema 0.999 (0 turns either off)")
         if not (self.lr > 0 and self.lr < 10):
             raise ConfigError(f"lr={self.lr} must be a positive learning rate such as 1e-3 (--lr)")
         if not self.beta >= 0:
@@ -131,9 +151,9 @@ class Config:
         if self.condition_names is not None:
             self.condition_names = [str(n) for n in self.condition_names]
         if self.condition_on is not None or self.condition_dim:
-            if self.arch == "ladder" or self.prior == "vamp":
+            if self.arch in ("ladder", "hvae") or self.prior == "vamp":
                 raise ConfigError("a conditional VAE works with --arch mlp|conv and --prior normal|mog; "
-                                  "drop --arch ladder / --prior vamp or the condition")
+                                  f"drop --arch {self.arch} / --prior vamp or the condition")
         if not isinstance(self.tensorboard, bool):
             raise ConfigError(f"tensorboard={self.tensorboard!r} must be true or false (--tensorboard)")
         for name in ("checkpoint_every", "skip_nonfinite"):
@@ -176,8 +196,33 @@ class Config:
         except json.JSONDecodeError as e:
             raise ConfigError(f"config is not valid JSON ({e}); rewrite it or train again") from None
 
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> "Config":
+        """A named preset (`PRESETS`), with `changes` overriding its fields."""
+        return cls.from_dict({**preset(name), **changes})
+
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
+
+
+# Recommended settings, by name: `vaekit train --preset NAME`, `Config.preset(NAME, **changes)`.
+# Given fields (a --config file, flags, `changes`) override the preset's.
+PRESETS: dict[str, dict[str, Any]] = {
+    # MNIST 28x28 (any binary or [0, 1] image works): the hierarchical conv VAE with the stabilisers
+    # that make it train (KL warm-up, lr warm-up + cosine, gradient skipping, weight averaging).
+    # Sizes and budget: docs/benchmarks.md, "Hierarchical conv VAE".
+    "mnist": dict(arch="hvae", channels=[32, 64], groups=[1, 3], latent_channels=8, cells=1, activation="silu",
+                  epochs=100, batch_size=64, lr=2e-3, lr_schedule="cosine", lr_warmup=1.0, lr_final=0.01,
+                  kl_warmup=10.0, ema=0.999, grad_clip=200.0, grad_skip=10000.0, patience=0, val_fraction=0.05,
+                  checkpoint_minutes=10.0),
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The Config fields of a named preset (a fresh copy)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; pick one of {', '.join(PRESETS)}")
+    return json.loads(json.dumps(PRESETS[name]))
 
 
 def _positive_int(cfg: Config, name: str, flag: str, allow_zero: bool = False) -> None:

@@ -111,7 +111,7 @@ def export_onnx(model, decoder: str | os.PathLike, encoder: str | os.PathLike | 
     for p in paths:
         check_output_path(p, (".onnx",), "an ONNX file name must end in .onnx", ".onnx", flag="path")
     if encoder is not None and hasattr(model.prior, "posterior"):
-        raise IncompatibleError("this model's q(z|x) is hierarchical (arch=ladder), not one (mu, sigma); "
+        raise IncompatibleError("this model's q(z|x) is hierarchical (arch=ladder or hvae), not one (mu, sigma); "
                                 "export the decoder only")
     _require_onnx()
     model = getattr(model, "_orig_mod", model).to("cpu").eval()

@@ -21,6 +21,7 @@ from torch.distributions import Distribution, Independent, Normal
 
 from .config import Config
 from .errors import ConfigError, IncompatibleError
+from .hvae import HVAEDecoder, HVAEEncoder, HVAEPrior
 from .ladder import LadderEncoder, LadderPrior, TakeBottom
 from .likelihoods import make_likelihood
 from .nets import MLP, ConvDecoder, ConvEncoder
@@ -56,6 +57,13 @@ class VAE(nn.Module):
             encoder = LadderEncoder(shape, config.hidden, config.ladder_hidden, dims, act)
             decoder = TakeBottom(dims[0], MLP((dims[0],), config.hidden[::-1], out_shape, act))
             return cls(encoder, decoder, LadderPrior(dims, config.ladder_hidden, act), likelihood, sum(dims), shape, config)
+        if config.arch == "hvae":
+            if len(shape) != 3:
+                raise ValueError(f"arch=hvae needs images (C, H, W); this data has shape {shape}")
+            args = (config.channels, config.groups)
+            encoder = HVAEEncoder(shape, *args, config.cells, config.activation)
+            prior = HVAEPrior(shape, *args, config.latent_channels, config.cells, config.activation, out_shape[0])
+            return cls(encoder, HVAEDecoder(prior), prior, likelihood, prior.dim, shape, config)
         if config.arch == "conv":
             if len(shape) != 3:
                 raise ValueError(f"arch=conv needs images (C, H, W); this data has shape {shape}")

@@ -40,9 +40,9 @@ FILES = ("state.json", "tensors.safetensors")
 NAME = re.compile(r"e\d{4,}-s\d{6,}")
 # Config fields a resumed run may change: they steer the loop, not the model, the data split
 # or the random draws (e.g. a lower --lr after a NaN). Changing the lr, schedule, clipping,
-# epochs or patience makes the run differ from an uninterrupted one; the others do not.
+# epochs, patience or gradient skipping makes the run differ from an uninterrupted one; the others do not.
 MAY_CHANGE = {"progress", "checkpoint_every", "checkpoint_minutes", "skip_nonfinite", "epochs", "patience",
-              "lr", "lr_schedule", "lr_warmup", "lr_final", "grad_clip"}
+              "lr", "lr_schedule", "lr_warmup", "lr_final", "grad_clip", "grad_skip"}
 
 
 @dataclass
@@ -56,6 +56,7 @@ class LoopState:
     bad_epochs: int = 0  # epochs since the best one (early stopping)
     skips_in_a_row: int = 0  # consecutive skipped non-finite batches (--skip-nonfinite)
     epoch_skips: int = 0  # batches skipped so far in this epoch
+    grad_skips: int = 0  # updates skipped so far in this epoch for a gradient norm above --grad-skip
     history: list[dict[str, Any]] = field(default_factory=list)  # one metrics row per finished epoch
 
 
@@ -116,12 +117,15 @@ def latest(run_dir: Path) -> Path | None:
 
 def save(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generator, loop: LoopState,
          best_state: dict[str, torch.Tensor] | None, config: Config, fingerprint: str,
-         perm: torch.Tensor | None = None, sums: torch.Tensor | None = None) -> Path:
+         perm: torch.Tensor | None = None, sums: torch.Tensor | None = None,
+         ema: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint and move `latest` to it. Refuses (NonFiniteError) to save a state
     holding NaN or Inf: a checkpoint is always one worth resuming from."""
     from safetensors.torch import save as save_tensors
 
     tensors = _tensors(model, opt, gen, best_state, perm, sums)
+    if ema is not None:  # --ema: the average is state too; without it a resume would restart it
+        tensors.update({f"ema.{k}": v.detach().to("cpu").contiguous().clone() for k, v in ema.items()})
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         raise NonFiniteError(f"the training state holds non-finite values ({', '.join(bad[:3])}) at epoch "
@@ -161,11 +165,12 @@ def save(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generator,
 
 
 def restore(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generator, config: Config,
-            fingerprint: str) -> tuple[LoopState, dict[str, torch.Tensor] | None, torch.Tensor | None,
-                                       torch.Tensor | None] | None:
+            fingerprint: str, ema: dict[str, torch.Tensor] | None = None
+            ) -> tuple[LoopState, dict[str, torch.Tensor] | None, torch.Tensor | None, torch.Tensor | None] | None:
     """Load the latest checkpoint into model, optimizer and generators. Returns (loop state,
     best weights, the epoch's batch order, its partial sums), or None when there is no
-    checkpoint. Every byte is checked against the manifest before anything is parsed."""
+    checkpoint. Every byte is checked against the manifest before anything is parsed. `ema`
+    (--ema), if given, receives the saved weight average in place."""
     from safetensors import SafetensorError
     from safetensors.torch import load as load_tensors
 
@@ -196,6 +201,12 @@ def restore(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generat
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and model.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], model.device)
+        if ema is not None:
+            saved_ema = _prefixed(tensors, "ema.")
+            if set(saved_ema) != set(ema):
+                raise KeyError("the weight average (--ema) is missing or incomplete")
+            for k, v in ema.items():
+                v.copy_(saved_ema[k])
     except (RuntimeError, KeyError, ValueError) as e:
         raise IntegrityError(f"{folder / 'tensors.safetensors'} does not fit this model ({e}); pass --force "
                              "without --resume to start over") from None

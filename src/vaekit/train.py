@@ -28,6 +28,7 @@ from .evaluate import log_likelihood
 from .model import VAE
 from .monitor import check_tensorboard, live_terms, second_term, tensorboard_writer
 from .objectives import Bound, elbo, iwae, wae_mmd
+from .stabilise import averaged, ema_start, ema_update, large_gradient, report_grad_skips
 from .stream import LazyRows, binarize_once, rows, take
 
 METRICS = "metrics.jsonl"
@@ -92,8 +93,9 @@ def resolve_config(config: Config, ds: Dataset) -> Config:
         binarize = "dynamic" if likelihood == "bernoulli" and not binary else "none"
     if binarize == "dynamic" and likelihood != "bernoulli":
         raise ConfigError("binarize=dynamic needs --likelihood bernoulli")
-    if config.arch == "conv" and x.ndim != 4:
-        raise ConfigError(f"--arch conv needs images (N, C, H, W); {ds.name} has shape {tuple(x.shape)}: use --arch mlp")
+    if config.arch in ("conv", "hvae") and x.ndim != 4:
+        raise ConfigError(f"--arch {config.arch} needs images (N, C, H, W); {ds.name} has shape {tuple(x.shape)}: "
+                          "use --arch mlp")
     return config.replace(input_shape=list(x.shape[1:]), likelihood=likelihood, binarize=binarize)
 
 
@@ -248,6 +250,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     # Adam is a large share of a step (IWAE model: 1.07 ms vs 0.40 ms fused, measured on CPU)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                            fused=device.type in ("cpu", "cuda"))
+    ema = ema_start(model, config)
     distributed.reseed(ranks, config.seed)
     noise = ranks.noise_generator(gen, config.seed, device)
     step_fn = distributed.training_step(model, lambda m, x, beta, c=None: objective(m, x, config, beta=beta, c=c), ranks,
@@ -259,7 +262,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         run_dir = target.with_name(target.name + ".partial")
         resuming.prepare(run_dir, resume, force)
         fingerprint = resuming.data_fingerprint(ds.x)
-        if resume and (restored := resuming.restore(run_dir, model, opt, gen, config, fingerprint)):
+        if resume and (restored := resuming.restore(run_dir, model, opt, gen, config, fingerprint, ema)):
             loop, best_state, perm, sums = restored
             saves.saved(resuming.latest(run_dir))
             # metrics.jsonl holds exactly the epochs the checkpoint has seen
@@ -269,7 +272,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
 
     def save_checkpoint() -> None:  # the whole training state, so a kill costs at most this much work
         loop.best_loss = None if best_loss == math.inf else best_loss
-        saves.saved(resuming.save(run_dir, model, opt, gen, loop, best_state, config, fingerprint, perm, sums))
+        saves.saved(resuming.save(run_dir, model, opt, gen, loop, best_state, config, fingerprint, perm, sums,
+                                  ema))
 
     board = tensorboard_writer(run_dir) if config.tensorboard and run_dir is not None else None
     steps_per_epoch = ranks.steps(len(x_train), config.batch_size)
@@ -280,7 +284,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             if perm is None:  # a fresh epoch (not one resumed half-way)
                 perm = torch.randperm(len(x_train), generator=gen, device=device)
                 sums = torch.zeros(4, dtype=torch.float64, device=device)  # -bound, recon, kl, examples
-                loop.epoch, loop.step, loop.epoch_skips = epoch, 0, 0
+                loop.epoch, loop.step, loop.epoch_skips, loop.grad_skips = epoch, 0, 0, 0
             bar = _progress(steps_per_epoch, epoch, config) if ranks.main else None
             for step in range(loop.step, steps_per_epoch):
                 idx, n_global = ranks.shard(perm, step, config.batch_size)
@@ -308,7 +312,11 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                     opt.zero_grad(set_to_none=True)
                 else:
                     loop.skips_in_a_row = 0
-                    opt.step()
+                    if large_gradient(norm, config):
+                        loop.grad_skips += 1
+                    else:
+                        opt.step()
+                        ema_update(ema, model, config.ema, epoch * steps_per_epoch + step)
                     sums += torch.stack([-b.bound.sum(), b.recon.sum(), b.kl.sum(),
                                          b.bound.new_tensor(len(xb))]).detach().double()
                 if bar is not None:
@@ -328,12 +336,16 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                                    "train_kl": train_kl}
             if config.skip_nonfinite:
                 row["skipped_batches"] = loop.epoch_skips
+            if config.grad_skip:
+                row["grad_skipped"] = loop.grad_skips
+                report_grad_skips(loop.grad_skips, steps_per_epoch, epoch, config, ranks.main)
             if len(x_val):
-                val = ranks.mean(evaluate_bound(model, x_val, config, c=c_val), len(x_val))
-                row.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
-                if config.val_nll_k:
-                    nll = -float(log_likelihood(model, x_val, k=config.val_nll_k, c=c_val).mean())
-                    row["val_nll"] = ranks.mean({"nll": nll}, len(x_val))["nll"]
+                with averaged(model, ema):  # --ema: the averaged weights are the ones scored and kept
+                    val = ranks.mean(evaluate_bound(model, x_val, config, c=c_val), len(x_val))
+                    row.update(val_loss=val["loss"], val_recon=val["recon"], val_kl=val["kl"])
+                    if config.val_nll_k:
+                        nll = -float(log_likelihood(model, x_val, k=config.val_nll_k, c=c_val).mean())
+                        row["val_nll"] = ranks.mean({"nll": nll}, len(x_val))["nll"]
             row["lr"] = opt.param_groups[0]["lr"]
             row["seconds"] = time.perf_counter() - t0
             history.epochs.append(row)
@@ -349,7 +361,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             loop.epoch, loop.step = epoch + 1, 0
             if ranks.agree(score < best_loss):  # one decision for all ranks
                 best_loss, loop.bad_epochs, history.best_epoch = score, 0, epoch + 1
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(model.state_dict() if ema is None else ema)
             else:
                 loop.bad_epochs += 1
                 if config.patience and loop.bad_epochs >= config.patience:
