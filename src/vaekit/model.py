@@ -30,7 +30,7 @@ from .priors import make_prior
 
 class VAE(nn.Module):
     min_sigma = 1e-4  # floor on the posterior std: log q(z|x) stays finite
-    sample_chunk_values = 1 << 22  # generation decodes about this many values at a time (16 MB of float32)
+    sample_chunk_values = 1 << 24  # generation decodes about this many values at a time (64 MB of float32)
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: nn.Module, likelihood: nn.Module,
                  latent_dim: int, input_shape: tuple[int, ...], config: Config | None = None,
