@@ -171,8 +171,9 @@ def load_mnist(data_dir: str | os.PathLike, split: str = "train", download: bool
 
 def binarize_dynamic(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Fresh Bernoulli(intensity) bits for a training batch, as 1[u < x] with u ~ U[0, 1):
-    the same distribution as torch.bernoulli, whose CPU kernel is about 3.5x slower (1.5 ms
-    against 0.42 ms for a 128-image MNIST batch on 2 cores), a quarter of a training step.
+    the same distribution as torch.bernoulli, whose CPU kernel is about 3.7-3.9x slower (1.45 ms
+    against 0.38 ms for a 128-image MNIST batch on 2 cores, benchmarks/step_parts.py), which
+    was a quarter of a training step.
     Evaluation bits stay torch.bernoulli with a fixed seed (binarize_fixed): they are recorded."""
     return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).lt_(x)
 
