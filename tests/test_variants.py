@@ -118,6 +118,43 @@ def _ladder(dims=(1, 1)):
                                          input_shape=[4], likelihood="gaussian", activation="tanh"))
 
 
+@pytest.mark.parametrize("arch", ["ladder", "hvae"])
+def test_free_bits_per_stochastic_layer_of_a_hierarchy(arch):
+    torch.manual_seed(0)
+    if arch == "ladder":
+        config = Config(arch="ladder", latent_dims=[3, 2], ladder_hidden=[8], hidden=[16], input_shape=[6],
+                        likelihood="gaussian")
+        x = torch.randn(16, 6)
+    else:
+        config = Config(arch="hvae", channels=[4, 8], groups=[1, 1], latent_channels=2, input_shape=[1, 8, 8],
+                        likelihood="bernoulli")
+        x = (torch.rand(16, 1, 8, 8) < 0.4).float()
+    model = vaekit.VAE.from_config(config)
+
+    def run(fb: float):
+        torch.manual_seed(1)  # the same z for every call
+        b = elbo(model, x, free_bits=fb)
+        torch.manual_seed(1)
+        q = model.encode(x)
+        z = q.rsample()
+        per = torch.stack([a - b for a, b in zip(q.layer_log_probs(z), model.prior_dist().layer_log_probs(z))], -1)
+        return b, per.detach(), torch.tensor(q.layer_sizes, dtype=per.dtype)
+
+    plain, per, sizes = run(1e-12)
+    assert len(sizes) == 2 and torch.allclose(plain.kl, per.sum(-1), atol=1e-4)  # the layers add up to the KL
+    torch.testing.assert_close(plain.bound, plain.recon - plain.kl)  # a negligible allowance: the plain ELBO
+    # an allowance between the two layers' batch-mean KLs per dim: one layer is floored, one is not
+    rate = per.mean(0) / sizes  # (2,) batch-mean KL per dim of each layer
+    fb = float(rate.mean()) if rate[0] * rate[1] > 0 else float(rate.max()) / 2
+    b, per, sizes = run(fb)
+    floor = fb * sizes
+    low = per.mean(0) < floor
+    assert low.any() and not low.all()  # a real per-layer decision, not all-or-nothing
+    expected = torch.where(low, floor, per).sum(-1)  # (B,)
+    torch.testing.assert_close(b.bound, b.recon - expected, atol=1e-4, rtol=1e-5)
+    assert torch.allclose(b.kl, plain.kl, atol=1e-4)  # the reported KL stays the true one
+
+
 def test_ladder_prior_and_posterior_are_normalised_joint_densities():
     model = _ladder()
     assert model.latent_dim == 2

@@ -253,6 +253,7 @@ class HierarchicalNormal(Distribution):
 
     def __init__(self, net: HVAEPrior, batch_shape: torch.Size, h: torch.Tensor | None = None):
         self.net, self.h = net, h
+        self.layer_sizes = list(net.dims)  # values per group, finest first (free bits per group)
         super().__init__(batch_shape, torch.Size([net.dim]), validate_args=False)
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:

@@ -62,6 +62,7 @@ class _Joint(Distribution):
 
     def __init__(self, prior: "LadderPrior", batch_shape: torch.Size, estimates=None, temperature: float = 1.0):
         self.prior, self.estimates, self.temperature = prior, estimates, temperature
+        self.layer_sizes = list(prior.dims)  # d_l per stochastic layer, bottom first (free bits per layer)
         super().__init__(batch_shape, torch.Size([sum(prior.dims)]), validate_args=False)
 
     def _layer(self, l: int, above: torch.Tensor | None) -> Normal:

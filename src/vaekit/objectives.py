@@ -36,8 +36,9 @@ def elbo(model, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0, c: t
     objective, Higgins et al. 2017). x: (B, *shape) -> per-example terms (B,).
 
     `free_bits` > 0 (nats per latent dim, Kingma et al. 2016): a dimension whose batch-mean
-    KL is below it is not penalised below it, against posterior collapse. The returned
-    `kl` stays the true KL; only `bound` (the training objective) changes.
+    KL is below it is not penalised below it, against posterior collapse. A hierarchy (ladder,
+    hvae) is grouped by stochastic layer: a layer of d_l dims is allowed free_bits x d_l nats
+    of its (one-sample) KL. The returned `kl` stays the true KL; only `bound` changes.
     `c` (B, C): the condition of a conditional model (None otherwise), as in every objective.
     """
     q = model.encode(x, c)
@@ -47,14 +48,23 @@ def elbo(model, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0, c: t
     kl = kl_term(q, p, z)  # (B,)
     if free_bits <= 0:
         return Bound(recon - beta * kl, recon, kl)
+    allowance: float | torch.Tensor = free_bits
     try:
         per_dim = kl_divergence(q.base_dist, p.base_dist)  # (B, d)
     except (NotImplementedError, AttributeError):
-        per_dim = kl.unsqueeze(-1)  # a non-factorised prior: one group with d free bits
-        free_bits = free_bits * z.shape[-1]
+        if hasattr(q, "layer_log_probs"):
+            # a hierarchy: one group per stochastic layer, allowed free_bits x its size, so a
+            # layer is kept in use on its own (one allowance for all let a layer collapse
+            # while the others paid for it)
+            per_dim = torch.stack([a - b for a, b in zip(q.layer_log_probs(z), p.layer_log_probs(z))], -1)  # (B, L)
+            allowance = free_bits * per_dim.new_tensor(q.layer_sizes)  # (L,)
+        else:
+            per_dim = kl.unsqueeze(-1)  # a non-factorised prior: one group with d free bits
+            allowance = free_bits * z.shape[-1]
     # a group under its allowance costs the constant allowance (no gradient pushes it lower)
-    low = per_dim.mean(0, keepdim=True) < free_bits  # (1, groups)
-    penalised = torch.where(low, torch.full_like(per_dim, free_bits), per_dim).sum(-1)  # (B,)
+    floor = torch.as_tensor(allowance, dtype=per_dim.dtype, device=per_dim.device).expand_as(per_dim)  # (B, groups)
+    low = per_dim.mean(0, keepdim=True) < floor[:1]  # (1, groups)
+    penalised = torch.where(low, floor, per_dim).sum(-1)  # (B,)
     return Bound(recon - beta * penalised, recon, kl)
 
 
