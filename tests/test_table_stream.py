@@ -146,6 +146,33 @@ def test_cli_streams_tables_over_the_threshold_and_refuses_unbounded_labels(tmp_
         fit_table(tmp_path / "empty.csv", CONFIG, stream=True)
 
 
+def test_evaluate_scores_a_uniform_sample_of_a_table_over_the_threshold(tmp_path, monkeypatch, capsys):
+    from vaekit.table_metrics import real_rows
+
+    table = mixed_table(600, seed=4)
+    table["row"] = np.arange(len(table))  # which rows were taken
+    path = tmp_path / "t.csv"
+    table.to_csv(path, index=False)
+    assert real_rows(path, 50)[1] is None and list(real_rows(path, 50)[0].row) == list(range(50))  # small: first n
+    monkeypatch.setattr(ts, "AUTO_STREAM_TABLE_BYTES", path.stat().st_size - 1)
+    monkeypatch.setattr(ts, "_rows_per_chunk", lambda p: 70)  # several chunks
+    sample, total = real_rows(path, 200, seed=1)
+    assert total == 600 and len(sample) == 200 and sample.row.is_unique
+    assert sample.row.min() < 100 and sample.row.max() > 500  # spread over the file, not its head
+    expected = table.set_index("row").loc[sample.row].reset_index()
+    cols = ["row", "color", "x", "stars", "when"]  # the columns CSV gives back unchanged: each row is intact
+    pd.testing.assert_frame_equal(sample[cols].reset_index(drop=True), expected[cols], check_dtype=False)
+    assert list(real_rows(path, 200, seed=1)[0].row) == list(sample.row)  # the seed fixes the sample
+    assert len(real_rows(path, None)[0]) == 600  # the default sample size exceeds this file: all of it
+
+    fit_table(table.drop(columns="row"), CONFIG, tmp_path / "run")
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run"), str(path), "-n", "150", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["rows_real"] == 150 and r["rows_in_file"] == 600 and 0 <= r["quality"] <= 1
+    assert main(["evaluate", str(tmp_path / "run"), str(path), "-n", "0"]) == 2  # a clear error, not iloc[:0]
+
+
 MEASURE = """
 import json, sys
 import pandas as pd, torch

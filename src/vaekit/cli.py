@@ -239,19 +239,21 @@ def cmd_evaluate(args) -> int:
 
 
 def _evaluate_table(args, model) -> int:
-    from .table_metrics import evaluate_table
-    from .tables import read_table
+    from .table_metrics import evaluate_table, real_rows
 
     if args.rows is not None:
         _positive(args.rows, "--rows")
-    real = read_table(args.data, args.sep)
-    if args.n:
-        real = real.iloc[:args.n]
+    if args.n is not None:
+        _positive(args.n, "-n")
+    real, total = real_rows(args.data, args.n, args.seed, args.sep)  # a large file: a uniform sample
     r = evaluate_table(model, real, n=args.rows, seed=args.seed)
+    if total is not None:
+        r["rows_in_file"] = total
     if args.json:
         print(json.dumps(r))
         return 0
-    print(f"data: {args.data}, {r['rows_real']} real rows, {r['rows_synthetic']} synthetic rows")
+    sampled = f" (a uniform sample of the file's {total}, read in chunks)" if total is not None else ""
+    print(f"data: {args.data}, {r['rows_real']} real rows{sampled}, {r['rows_synthetic']} synthetic rows")
     print(f"quality (SDMetrics): {r['quality']:.4f} (column shapes {r['column_shapes']:.4f}, "
           f"column-pair trends {r['column_pair_trends']:.4f}); higher is better")
     print(f"detection ROC AUC:   {r['detection_auc']:.4f} (0.5: indistinguishable)")

@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", metavar="RUN")
     _data_args(e, "test")
     e.add_argument("--k", type=int, default=1000, help="importance samples per example (default 1000)")
-    e.add_argument("-n", type=int, help="use only the first N examples")
+    e.add_argument("-n", type=int, help="use only the first N examples (a table file over 256 MiB: N rows sampled "
+                   "uniformly, default 100,000)")
     e.add_argument("--batch-size", type=int, default=100)
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--rows", type=int, help="tables: synthetic rows to score (default: as many as DATA has)")

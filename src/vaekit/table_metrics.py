@@ -50,6 +50,35 @@ def evaluate_table(model_or_synthetic, real, n: int | None = None, seed: int = 0
     return result
 
 
+SCORE_SAMPLE_ROWS = 100_000  # real rows scored from a table too large to read whole
+
+
+def real_rows(path, n: int | None = None, seed: int = 0, sep: str | None = None):
+    """The real rows to score against: the whole table, or its first `n` rows; for a file over
+    the streaming threshold (table_stream.AUTO_STREAM_TABLE_BYTES), a seeded uniform sample of
+    `n` (default SCORE_SAMPLE_ROWS) rows read in two chunked passes (count, then gather), so
+    memory holds the sample, not the table. Returns (DataFrame, rows in the file or None)."""
+    import numpy as np
+    import pandas as pd
+
+    from .table_stream import read_chunks, should_stream_table
+    from .tables import read_table
+
+    if not should_stream_table(path, None):
+        real = read_table(path, sep)
+        return (real.iloc[:n] if n else real), None
+    total = sum(len(chunk) for chunk in read_chunks(path, sep))
+    take = min(n or SCORE_SAMPLE_ROWS, total)
+    chosen = np.sort(np.random.default_rng([seed, 7]).choice(total, size=take, replace=False))  # (take,)
+    parts, start = [], 0
+    for chunk in read_chunks(path, sep):
+        lo, hi = np.searchsorted(chosen, [start, start + len(chunk)])
+        if hi > lo:
+            parts.append(chunk.iloc[chosen[lo:hi] - start])
+        start += len(chunk)
+    return pd.concat(parts, ignore_index=True), total
+
+
 def quality(real, synth, schema: Schema) -> dict[str, float]:
     """SDMetrics' single-table QualityReport: overall, column shapes, column-pair trends."""
     import warnings
