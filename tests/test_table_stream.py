@@ -21,6 +21,8 @@ from vaekit.tables import infer_schema, read_table  # noqa: E402
 from vaekit.tabular import fit_table, sample_table, table_config  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from table_memory import write_csv  # noqa: E402  the benchmark's CSV: the test measures the same file
 CONFIG = table_config(epochs=2, hidden=[16], latent_dim=2, batch_size=64, patience=0, progress=False, device="cpu")
 
 
@@ -191,31 +193,10 @@ print(json.dumps({"baseline_mb": baseline, "peak_mb": hwm_mb(), "columns": len(m
 """
 
 
-def write_big_csv(path, blocks, rows=50_000):
-    """A CSV of `blocks` copies of one block of rows: 9 mixed columns, ~182 bytes a row."""
-    rng = np.random.default_rng(0)
-    pad = "-" + "x" * 40  # long labels: text-heavy rows, like real exports
-    color = rng.choice(["red", "green", "blue", "amber"], rows)
-    df = pd.DataFrame({
-        "color": np.char.add(color, pad),
-        "city": np.char.add(np.char.add("city-", rng.integers(0, 40, rows).astype(str)), pad),
-        "shop": np.char.add(np.char.add("shop-", rng.integers(0, 30, rows).astype(str)), pad),
-        "price": np.where(rng.random(rows) < 0.1, np.nan, np.round(np.where(color == "red", 100, 20)
-                                                                   + rng.gamma(2, 5, rows), 2)),
-        "weight": np.round(rng.standard_normal(rows), 6), "count": rng.integers(0, 5000, rows),
-        "stars": rng.integers(1, 6, rows), "member": rng.random(rows) < 0.3,
-        "day": (np.datetime64("2020-01-01") + rng.integers(0, 1000, rows)).astype(str)})
-    header, body = df.to_csv(index=False).split("\n", 1)
-    with open(path, "w") as f:
-        f.write(header + "\n")
-        for _ in range(blocks):
-            f.write(body)
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
 def test_training_on_a_160_mb_csv_stays_under_a_100_mb_cap(tmp_path):
     path = tmp_path / "big.csv"
-    write_big_csv(path, blocks=18)  # 900,000 rows, 164 MB; in memory the peak rose 1,625 MB (table_memory.py)
+    write_csv(path, blocks=18)  # 900,000 rows, 164 MB; in memory the peak rose 1,625 MB (table_memory.py)
     cap_mb = 100  # above the warm baseline; well under the file's size
     done = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, timeout=300,
                           env={"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
