@@ -1,3 +1,6 @@
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -5,6 +8,16 @@ import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MNIST_DIR = SHARED / "mnist"
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def run_measured(script: str, path, timeout: int) -> dict:
+    """Run `script` on `path` in a fresh one-thread Python (memory is measured per process)
+    and return the JSON object it printed last."""
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=timeout,
+                          env={"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(autouse=True)

@@ -2,13 +2,12 @@
 their in-memory versions, and memory stays bounded for an array larger than the cap."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_measured
 from PIL import Image
 
 import vaekit
@@ -16,9 +15,6 @@ import vaekit.stream
 from vaekit.cli import main
 from vaekit.errors import DataError
 from vaekit.stream import DeviceRows, LazyRows, hashed_uniform
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
 
 def _cfg(**kw):
     return vaekit.Config(**{"epochs": 2, "hidden": [16], "latent_dim": 2, "batch_size": 32, "patience": 0,
@@ -111,10 +107,7 @@ def test_training_on_a_200_mb_array_stays_under_a_100_mb_cap(tmp_path):
     big.flush()
     del big
     cap_mb = 100  # above the warm baseline; half the array's size
-    done = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, timeout=180,
-                          env={"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    r = json.loads(done.stdout.strip().splitlines()[-1])
+    r = run_measured(MEASURE, path, timeout=180)
     print(json.dumps({**r, "array_mb": round(path.stat().st_size / 1e6, 1), "cap_mb": cap_mb}))  # pytest -s shows it
     assert r["rows"] == 50_000 and r["epochs"] == 1
     assert r["peak_mb"] - r["baseline_mb"] < cap_mb, r

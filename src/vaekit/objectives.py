@@ -45,27 +45,32 @@ def elbo(model, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0, c: t
     z = q.rsample()  # (B, d), reparameterised: gradients reach the encoder
     recon = model.decode(z, c).log_prob(x)  # (B,)
     p = model.prior_dist()
-    kl = kl_term(q, p, z)  # (B,)
     if free_bits <= 0:
+        kl = kl_term(q, p, z)  # (B,)
         return Bound(recon - beta * kl, recon, kl)
-    allowance: float | torch.Tensor = free_bits
+    per, sizes = kl_groups(q, p, z)  # (B, G), latent dims per group
+    kl = per.sum(-1)  # (B,) the true KL, reported as is
+    # a group under its allowance (free_bits x its dims) costs the constant allowance: no
+    # gradient pushes it lower
+    floor = (free_bits * per.new_tensor(sizes)).expand_as(per)  # (B, G)
+    low = per.mean(0, keepdim=True) < floor[:1]  # (1, G)
+    return Bound(recon - beta * torch.where(low, floor, per).sum(-1), recon, kl)
+
+
+def kl_groups(q, p, z: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """KL(q || p) per example in groups (B, G), and the latent dims of each group: per dim in
+    closed form for factorised Normals; per stochastic layer for a hierarchy (so free bits keep
+    each layer in use on its own; one allowance for all let a layer collapse while the others
+    paid for it); else one group, the one-sample estimate at z."""
     try:
-        per_dim = kl_divergence(q.base_dist, p.base_dist)  # (B, d)
+        per = kl_divergence(q.base_dist, p.base_dist)  # (B, d)
+        return per, [1] * per.shape[-1]
     except (NotImplementedError, AttributeError):
-        if hasattr(q, "layer_log_probs"):
-            # a hierarchy: one group per stochastic layer, allowed free_bits x its size, so a
-            # layer is kept in use on its own (one allowance for all let a layer collapse
-            # while the others paid for it)
-            per_dim = torch.stack([a - b for a, b in zip(q.layer_log_probs(z), p.layer_log_probs(z))], -1)  # (B, L)
-            allowance = free_bits * per_dim.new_tensor(q.layer_sizes)  # (L,)
-        else:
-            per_dim = kl.unsqueeze(-1)  # a non-factorised prior: one group with d free bits
-            allowance = free_bits * z.shape[-1]
-    # a group under its allowance costs the constant allowance (no gradient pushes it lower)
-    floor = torch.as_tensor(allowance, dtype=per_dim.dtype, device=per_dim.device).expand_as(per_dim)  # (B, groups)
-    low = per_dim.mean(0, keepdim=True) < floor[:1]  # (1, groups)
-    penalised = torch.where(low, floor, per_dim).sum(-1)  # (B,)
-    return Bound(recon - beta * penalised, recon, kl)
+        pass
+    if hasattr(q, "layer_log_probs"):
+        per = torch.stack([a - b for a, b in zip(q.layer_log_probs(z), p.layer_log_probs(z))], -1)  # (B, L)
+        return per, list(q.layer_sizes)
+    return kl_term(q, p, z).unsqueeze(-1), [z.shape[-1]]
 
 
 def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None, q=None,

@@ -292,14 +292,14 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                 cb = None if c_train is None else rows(c_train, idx)  # (B, C)
                 if config.binarize == "dynamic":
                     xb = binarize_dynamic(xb, noise)  # fresh bits every time an image is used
-                b = step_fn(xb, kl_weight(config, epoch * steps_per_epoch + step, steps_per_epoch), c=cb)
+                t = epoch * steps_per_epoch + step  # the global step: warm-ups, schedule and EMA follow it
+                b = step_fn(xb, kl_weight(config, t, steps_per_epoch), c=cb)
                 loss = ranks.loss(b.bound, n_global)
                 # one decision for all ranks: every rank skips or stops together, none hangs
                 bad = "the loss" if ranks.anyone(not bool(torch.isfinite(loss))) else None
                 if bad is None:
                     for group in opt.param_groups:
-                        group["lr"] = learning_rate(config, epoch * steps_per_epoch + step,
-                                                    config.epochs * steps_per_epoch, steps_per_epoch)
+                        group["lr"] = learning_rate(config, t, config.epochs * steps_per_epoch, steps_per_epoch)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     norm = clip_gradients(model, config.grad_clip)
@@ -316,7 +316,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                         loop.grad_skips += 1
                     else:
                         opt.step()
-                        ema_update(ema, model, config.ema, epoch * steps_per_epoch + step)
+                        ema_update(ema, model, config.ema, t)
                     sums += torch.stack([-b.bound.sum(), b.recon.sum(), b.kl.sum(),
                                          b.bound.new_tensor(len(xb))]).detach().double()
                 if bar is not None:
