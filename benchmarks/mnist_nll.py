@@ -4,6 +4,10 @@ test set binarised once with seed 0, -log p(x) by importance sampling with k sam
 
     python benchmarks/mnist_nll.py --data-dir ../shared/data/mnist --epochs 200
     python benchmarks/mnist_nll.py --data-dir ../shared/data/mnist --objective iwae --k 50
+    python benchmarks/mnist_nll.py --epochs 1000 --out runs/elbo --resume   # again after a stop
+
+With --resume the run continues from its latest checkpoint (train_seconds then counts
+only the last sitting; metrics.jsonl in the run folder has every epoch's seconds).
 
 Prints one JSON line and appends it to --results (default bench-out/mnist_nll.jsonl).
 """
@@ -39,6 +43,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="run folder (default bench-out/mnist-<objective>-k<k>-e<epochs>)")
     p.add_argument("--results", default="bench-out/mnist_nll.jsonl")
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0, help="save the training state every M minutes")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint "
+                   "(a long run spread over several sittings; bit-identical on CPU)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -49,10 +56,11 @@ def main() -> None:
         latent_dim=50, hidden=[200, 200], activation="tanh", likelihood="bernoulli", binarize="dynamic",
         objective=args.objective, k=args.k, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         lr_schedule="cosine", lr_warmup=1.0, lr_final=0.05, val_fraction=0.0, patience=0,
-        device=args.device, seed=0, progress=False)
+        device=args.device, seed=0, progress=False,
+        checkpoint_minutes=args.checkpoint_minutes)
     out = Path(args.out or f"bench-out/mnist-{args.objective}-k{args.k}-e{args.epochs}")
     t0 = time.perf_counter()
-    model = vaekit.fit(train, config, out=out, force=True)
+    model = vaekit.fit(train, config, out=out, force=not args.resume, resume=args.resume)
     train_s = time.perf_counter() - t0
 
     x = prepare_eval_data(model, test.x[:args.eval_n] if args.eval_n else test.x)  # fixed-seed bits

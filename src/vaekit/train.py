@@ -180,11 +180,13 @@ def learning_rate(config: Config, step: int, total_steps: int, steps_per_epoch: 
     return config.lr * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def clip_gradients(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
-    """Scale the gradients down to global norm `max_norm` (0: never) and return the norm
-    before clipping, whose finiteness the loop checks. Same result as clip_grad_norm_, in
-    three fused calls instead of two per tensor (it was ~5% of a small-batch step on CPU)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+def clip_gradients(params: torch.nn.Module | list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale the gradients of `params` (a module's, or a list the loop built once: walking
+    the modules every step cost ~3% of a small-batch step on CPU) down to global norm
+    `max_norm` (0: never) and return the norm before clipping, whose finiteness the loop
+    checks. Same result as clip_grad_norm_, in three fused calls instead of two per tensor."""
+    params = list(params.parameters()) if isinstance(params, torch.nn.Module) else params
+    grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # ()
@@ -248,7 +250,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     model.to(device)
     # fused Adam: one kernel per parameter tensor instead of ~10; at small batches the for-loop
     # Adam is a large share of a step (IWAE model: 1.07 ms vs 0.40 ms fused, measured on CPU)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay,
                            fused=device.type in ("cpu", "cuda"))
     ema = ema_start(model, config)
     distributed.reseed(ranks, config.seed)
@@ -302,7 +305,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                         group["lr"] = learning_rate(config, t, config.epochs * steps_per_epoch, steps_per_epoch)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    norm = clip_gradients(model, config.grad_clip)
+                    norm = clip_gradients(params, config.grad_clip)
                     bad = None if torch.isfinite(norm) else "the gradient"  # grads are all-reduced: same on every rank
                 loop.step = step + 1
                 if bad is not None:  # never step on NaN: skip the batch (--skip-nonfinite) or stop here
