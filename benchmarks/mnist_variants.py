@@ -5,6 +5,10 @@ seed 0, importance-sampled test NLL). One row per variant, printed as JSON and a
 
     python benchmarks/mnist_variants.py --epochs 5 --eval-k 1000 --eval-n 2000
     python benchmarks/mnist_variants.py --epochs 1000 --eval-k 5000 --device cuda --variants iwae50 vamp ladder-iwae50
+    python benchmarks/mnist_variants.py --epochs 1000 --eval-n 0 --eval-k 5000 --variants vamp --out runs --resume
+
+With --out each variant trains into OUT/<variant>-e<epochs>, checkpointed every 10 minutes;
+--resume continues those runs (or scores a finished one), so a long run can span sittings.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import torch
 
 import vaekit
+from mnist_nll import train_or_resume
 from vaekit.evaluate import evaluate, prepare_eval_data
 
 BASE = dict(latent_dim=50, hidden=[200, 200], activation="tanh", likelihood="bernoulli", binarize="dynamic",
@@ -50,14 +55,24 @@ def main() -> None:
     p.add_argument("--eval-n", type=int, default=2000, help="first N test images (all 10,000: 0)")
     p.add_argument("--device", default="auto")
     p.add_argument("--results", default="bench-out/mnist_variants.jsonl")
+    p.add_argument("--out", default=None, help="keep each run in OUT/<variant>-e<epochs> (checkpointed)")
+    p.add_argument("--resume", action="store_true", help="with --out: continue those runs or score finished ones")
+    p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
+    if args.resume and not args.out:
+        p.error("--resume needs --out")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train = vaekit.load_data("mnist", "train", args.data_dir)
     test = vaekit.load_data("mnist", "test", args.data_dir)
     for name in args.variants:
         config = vaekit.Config(**{**BASE, **VARIANTS[name]}, epochs=args.epochs, batch_size=args.batch_size,
-                               device=args.device)
+                               device=args.device, checkpoint_minutes=10.0 if args.out else 0.0)
         t0 = time.perf_counter()
-        model = vaekit.fit(train, config)
+        if args.out:
+            model = train_or_resume(train, config, Path(args.out) / f"{name}-e{args.epochs}", args.resume)
+        else:
+            model = vaekit.fit(train, config)
         train_s = time.perf_counter() - t0
         x = prepare_eval_data(model, test.x[:args.eval_n] if args.eval_n else test.x)
         torch.manual_seed(0)
