@@ -127,6 +127,60 @@ def test_resume_refuses_other_options_or_data(digits, tmp_path, monkeypatch):
     assert main(["train", "digits", "--out", str(tmp_path / "r"), "--resume"]) == 2  # complete: nothing to resume
 
 
+def test_snapshot_of_a_run_in_progress_is_its_best_weights_so_far(digits, tmp_path, monkeypatch, capsys):
+    """`vaekit snapshot`: a model folder from the latest checkpoint, the run itself untouched."""
+    config = Config(epochs=4, **TINY)
+    stop_at(monkeypatch, 25)  # in epoch 3 of 11 batches: checkpoints at the ends of epochs 1 and 2
+    with pytest.raises(Interrupt):
+        vaekit.fit(digits, config, out=tmp_path / "r")
+    monkeypatch.undo()
+    partial = tmp_path / "r.partial"
+    folder = resume.latest(partial)
+    before = {p: p.read_bytes() for p in sorted(partial.rglob("*")) if p.is_file()}
+    path, loop = vaekit.snapshot(tmp_path / "r", tmp_path / "snap")  # the --out or the .partial folder
+    assert (loop.epoch, loop.step) == (2, 0) and loop.best_epoch in (1, 2)
+    from safetensors.torch import load_file
+
+    saved = load_file(folder / "tensors.safetensors")
+    model = load(path)
+    assert same_weights(model.state_dict(), {k[5:]: v for k, v in saved.items() if k.startswith("best.")})
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows == loop.history
+    assert torch.isfinite(vaekit.log_likelihood(model, digits.x[:20], k=5)).all()
+    assert {p: p.read_bytes() for p in sorted(partial.rglob("*")) if p.is_file()} == before  # only read
+    # an existing folder is never overwritten without --force; the CLI says the same in one line
+    with pytest.raises(OutputExistsError):
+        vaekit.snapshot(partial, path)
+    assert main(["snapshot", str(tmp_path / "r"), "-o", str(path)]) == 2
+    assert "--force" in capsys.readouterr().err and load(path) is not None
+    assert main(["snapshot", str(partial), "-o", str(path), "--force"]) == 0
+    assert "end of epoch 2" in capsys.readouterr().out
+    # the run goes on and finishes as if nothing had happened
+    model = vaekit.fit(digits, config, out=tmp_path / "r", resume=True)
+    assert len(model.history.epochs) == 4
+    with pytest.raises(ConfigError, match="finished run"):
+        vaekit.snapshot(tmp_path / "r", tmp_path / "snap2")
+    with pytest.raises(ConfigError, match="no training checkpoint"):
+        vaekit.snapshot(tmp_path / "nothing", tmp_path / "snap2")
+    assert not (tmp_path / "snap2").exists()
+
+
+def test_snapshot_before_the_first_epoch_ends_takes_the_current_or_averaged_weights(digits, tmp_path, monkeypatch):
+    config = Config(epochs=2, checkpoint_minutes=1e-9, ema=0.9, **TINY)  # a checkpoint after every step
+    stop_at(monkeypatch, 4)
+    with pytest.raises(Interrupt):
+        vaekit.fit(digits, config, out=tmp_path / "r")
+    monkeypatch.undo()
+    path, loop = vaekit.snapshot(tmp_path / "r", tmp_path / "snap")
+    assert (loop.epoch, loop.step, loop.best_epoch) == (0, 3, -1)
+    from safetensors.torch import load_file
+
+    saved = load_file(resume.latest(tmp_path / "r.partial") / "tensors.safetensors")
+    ema = {k[4:]: v for k, v in saved.items() if k.startswith("ema.")}
+    assert ema and same_weights(load(path).state_dict(), ema)
+    assert (path / "metrics.jsonl").read_text() == ""
+
+
 def _train_cmd(data, out, *extra):
     return [sys.executable, "-m", "vaekit", "train", str(data), "--out", str(out), "--epochs", "10",
             "--latent-dim", "2", "--hidden", "32", "--batch-size", "32", "--lr", "3e-3", "--seed", "2",

@@ -366,3 +366,27 @@ def test_table_fit_interrupted_and_resumed_is_bit_identical(tmp_path, monkeypatc
         assert torch.equal(a, b), name
     loaded = vaekit.load(tmp_path / "run")
     assert loaded.schema == whole.schema
+
+
+def test_snapshot_of_an_interrupted_table_run_samples_the_table(tmp_path, monkeypatch):
+    """A table run's checkpoints carry its schema: a snapshot samples real columns mid-run."""
+    from vaekit import train
+
+    real, calls = train.objective, {"n": 0}
+
+    def crash_at_step_20(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train, "objective", crash_at_step_20)
+    df = toy_table()
+    with pytest.raises(KeyboardInterrupt):
+        fit_table(df, TOY_CONFIG.replace(epochs=5), out=tmp_path / "r")
+    monkeypatch.undo()
+    path, loop = vaekit.snapshot(tmp_path / "r", tmp_path / "snap")
+    assert loop.epoch >= 1
+    rows = sample_table(vaekit.load(path), 50)
+    assert list(rows.columns) == list(df.columns) and len(rows) == 50
+    assert set(rows["color"].dropna()) <= {"red", "green", "blue"}

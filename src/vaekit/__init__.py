@@ -36,6 +36,7 @@ _EXPORTS = {
     "History": "train",
     "save": "checkpoint",
     "load": "checkpoint",
+    "snapshot": "resume",
     "log_likelihood": "evaluate",
     "write_output": "sample",
     "MixedLikelihood": "likelihoods",

@@ -109,15 +109,18 @@ def write_model_files(model, folder: Path, extra: tuple[str, ...] = ()) -> None:
     write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2).encode())
 
 
-def save(model, path: str | os.PathLike, force: bool = False) -> Path:
-    """Save `model` as a folder at `path`. An existing non-empty folder is refused unless
-    `force`; then it is replaced only once the new folder is complete."""
+def save(model, path: str | os.PathLike, force: bool = False, extra: dict[str, bytes] | None = None) -> Path:
+    """Save `model` as a folder at `path`, with `extra` files (name: bytes) listed in its
+    manifest too. An existing non-empty folder is refused unless `force`; then it is
+    replaced only once the new folder is complete."""
     target = Path(path)
     check_output_dir(target, force)
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
     staging.mkdir(parents=True)
     try:
-        write_model_files(model, staging)
+        for name, data in (extra or {}).items():
+            write_atomic(staging / name, data)
+        write_model_files(model, staging, extra=tuple(extra or ()))
         publish(staging, target)
     finally:
         if staging.exists():

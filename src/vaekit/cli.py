@@ -287,6 +287,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_snapshot(args) -> int:
+    from .resume import snapshot
+
+    out, loop = snapshot(args.run, args.output, force=args.force)
+    where = f"epoch {loop.epoch + 1}, step {loop.step}" if loop.step else f"the end of epoch {loop.epoch}"
+    weights = f"the best epoch's ({loop.best_epoch})" if loop.best_epoch > 0 else "the current"
+    print(f"wrote {out}: the run's latest checkpoint ({where}), {weights} weights; "
+          "evaluate, sample or report it like any run")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import torch
 
@@ -343,7 +354,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
-            "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "report": cmd_report, "export": cmd_export, "demo": cmd_demo}
+            "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "report": cmd_report, "export": cmd_export,
+            "snapshot": cmd_snapshot, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--onnx", required=True, help="decoder file: z (B, d) -> mean of p(x|z) (B, *shape)")
     x.add_argument("--encoder", help="also the encoder: x (B, *shape) -> mu, sigma of q(z|x), each (B, d)")
 
+    sn = sub.add_parser("snapshot", help="save the model of a run still training (its latest checkpoint) as a run "
+                        "folder, to evaluate, sample or report it meanwhile")
+    sn.add_argument("run", metavar="RUN", help="the training's --out (or its .partial folder)")
+    sn.add_argument("-o", "--output", required=True, help="the model folder to write")
+    sn.add_argument("--force", action="store_true", help="replace an existing folder at --output")
+
     d = sub.add_parser("demo", help="train on digits in seconds and write sample and reconstruction grids")
     d.add_argument("--out", default="vaekit-demo", help="folder for the demo (default vaekit-demo)")
     d.add_argument("--epochs", type=int, default=80)

@@ -30,13 +30,14 @@ import torch
 
 from . import checkpoint
 from .config import Config
-from .errors import IncompatibleError, IntegrityError, NonFiniteError, OutputExistsError
+from .errors import ConfigError, IncompatibleError, IntegrityError, NonFiniteError, OutputExistsError
 
 FORMAT = "vaekit-train-state"
 FORMAT_VERSION = 1
 FOLDER = "checkpoints"
 LATEST = "latest"
 FILES = ("state.json", "tensors.safetensors")
+METRICS = "metrics.jsonl"  # a run's metrics, one JSON row per finished epoch
 NAME = re.compile(r"e\d{4,}-s\d{6,}")
 # Config fields a resumed run may change: they steer the loop, not the model, the data split
 # or the random draws (e.g. a lower --lr after a NaN). Changing the lr, schedule, clipping,
@@ -133,6 +134,8 @@ def save(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generator,
                              "raise --grad-clip protection")
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(),
              "data_sha256": fingerprint, "loop": asdict(loop)}
+    if getattr(model, "schema", None) is not None:  # a table model: `snapshot` rebuilds its likelihood from it
+        state["schema"] = model.schema.to_json()
     try:
         text = json.dumps(state, indent=1, allow_nan=False)
     except ValueError:  # a NaN in the metrics history
@@ -171,22 +174,10 @@ def restore(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generat
     best weights, the epoch's batch order, its partial sums), or None when there is no
     checkpoint. Every byte is checked against the manifest before anything is parsed. `ema`
     (--ema), if given, receives the saved weight average in place."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load as load_tensors
-
     folder = latest(run_dir)
     if folder is None:
         return None
-    manifest = _read_manifest(folder)
-    raw = {n: checkpoint.read_verified(folder, n, manifest) for n in FILES}
-    try:
-        state = json.loads(raw["state.json"])
-        loop = LoopState(**state["loop"])
-        saved = Config.from_dict(state["config"])
-        tensors = load_tensors(raw["tensors.safetensors"])
-    except (ValueError, TypeError, KeyError, SafetensorError) as e:
-        raise IntegrityError(f"{folder / 'state.json'} or its tensors cannot be read ({e}); the checkpoint is "
-                             "damaged: pass --force without --resume to start over") from None
+    state, loop, saved, tensors = _read(folder)
     if state.get("data_sha256") != fingerprint:
         raise IncompatibleError(f"{folder} was made on other training data; resume with the same DATA, or "
                                 "pass --force without --resume to start over")
@@ -217,6 +208,57 @@ def restore(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generat
     perm = tensors["loop.perm"].to(device) if "loop.perm" in tensors else None
     sums = tensors["loop.sums"].to(device) if "loop.sums" in tensors else None
     return loop, best, perm, sums
+
+
+def _read(folder: Path) -> tuple[dict[str, Any], LoopState, Config, dict[str, torch.Tensor]]:
+    """A checkpoint's state.json, loop state, config and tensors; every byte is checked
+    against the manifest before anything is parsed."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_tensors
+
+    manifest = _read_manifest(folder)
+    raw = {n: checkpoint.read_verified(folder, n, manifest) for n in FILES}
+    try:
+        state = json.loads(raw["state.json"])
+        loop = LoopState(**state["loop"])
+        saved = Config.from_dict(state["config"])
+        tensors = load_tensors(raw["tensors.safetensors"])
+    except (ValueError, TypeError, KeyError, SafetensorError) as e:
+        raise IntegrityError(f"{folder / 'state.json'} or its tensors cannot be read ({e}); the checkpoint is "
+                             "damaged: pass --force without --resume to start over") from None
+    return state, loop, saved, tensors
+
+
+def snapshot(run: str | Path, out: str | Path, force: bool = False) -> tuple[Path, LoopState]:
+    """Save the model of a run that is still training (or was interrupted) as a model folder
+    at `out`, from its latest checkpoint: the weights `fit` would return had the run ended
+    there (the best epoch's so far; under --ema, the average), with the metrics so far. It
+    can then be evaluated, sampled or reported like any run while training goes on; the run
+    is only read. `run` is the training's `--out` or its `<out>.partial` folder.
+    Returns the folder and the checkpoint's loop state (epoch, step, best epoch)."""
+    from .model import VAE
+    from .tables import Schema
+
+    run = Path(run)
+    run_dir = run if run.name.endswith(".partial") else run.with_name(run.name + ".partial")
+    folder = latest(run_dir) if run_dir.is_dir() else None
+    if folder is None:
+        done = (run / checkpoint.MANIFEST).is_file() and not run.name.endswith(".partial")
+        raise ConfigError(f"{run} is a finished run: use it as it is" if done else
+                          f"no training checkpoint in {run_dir}: pass the --out of a run that is training or was "
+                          "interrupted (checkpoints come every --checkpoint-every epochs or --checkpoint-minutes)")
+    checkpoint.check_output_dir(Path(out), force)  # before any work
+    state, loop, config, tensors = _read(folder)
+    try:
+        schema = Schema.from_json(state["schema"]) if "schema" in state else None
+        model = VAE.from_config(config, likelihood=None if schema is None else checkpoint.mixed_likelihood(schema))
+        model.schema = schema
+        weights = _prefixed(tensors, "best.") or _prefixed(tensors, "ema.") or _prefixed(tensors, "model.")
+        model.load_state_dict(weights, strict=True)
+    except (ConfigError, RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise IntegrityError(f"{folder} does not describe a model ({e}); the checkpoint is damaged") from None
+    metrics = "".join(json.dumps(r) + "\n" for r in loop.history).encode()
+    return checkpoint.save(model.eval(), out, force=force, extra={METRICS: metrics}), loop
 
 
 class Schedule:

@@ -31,7 +31,7 @@ from .objectives import Bound, elbo, iwae, wae_mmd
 from .stabilise import averaged, ema_start, ema_update, large_gradient, report_grad_skips
 from .stream import LazyRows, binarize_once, rows, take
 
-METRICS = "metrics.jsonl"
+METRICS = resuming.METRICS  # the run folder's metrics, one JSON row per epoch
 
 
 @dataclass
