@@ -309,6 +309,13 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
             state.setdefault(int(index), {})[name] = value
     fresh = opt.state_dict()
     opt.load_state_dict({"state": state, "param_groups": fresh["param_groups"]})
+    # the moments come back contiguous; a channels-last weight needs them in its own layout:
+    # fused Adam walks all of a parameter's tensors in memory order (mixed layouts silently
+    # pair the wrong elements: measured, a wrong update on the first resumed step)
+    for param, st in opt.state.items():
+        for name, value in st.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                st[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

