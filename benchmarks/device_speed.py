@@ -1,6 +1,7 @@
 """Training throughput on one device, per way of running the step:
 
   in-memory fp32 | in-memory + --amp (CUDA) | in-memory + --compile | streamed .npy (fp32)
+  and, for the conv model, in-memory in NCHW layout (--no-channels-last) against the default NHWC
 
 for the MNIST MLP (784-256-256-16, Bernoulli, dynamic binarisation) and the conv model
 (channels 32,64), batch 128 (and 1024 on CUDA), one epoch of `--n` examples each after a
@@ -86,6 +87,9 @@ def main() -> None:
                 row = {"model": name, "batch": batch, "device": device}
                 for way, (data, flags) in ways.items():
                     row[f"{way}_ex_per_s"] = round(run(data, device, model, batch, **flags))
+                if model.get("arch") == "conv":  # the layout conv models train in by default, against NCHW
+                    row["in-memory-nchw_ex_per_s"] = round(run(x, device, model, batch, channels_last=False))
+                    row["channels_last_speedup"] = round(row["in-memory_ex_per_s"] / row["in-memory-nchw_ex_per_s"], 3)
                 print(json.dumps(row), flush=True)
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
     print(json.dumps({"date": date.today().isoformat(), "n": n, "gpu": gpu, "threads": torch.get_num_threads(),

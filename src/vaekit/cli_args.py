@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N (torchrun: auto = cuda:LOCAL_RANK)")
     t.add_argument("--amp", action="store_true", default=None, help="bf16 mixed precision on CUDA")
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="conv/hvae models: train in NHWC layout (default on: faster convolutions)")
     t.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="read a .npy (memory-mapped) or image folder batch by batch instead of into memory "
                         "(default: stream a .npy larger than 1 GiB as float32); tables: read the file in chunks "
@@ -191,4 +193,4 @@ TRAIN_FLAGS = ("epochs", "latent_dim", "arch", "latent_dims", "ladder_hidden", "
                "objective", "k", "beta", "kl_warmup", "free_bits", "prior", "prior_components", "mmd_kernel",
                "mmd_weight", "batch_size", "lr", "lr_schedule", "lr_warmup", "lr_final", "val_nll_k",
                "patience", "val_fraction", "grad_clip", "seed", "device", "checkpoint_every", "checkpoint_minutes",
-               "skip_nonfinite", "condition_on", "amp", "compile")
+               "skip_nonfinite", "condition_on", "amp", "compile", "channels_last")

@@ -65,6 +65,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun, auto/cuda is cuda:LOCAL_RANK)
     amp: bool = False  # bf16 mixed precision (autocast) on CUDA; an error on CPU
     compile: bool = False  # torch.compile the training step; saved weights stay unwrapped
+    channels_last: bool = True  # conv/hvae: train in NHWC layout (faster convolutions); saved weights are NCHW
     progress: bool = True  # show a progress bar with the running loss on stderr
     tensorboard: bool = False  # also write TensorBoard event files to <run>/tensorboard (needs out=)
     checkpoint_every: int = 1  # with an output folder: save the training state every N epochs (0 = off)
@@ -161,7 +162,7 @@ class Config:
         if self.checkpoint_minutes < 0:
             raise ConfigError(f"checkpoint_minutes={self.checkpoint_minutes} must be >= 0 "
                               "(--checkpoint-minutes; 0 = off)")
-        for name in ("amp", "compile", "progress"):
+        for name in ("amp", "compile", "channels_last", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
         dev = self.device

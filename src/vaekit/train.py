@@ -249,7 +249,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         model.prior.init_from_data(x_train, torch.Generator().manual_seed(config.seed))
     # conv models train channels-last (NHWC): the convolutions skip layout reorders, 1.05-1.10x
     # per hierarchical-VAE step on CPU (measured); the saved weights are made contiguous
-    layout = torch.channels_last if config.arch in ("conv", "hvae") else torch.contiguous_format
+    layout = torch.channels_last if config.channels_last and config.arch in ("conv", "hvae") else torch.contiguous_format
     model.to(device, memory_format=layout)
     # fused Adam: one kernel per parameter tensor instead of ~10; at small batches the for-loop
     # Adam is a large share of a step (IWAE model: 1.07 ms vs 0.40 ms fused, measured on CPU)
