@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -43,14 +44,16 @@ def test_shards_split_every_global_batch_disjointly():
     assert torch.equal(torch.cat([p for p, _ in last]), perm[128:193])
 
 
-def test_two_gloo_ranks_equal_one_process_at_twice_the_batch(tmp_path, capsys):
-    # 1617 training rows: 12 global batches of 128 and an uneven last one (81 = 41 + 40)
+@pytest.mark.parametrize("arch", [[], ["--arch", "conv", "--channels", "4,8"]], ids=["mlp", "conv-channels-last"])
+def test_two_gloo_ranks_equal_one_process_at_twice_the_batch(tmp_path, capsys, arch):
+    # 1617 training rows: 12 global batches of 128 and an uneven last one (81 = 41 + 40);
+    # the conv model trains channels-last: DDP's gradients must keep the weights' layout for fused Adam
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "vaekit", "train", *COMMON, "--batch-size", "64", "--out", str(tmp_path / "ddp")]
+           "-m", "vaekit", "train", *COMMON, *arch, "--batch-size", "64", "--out", str(tmp_path / "ddp")]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained 2 epochs") == 1  # rank 0 alone reports
-    assert main(["train", *COMMON, "--batch-size", "128", "--out", str(tmp_path / "one")]) == 0
+    assert main(["train", *COMMON, *arch, "--batch-size", "128", "--out", str(tmp_path / "one")]) == 0
     capsys.readouterr()
     ddp, one = load_file(tmp_path / "ddp" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
     assert ddp.keys() == one.keys()

@@ -247,8 +247,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         model.likelihood.set_data_stats(x_train)
     if fresh and hasattr(model.prior, "init_from_data"):
         model.prior.init_from_data(x_train, torch.Generator().manual_seed(config.seed))
-    # conv models train channels-last (NHWC): the convolutions skip layout reorders, 1.05-1.10x
-    # per hierarchical-VAE step on CPU (measured); the saved weights are made contiguous
+    # conv models train channels-last (NHWC), the layout the convolutions want: 1.70x per conv
+    # epoch and 1.12x per hvae step on CPU (docs/benchmarks.md); saved weights are made contiguous
     layout = torch.channels_last if config.channels_last and config.arch in ("conv", "hvae") else torch.contiguous_format
     model.to(device, memory_format=layout)
     # fused Adam: one kernel per parameter tensor instead of ~10; at small batches the for-loop
