@@ -211,7 +211,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None):
     from safetensors import SafetensorError
     from safetensors.torch import load as load_tensors
 
-    from .model import VAE
+    from .model import VAE, memory_format
 
     folder = Path(path)
     manifest = read_manifest(folder)
@@ -240,6 +240,5 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None):
         model.load_state_dict(tensors, strict=True)
     except (SafetensorError, RuntimeError, ValueError) as e:
         raise IntegrityError(f"{folder / 'model.safetensors'} does not fit its config.json: {e}") from None
-    if device is not None:
-        model.to(device)
+    model.to(device=device, memory_format=memory_format(config))  # conv models: channels-last, as in training
     return model.eval()

@@ -25,7 +25,7 @@ from .config import Config
 from .data import Dataset, binarize_dynamic, check_finite, is_binary
 from .errors import ConfigError, DataError, NonFiniteError, OutputExistsError
 from .evaluate import log_likelihood
-from .model import VAE
+from .model import VAE, memory_format
 from .monitor import check_tensorboard, live_terms, second_term, tensorboard_writer
 from .objectives import Bound, elbo, iwae, wae_mmd
 from .stabilise import averaged, ema_start, ema_update, large_gradient, report_grad_skips
@@ -247,9 +247,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         model.likelihood.set_data_stats(x_train)
     if fresh and hasattr(model.prior, "init_from_data"):
         model.prior.init_from_data(x_train, torch.Generator().manual_seed(config.seed))
-    # conv models train channels-last (NHWC), the layout the convolutions want: 1.70x per conv
-    # epoch and 1.12x per hvae step on CPU (docs/benchmarks.md); saved weights are made contiguous
-    layout = torch.channels_last if config.channels_last and config.arch in ("conv", "hvae") else torch.contiguous_format
+    layout = memory_format(config)  # conv models: channels-last weights, and batches to match
     model.to(device, memory_format=layout)
     # fused Adam: one kernel per parameter tensor instead of ~10; at small batches the for-loop
     # Adam is a large share of a step (IWAE model: 1.07 ms vs 0.40 ms fused, measured on CPU)
