@@ -181,6 +181,26 @@ def test_snapshot_before_the_first_epoch_ends_takes_the_current_or_averaged_weig
     assert (path / "metrics.jsonl").read_text() == ""
 
 
+def test_snapshot_follows_a_checkpoint_that_training_replaced_meanwhile(digits, tmp_path, monkeypatch):
+    """The trainer may move `latest` on and prune the folder a snapshot is reading: it reads the new one."""
+    stop_at(monkeypatch, 25)
+    with pytest.raises(Interrupt):
+        vaekit.fit(digits, Config(epochs=4, **TINY), out=tmp_path / "r")
+    monkeypatch.undo()
+    partial = tmp_path / "r.partial"
+    newest, real = resume.latest(partial), resume.latest
+    stale = newest.with_name("e0001-s000000")
+    calls = []
+
+    def first_a_pruned_one(run_dir):  # the first answer names a folder that is gone by the time it is read
+        calls.append(run_dir)
+        return stale if len(calls) == 1 else real(run_dir)
+
+    monkeypatch.setattr(resume, "latest", first_a_pruned_one)
+    path, loop = vaekit.snapshot(tmp_path / "r", tmp_path / "snap")
+    assert len(calls) == 2 and (loop.epoch, loop.step) == (2, 0) and load(path) is not None
+
+
 def _train_cmd(data, out, *extra):
     return [sys.executable, "-m", "vaekit", "train", str(data), "--out", str(out), "--epochs", "10",
             "--latent-dim", "2", "--hidden", "32", "--batch-size", "32", "--lr", "3e-3", "--seed", "2",

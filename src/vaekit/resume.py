@@ -248,7 +248,15 @@ def snapshot(run: str | Path, out: str | Path, force: bool = False) -> tuple[Pat
                           f"no training checkpoint in {run_dir}: pass the --out of a run that is training or was "
                           "interrupted (checkpoints come every --checkpoint-every epochs or --checkpoint-minutes)")
     checkpoint.check_output_dir(Path(out), force)  # before any work
-    state, loop, config, tensors = _read(folder)
+    for attempt in range(3):  # the trainer may publish a newer checkpoint and prune this one meanwhile
+        try:
+            state, loop, config, tensors = _read(folder)
+            break
+        except (OSError, IntegrityError):
+            newer = latest(run_dir)
+            if attempt == 2 or newer is None or newer == folder:
+                raise
+            folder = newer
     try:
         schema = Schema.from_json(state["schema"]) if "schema" in state else None
         model = VAE.from_config(config, likelihood=None if schema is None else checkpoint.mixed_likelihood(schema))
