@@ -111,8 +111,8 @@ def _speed(args) -> None:
     vaekit.fit(train.x[:config.batch_size], config)  # warm-up: allocations, first-call overheads
     norms, clip = [], loop.clip_gradients
 
-    def recording(model, max_norm):
-        norm = clip(model, max_norm)
+    def recording(params, max_norm, norm=None):
+        norm = clip(params, max_norm, norm)
         norms.append(float(norm))
         return norm
 

@@ -16,7 +16,7 @@ from .config import Config
 from .errors import NonFiniteError
 
 
-def large_gradient(norm: torch.Tensor, config: Config) -> bool:
+def large_gradient(norm: float, config: Config) -> bool:
     """--grad-skip: a gradient norm above the threshold is a spike (a rare batch, a posterior
     nearly collapsing); one such step can undo many, so it is skipped and counted instead
     (Child, Very Deep VAEs, 2021)."""
