@@ -50,6 +50,8 @@ def main() -> None:
     p.add_argument("--k", type=int, default=1, help="IWAE samples in training")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema", type=float, default=0.0, help="keep, score and save a moving average of the weights "
+                   "with this decay (e.g. 0.999; 0 = off)")
     p.add_argument("--eval-k", type=int, default=5000)
     p.add_argument("--eval-n", type=int, default=None, help="score only the first N test images (iterating)")
     p.add_argument("--device", default="auto")
@@ -70,7 +72,7 @@ def main() -> None:
         objective=args.objective, k=args.k, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         lr_schedule="cosine", lr_warmup=1.0, lr_final=0.05, val_fraction=0.0, patience=0,
         device=args.device, seed=0, progress=False,
-        checkpoint_minutes=args.checkpoint_minutes)
+        checkpoint_minutes=args.checkpoint_minutes, ema=args.ema)
     out = Path(args.out or f"bench-out/mnist-{args.objective}-k{args.k}-e{args.epochs}")
     t0 = time.perf_counter()
     model = train_or_resume(train, config, out, args.resume)
@@ -84,7 +86,7 @@ def main() -> None:
     last = model.history.epochs[-1]
     row = {
         "date": date.today().isoformat(), "model": "784-200-200-50 tanh, Bernoulli", "objective": args.objective,
-        "train_k": args.k, "epochs": len(model.history.epochs), "batch_size": args.batch_size, "lr": args.lr,
+        "train_k": args.k, "epochs": len(model.history.epochs), "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
         "schedule": "1 epoch warm-up, cosine to 5%", "test_nll": round(res["nll"], 3), "test_nll_se": round(res["nll_se"], 3),
         "test_elbo": round(res["elbo"], 3), "active_units": res["active_units"], "eval_k": args.eval_k, "n": res["n"],
         "final_train_loss": round(last["train_loss"], 3), "train_seconds": round(train_s),
