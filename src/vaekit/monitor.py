@@ -1,4 +1,5 @@
-"""Watching training as it runs: the progress bar's live terms and TensorBoard event files.
+"""Watching training as it runs: the progress bar and its live terms, one line per epoch,
+TensorBoard event files.
 
 fit() calls these; they hold no training logic. tensorboard is an optional dependency
 (`pip install tensorboard`), imported only when `Config.tensorboard` asks for it.
@@ -6,6 +7,7 @@ fit() calls these; they hold no training logic. tensorboard is an optional depen
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,3 +57,20 @@ def tensorboard_writer(run_dir: Path) -> Callable[[dict[str, Any]], None]:
 
     log.close = writer.close
     return log
+
+
+def report_epoch(row: dict[str, Any], config: Config) -> None:
+    """One line per epoch on stderr: the bound, its terms, validation, seconds."""
+    val = f", val {row['val_loss']:.4f}" if "val_loss" in row else ""
+    print(f"epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.4f} (recon {row['train_recon']:.3f}, "
+          f"{second_term(config)} {row['train_kl']:.3f}){val} [{row['seconds']:.1f}s]", file=sys.stderr, flush=True)
+
+
+def progress_bar(total: int, epoch: int, config: Config):
+    """A live bar with the running loss, only on a terminal (logs get one line per epoch)."""
+    if not config.progress or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"epoch {epoch + 1}/{config.epochs}", file=sys.stderr, leave=False,
+                dynamic_ncols=True, mininterval=0.5)

@@ -1,6 +1,7 @@
-"""Stabilisers for deep VAEs, used by the training loop: an exponential moving average of the
-weights (--ema; the average is what is validated, kept and saved), and skipping updates whose
-gradient norm is a spike (--grad-skip), counted and said, never silent. Both are pure functions
+"""Stabilisers for deep VAEs, used by the training loop: the gradient norm and clipping to it
+(--grad-clip), an exponential moving average of the weights (--ema; the average is what is
+validated, kept and saved), and skipping updates whose gradient norm is a spike (--grad-skip),
+counted and said, never silent. Both are pure functions
 of the step and of state that goes into checkpoints, so a resumed run stays bit-identical.
 Polyak & Juditsky 1992 (weight averaging); Child, Very Deep VAEs, 2021 (update skipping).
 """
@@ -14,6 +15,30 @@ import torch
 
 from .config import Config
 from .errors import NonFiniteError
+
+
+def gradient_norm(params: torch.nn.Module | list[torch.Tensor]) -> torch.Tensor:
+    """The global norm of the gradients of `params` (a module's, or a list the loop built
+    once: walking the modules every step cost ~3% of a small-batch step on CPU), as a
+    tensor on their device: reading it is the caller's one wait for the device."""
+    params = list(params.parameters()) if isinstance(params, torch.nn.Module) else params
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # ()
+
+
+def clip_gradients(params: torch.nn.Module | list[torch.Tensor], max_norm: float,
+                   norm: float | None = None) -> torch.Tensor | float:
+    """Scale the gradients down to global norm `max_norm` (0: never) and return the norm
+    before clipping (computed unless given), whose finiteness the loop checks. Same result
+    as clip_grad_norm_, in three fused calls instead of two per tensor."""
+    params = list(params.parameters()) if isinstance(params, torch.nn.Module) else params
+    if norm is None:
+        norm = gradient_norm(params)
+    if max_norm > 0 and norm > max_norm:  # a non-finite norm compares False: the loop stops on it
+        torch._foreach_mul_([p.grad for p in params if p.grad is not None], max_norm / (float(norm) + 1e-6))
+    return norm
 
 
 def large_gradient(norm: float, config: Config) -> bool:

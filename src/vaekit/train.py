@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +25,10 @@ from .data import Dataset, binarize_dynamic, check_finite, is_binary
 from .errors import ConfigError, DataError, NonFiniteError, OutputExistsError
 from .evaluate import log_likelihood
 from .model import VAE, memory_format
-from .monitor import check_tensorboard, live_terms, second_term, tensorboard_writer
+from .monitor import check_tensorboard, live_terms, progress_bar, report_epoch, tensorboard_writer
 from .objectives import Bound, elbo, iwae, wae_mmd
-from .stabilise import averaged, ema_start, ema_update, large_gradient, report_grad_skips
+from .stabilise import (averaged, clip_gradients, ema_start, ema_update, gradient_norm, large_gradient,
+                        report_grad_skips)
 from .stream import LazyRows, binarize_once, rows, take
 
 METRICS = resuming.METRICS  # the run folder's metrics, one JSON row per epoch
@@ -180,30 +180,6 @@ def learning_rate(config: Config, step: int, total_steps: int, steps_per_epoch: 
     return config.lr * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def gradient_norm(params: torch.nn.Module | list[torch.Tensor]) -> torch.Tensor:
-    """The global norm of the gradients of `params` (a module's, or a list the loop built
-    once: walking the modules every step cost ~3% of a small-batch step on CPU), as a
-    tensor on their device: reading it is the caller's one wait for the device."""
-    params = list(params.parameters()) if isinstance(params, torch.nn.Module) else params
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # ()
-
-
-def clip_gradients(params: torch.nn.Module | list[torch.Tensor], max_norm: float,
-                   norm: float | None = None) -> torch.Tensor | float:
-    """Scale the gradients down to global norm `max_norm` (0: never) and return the norm
-    before clipping (computed unless given), whose finiteness the loop checks. Same result
-    as clip_grad_norm_, in three fused calls instead of two per tensor."""
-    params = list(params.parameters()) if isinstance(params, torch.nn.Module) else params
-    if norm is None:
-        norm = gradient_norm(params)
-    if max_norm > 0 and norm > max_norm:  # a non-finite norm compares False: the loop stops on it
-        torch._foreach_mul_([p.grad for p in params if p.grad is not None], max_norm / (float(norm) + 1e-6))
-    return norm
-
-
 def nonfinite_message(what: str, epoch: int, step: int, last: Path | None = None) -> str:
     return (f"{what} became non-finite at epoch {epoch + 1}, step {step}; {resuming.nonfinite_hint(last)}; lower --lr, "
             "raise --grad-clip protection, check the data for extreme values or pass --skip-nonfinite")
@@ -298,7 +274,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                 perm = torch.randperm(len(x_train), generator=gen, device=device)
                 sums = torch.zeros(4, dtype=torch.float64, device=device)  # -bound, recon, kl, examples
                 loop.epoch, loop.step, loop.epoch_skips, loop.grad_skips = epoch, 0, 0, 0
-            bar = _progress(steps_per_epoch, epoch, config) if ranks.main else None
+            bar = progress_bar(steps_per_epoch, epoch, config) if ranks.main else None
             for step in range(loop.step, steps_per_epoch):
                 idx, n_global = ranks.shard(perm, step, config.batch_size)
                 xb = rows(x_train, idx)  # (B, *shape)
@@ -367,7 +343,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             row["seconds"] = time.perf_counter() - t0
             history.epochs.append(row)
             if config.progress and ranks.main:
-                _report_epoch(row, config)
+                report_epoch(row, config)
             if run_dir is not None:
                 with open(run_dir / METRICS, "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -409,19 +385,3 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     finally:
         ranks.close()
     return model
-
-
-def _report_epoch(row: dict[str, Any], config: Config) -> None:
-    val = f", val {row['val_loss']:.4f}" if "val_loss" in row else ""
-    print(f"epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.4f} (recon {row['train_recon']:.3f}, "
-          f"{second_term(config)} {row['train_kl']:.3f}){val} [{row['seconds']:.1f}s]", file=sys.stderr, flush=True)
-
-
-def _progress(total: int, epoch: int, config: Config):
-    """A live bar with the running loss, only on a terminal (logs get one line per epoch)."""
-    if not config.progress or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=f"epoch {epoch + 1}/{config.epochs}", file=sys.stderr, leave=False,
-                dynamic_ncols=True, mininterval=0.5)
