@@ -1,6 +1,6 @@
 """Training throughput on one device, per way of running the step:
 
-  in-memory fp32 | in-memory + --amp (CUDA) | in-memory + --compile | streamed .npy (fp32)
+  in-memory fp32 | in-memory + --amp (CUDA, or a CPU with AMX / AVX512-BF16) | in-memory + --compile | streamed .npy (fp32)
   and, for the conv model, in-memory in NCHW layout (--no-channels-last) against the default NHWC
 
 for the MNIST MLP (784-256-256-16, Bernoulli, dynamic binarisation) and the conv model
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import vaekit
+from vaekit.distributed import cpu_bf16
 
 MODELS = {"mlp-784-256-256-16": {"hidden": [256, 256], "latent_dim": 16},
           "conv-32-64-16": {"arch": "conv", "channels": [32, 64], "latent_dim": 16}}
@@ -75,7 +76,7 @@ def main() -> None:
         np.save(path, x.numpy())
         streamed = vaekit.load_data(str(path), stream=True)
         ways = {"in-memory": (x, {}), "streamed": (streamed, {})}
-        if device.startswith("cuda"):
+        if device.startswith("cuda") or cpu_bf16():
             ways["amp"] = (x, {"amp": True})
         if not args.quick:
             ways["compile"] = (x, {"compile": True})
@@ -87,12 +88,14 @@ def main() -> None:
                 row = {"model": name, "batch": batch, "device": device}
                 for way, (data, flags) in ways.items():
                     row[f"{way}_ex_per_s"] = round(run(data, device, model, batch, **flags))
+                if "amp_ex_per_s" in row:
+                    row["amp_speedup"] = round(row["amp_ex_per_s"] / row["in-memory_ex_per_s"], 3)
                 if model.get("arch") == "conv":  # the layout conv models train in by default, against NCHW
                     row["in-memory-nchw_ex_per_s"] = round(run(x, device, model, batch, channels_last=False))
                     row["channels_last_speedup"] = round(row["in-memory_ex_per_s"] / row["in-memory-nchw_ex_per_s"], 3)
                 print(json.dumps(row), flush=True)
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
-    print(json.dumps({"date": date.today().isoformat(), "n": n, "gpu": gpu, "threads": torch.get_num_threads(),
+    print(json.dumps({"date": date.today().isoformat(), "n": n, "gpu": gpu, "cpu_bf16": cpu_bf16(), "threads": torch.get_num_threads(),
                       "cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
                       "peak_rss_mb": peak_rss_mb()}))
 

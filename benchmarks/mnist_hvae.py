@@ -45,6 +45,8 @@ def main() -> None:
     p.add_argument("--results", default="bench-out/mnist_hvae.jsonl")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="train in NHWC layout (the default; --no-channels-last: NCHW, for comparison)")
+    p.add_argument("--amp", action="store_true", help="bf16 mixed precision in training (CUDA, or a CPU with AMX / "
+                   "AVX512-BF16); scoring stays float32")
     p.add_argument("--speed", type=int, metavar="N", help="only time one epoch of the preset's loop on the first N "
                    "training images (after one warm-up step) and project it to an epoch of MNIST")
     args = p.parse_args()
@@ -55,7 +57,8 @@ def main() -> None:
 
     changes = {k: v for k, v in (("epochs", args.epochs), ("kl_warmup", args.kl_warmup)) if v is not None}
     config = vaekit.Config.preset("mnist", **changes, likelihood="bernoulli", binarize="dynamic",
-                                  device=args.device, seed=0, progress=False, channels_last=args.channels_last)
+                                  device=args.device, seed=0, progress=False, channels_last=args.channels_last,
+                                  amp=args.amp)
     out = Path(args.scored_run or args.out or f"bench-out/mnist-hvae-e{config.epochs}")
     train_s = None
     if args.scored_run:
@@ -107,7 +110,7 @@ def _speed(args) -> None:
     train = vaekit.load_data("mnist", "train", args.data_dir)
     config = vaekit.Config.preset("mnist", epochs=1, val_fraction=0.0, likelihood="bernoulli", binarize="dynamic",
                                   device=args.device, progress=False, checkpoint_minutes=0.0, grad_skip=0.0,
-                                  channels_last=args.channels_last)
+                                  channels_last=args.channels_last, amp=args.amp)
     vaekit.fit(train.x[:config.batch_size], config)  # warm-up: allocations, first-call overheads
     norms, clip = [], loop.clip_gradients
 
@@ -132,7 +135,7 @@ def _speed(args) -> None:
            "seconds_per_mnist_epoch": round(per_step * -(-57000 // config.batch_size)),
            "gflop_per_step": round(flops.get_total_flops() / 1e9, 2), "grad_norms": [round(n) for n in norms], "preset_grad_skip": vaekit.Config.preset("mnist").grad_skip,
            "params": model.num_parameters(), "threads": torch.get_num_threads(), "device": str(model.device),
-           "channels_last": config.channels_last,
+           "channels_last": config.channels_last, "amp": config.amp,
            "load_average": os.getloadavg()[0], "machine": platform.processor() or platform.machine(),
            "torch": torch.__version__}
     print(json.dumps(row))

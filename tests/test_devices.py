@@ -6,9 +6,12 @@ import torch
 from safetensors.torch import load_file
 
 import vaekit
+import vaekit.distributed
 import vaekit.stream
+import vaekit.train
 from vaekit.cli import main
 from vaekit.errors import ConfigError
+from vaekit.evaluate import evaluate
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -45,11 +48,13 @@ def test_compiled_training_saves_unwrapped_weights_identical_to_eager(small, tmp
     assert vaekit.load(tmp_path / "compiled").config.compile is True
 
 
-def test_amp_without_cuda_is_a_clear_error(small, tmp_path, capsys):
-    with pytest.raises(ConfigError, match="needs a CUDA device"):
+def test_amp_on_a_cpu_without_native_bf16_is_a_clear_error(small, tmp_path, capsys, monkeypatch):
+    # emulated bf16 is slower than float32: a CPU without AMX / AVX512-BF16 gets an error, not a slow run
+    monkeypatch.setattr(vaekit.distributed, "cpu_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="native bfloat16"):
         vaekit.fit(small, _config(device="cpu", amp=True))
     assert main(["train", "digits", "--out", str(tmp_path / "r"), "--device", "cpu", "--amp", "--epochs", "1"]) == 2
-    assert "drop --amp on CPU" in capsys.readouterr().err
+    assert "drop --amp" in capsys.readouterr().err and not (tmp_path / "r").exists()
     with pytest.raises(ConfigError, match="auto, cpu, cuda or cuda:N"):
         vaekit.Config(device="gpu")
     with pytest.raises(ConfigError, match="true or false"):
@@ -57,6 +62,31 @@ def test_amp_without_cuda_is_a_clear_error(small, tmp_path, capsys):
     old = vaekit.Config().to_dict()
     del old["amp"], old["compile"]  # a config.json written before these fields still loads
     assert vaekit.Config.from_dict(old).amp is False
+
+
+@pytest.mark.skipif(not vaekit.distributed.cpu_bf16(), reason="needs a CPU with AMX or AVX512-BF16")
+@pytest.mark.parametrize("arch", [{}, {"arch": "conv", "channels": [8, 16]}, {"arch": "hvae", "channels": [8, 16]}])
+def test_cpu_amp_multiplies_in_bf16_and_saves_float32(small, tmp_path, arch, monkeypatch):
+    images = small.reshape(-1, 1, 8, 8)
+    autocast, dtypes, real = [], [], vaekit.train.objective
+
+    def watching(model, x, config, **kw):  # the training step's objective, as fit calls it
+        autocast.append(torch.is_autocast_enabled("cpu"))
+        if not dtypes:
+            layer = next(m for m in model.encoder.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+            layer.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+        return real(model, x, config, **kw)
+
+    monkeypatch.setattr(vaekit.train, "objective", watching)
+    model = vaekit.fit(images, _config(device="cpu", amp=True, **arch), out=tmp_path / "run")
+    assert autocast[0] and dtypes[0] == torch.bfloat16  # the matmuls of the training steps ran in bf16
+    saved = load_file(tmp_path / "run" / "model.safetensors")
+    assert all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())
+    fp32 = vaekit.fit(images, _config(device="cpu", **arch))
+    a, b = model.history.epochs[-1]["val_loss"], fp32.history.epochs[-1]["val_loss"]
+    assert np.isfinite(a) and a != b and abs(a - b) < 0.1 * abs(b)  # bf16 changes the path, not where it goes
+    loaded = vaekit.load(tmp_path / "run")  # scored in float32 whatever it trained in
+    assert loaded.config.amp and evaluate(loaded, images[:16], k=4)["nll"] > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

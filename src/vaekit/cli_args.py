@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "validated and saved (default 0 = off)")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N (torchrun: auto = cuda:LOCAL_RANK)")
-    t.add_argument("--amp", action="store_true", default=None, help="bf16 mixed precision on CUDA")
+    t.add_argument("--amp", action="store_true", default=None, help="bf16 mixed precision (CUDA, or a CPU with AMX / AVX512-BF16)")
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="conv/hvae models: train in NHWC layout (default on: faster convolutions)")

@@ -63,7 +63,7 @@ class Config:
     val_nll_k: int = 0  # > 0: log the importance-sampled validation NLL with k samples each epoch
     seed: int = 0  # seeds the split, initialisation, batches and sampling
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun, auto/cuda is cuda:LOCAL_RANK)
-    amp: bool = False  # bf16 mixed precision (autocast) on CUDA; an error on CPU
+    amp: bool = False  # bf16 mixed precision (autocast) on CUDA or a CPU with AMX/AVX512-BF16; else an error
     compile: bool = False  # torch.compile the training step; saved weights stay unwrapped
     channels_last: bool = True  # conv/hvae: train in NHWC layout (faster convolutions); saved weights are NCHW
     progress: bool = True  # show a progress bar with the running loss on stderr

@@ -210,7 +210,7 @@ class _Step(nn.Module):
 def training_step(model: nn.Module, fn: Callable[..., Any], group: Group, device: torch.device,
                   amp: bool = False, compile: bool = False) -> Callable[..., Any]:
     """`step(x, *args, **kwargs)` -> fn(model, x, *args, **kwargs), run through DDP (several
-    ranks), bf16 autocast (`amp`, CUDA only) and torch.compile (`compile`) as asked; a plain
+    ranks), bf16 autocast (`amp`: CUDA, or a CPU with native bf16) and torch.compile (`compile`) as asked; a plain
     call of `fn` when none is."""
     _check_amp(amp, device)
     if group.world == 1 and not amp and not compile:
@@ -231,17 +231,27 @@ def training_step(model: nn.Module, fn: Callable[..., Any], group: Group, device
             net._vaekit_float_out = True
 
     def run(x: torch.Tensor, *args: Any, **kwargs: Any):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             return step(x, *args, **kwargs)
     return run
 
 
 def _check_amp(amp: bool, device: torch.device) -> None:
-    if amp and device.type != "cuda":
-        raise ConfigError(f"--amp (bf16 mixed precision) needs a CUDA device, not {device}; drop --amp on CPU")
-    if amp and not _native_bf16(device):
+    if amp and device.type == "cpu" and not cpu_bf16():
+        raise ConfigError("--amp (bf16 mixed precision) on the CPU needs native bfloat16 instructions (AMX or "
+                          "AVX512-BF16, e.g. Intel Xeon 4th generation or later), which this CPU lacks; drop --amp")
+    if amp and device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"--amp (bf16 mixed precision) runs on CUDA or a bf16-capable CPU, not {device}; drop --amp")
+    if amp and device.type == "cuda" and not _native_bf16(device):
         raise ConfigError(f"--amp uses bfloat16, which {torch.cuda.get_device_name(device)} lacks (it needs compute "
                           "capability 8.0+, e.g. A100, H100); drop --amp")
+
+
+def cpu_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX tiles or AVX512-BF16): without them
+    bf16 autocast is emulated and slower than float32."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(probe is not None and probe() for probe in probes)
 
 
 def _native_bf16(device: torch.device) -> bool:
