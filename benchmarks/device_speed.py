@@ -66,6 +66,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--n", type=int, default=60000)
     p.add_argument("--quick", action="store_true", help="2,000 examples, the MLP only, no compile")
+    p.add_argument("--no-compile", action="store_true", help="leave out the compiled way (its compile takes minutes on a CPU)")
     args = p.parse_args()
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
@@ -78,7 +79,7 @@ def main() -> None:
         ways = {"in-memory": (x, {}), "streamed": (streamed, {})}
         if device.startswith("cuda") or cpu_bf16():
             ways["amp"] = (x, {"amp": True})
-        if not args.quick:
+        if not (args.quick or args.no_compile):
             ways["compile"] = (x, {"compile": True})
         batches = (128, 1024) if device.startswith("cuda") else (128,)
         for name, model in MODELS.items():

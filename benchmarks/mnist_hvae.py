@@ -85,7 +85,7 @@ def main() -> None:
         "date": date.today().isoformat(), "model": "hvae", "preset": "mnist", "overrides": changes,
         "channels": c.channels, "groups": c.groups, "latent_channels": c.latent_channels, "cells": c.cells,
         "latent_dim": model.latent_dim, "params": model.num_parameters(), "epochs": len(epochs),
-        "batch_size": c.batch_size, "lr": c.lr, "ema": c.ema, "kl_warmup": c.kl_warmup, "grad_skip": c.grad_skip,
+        "batch_size": c.batch_size, "lr": c.lr, "ema": c.ema, "kl_warmup": c.kl_warmup, "grad_skip": c.grad_skip, "amp": c.amp,
         "seconds_per_epoch": [round(e["seconds"]) for e in epochs],
         "grad_skipped": sum(e.get("grad_skipped", 0) for e in epochs),
         "test_nll": round(res["nll"], 3), "test_nll_se": round(res["nll_se"], 3), "test_elbo": round(res["elbo"], 3),
