@@ -29,6 +29,8 @@ import torch
 import vaekit
 from vaekit.distributed import cpu_bf16
 
+from eval_speed import mm_rate
+
 MODELS = {"mlp-784-256-256-16": {"hidden": [256, 256], "latent_dim": 16},
           "conv-32-64-16": {"arch": "conv", "channels": [32, 64], "latent_dim": 16}}
 
@@ -96,7 +98,9 @@ def main() -> None:
                     row["channels_last_speedup"] = round(row["in-memory_ex_per_s"] / row["in-memory-nchw_ex_per_s"], 3)
                 print(json.dumps(row), flush=True)
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
-    print(json.dumps({"date": date.today().isoformat(), "n": n, "gpu": gpu, "cpu_bf16": cpu_bf16(), "threads": torch.get_num_threads(),
+    mm = {} if device.startswith("cuda") else {
+        "mm_gflops_fp32": round(mm_rate() / 1e9), "mm_gflops_bf16": round(mm_rate(dtype=torch.bfloat16) / 1e9)}
+    print(json.dumps({"date": date.today().isoformat(), "n": n, "gpu": gpu, "cpu_bf16": cpu_bf16(), **mm, "threads": torch.get_num_threads(),
                       "cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
                       "peak_rss_mb": peak_rss_mb()}))
 

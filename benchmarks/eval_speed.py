@@ -33,8 +33,9 @@ from vaekit.priors import StandardNormal
 D, H, Z = 784, 400, 20  # the pytorch/examples VAE
 
 
-def mm_rate(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def mm_rate(n: int = 2048, reps: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """The best of `reps` n x n matmuls, in FLOP/s: the machine's rate that fractions refer to."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(reps):

@@ -32,17 +32,12 @@ from torch import nn
 
 import vaekit
 
+from eval_speed import mm_rate
+
 MODELS = {  # name: (hidden widths, latent dim, activation)
     "examples-784-400-20": ([400], 20, "relu"),
     "iwae-784-200-200-50": ([200, 200], 50, "tanh"),
 }
-
-
-def mm_rate(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
-    return 2 * n**3 / best
 
 
 def _timed(fn) -> float:
