@@ -7,9 +7,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import vaekit
 from vaekit.cli import main
+from vaekit.evaluate import prepare_eval_data
+from vaekit.sample import traversals
 
 TRAIN_FAST = ["--epochs", "2", "--latent-dim", "4", "--hidden", "32", "--no-progress"]
 
@@ -43,6 +47,29 @@ def test_train_sample_reconstruct_interpolate_evaluate(run, tmp_path, capsys):
     assert "NLL" in capsys.readouterr().out
 
 
+def test_traverse_walks_the_most_active_dimensions_or_the_chosen_ones(run, tmp_path, capsys):
+    model = vaekit.load(run)
+    x = vaekit.load_data("digits", "test").x[:200]
+    with torch.no_grad():
+        spread = model.encode(x).mean.var(0, unbiased=False)  # (d,): Burda et al.'s activity per unit
+    dims, walks = traversals(model, x, top=2, index=3, steps=7)
+    expected = [d for d in spread.argsort(descending=True).tolist() if spread[d] > 0.01][:2]
+    assert dims == (expected or [int(spread.argmax())]) and walks.shape == (len(dims), 7, 1, 8, 8)
+    # each row is model.traverse of example 3: its posterior mean with only that coordinate moved
+    assert torch.allclose(walks[0], model.traverse(x[3], dims[0], steps=7))
+    assert main(["traverse", str(run), "digits", "--dims", "1", "3", "--steps", "5", "-o", str(tmp_path / "t.npy")]) == 0
+    t = np.load(tmp_path / "t.npy")
+    assert t.shape == (2, 5, 1, 8, 8) and "dimension(s) 1, 3 of example 0" in capsys.readouterr().out
+    with torch.no_grad():  # the CLI reads the data as `evaluate` does
+        z = model.encode(prepare_eval_data(model, x[:1])).mean.repeat(5, 1)  # (5, d)
+        z[:, 3] = torch.linspace(-3, 3, 5)
+        assert np.allclose(t[1], model.decode(z).mean.numpy(), atol=1e-6)
+    assert main(["traverse", str(run), "digits", "--top", "3", "-o", str(tmp_path / "t.png")]) == 0
+    rows = len(traversals(model, vaekit.load_data("digits", "test").x[:1000], top=3)[0])
+    w, h = Image.open(tmp_path / "t.png").size
+    assert round(w / h) == round(9 / rows)  # 9 steps across, one row per dimension
+
+
 def test_train_on_image_folder_and_npy(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -60,7 +87,7 @@ def test_train_on_image_folder_and_npy(tmp_path):
 def test_demo(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "3"]) == 0
     out = capsys.readouterr().out
-    for name in ("report.html", "samples.png", "reconstructions.png", "interpolations.png"):
+    for name in ("report.html", "samples.png", "reconstructions.png", "interpolations.png", "traversals.png"):
         assert (tmp_path / "demo" / name).is_file() and name in out
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "2"]) == 0  # re-running replaces a demo
 

@@ -39,6 +39,7 @@ _EXPORTS = {
     "snapshot": "resume",
     "log_likelihood": "evaluate",
     "write_output": "sample",
+    "traversals": "sample",
     "MixedLikelihood": "likelihoods",
     "fit_table": "tabular",
     "sample_table": "tabular",

@@ -208,6 +208,26 @@ def cmd_interpolate(args) -> int:
     return 0
 
 
+def cmd_traverse(args) -> int:
+    from .sample import check_output_file, traversals, write_output
+
+    _positive(args.n, "-n")
+    check_output_file(args.output, force=args.force)
+    model = _load_run(args)
+    x, _, c = _eval_data(args, model, args.n)
+    dims, walks = traversals(model, x, dims=args.dims, top=args.top, index=args.index, span=args.span,
+                             steps=args.steps, c=c)  # (dims, steps, *shape)
+    if Path(args.output).suffix.lower() == ".png":
+        if x.ndim != 4:
+            raise ConfigError("a .png needs image data; write .npy instead")
+        write_output(walks.reshape(-1, *walks.shape[2:]), args.output, nrow=args.steps)
+    else:
+        write_output(walks, args.output)
+    print(f"wrote traversals of latent dimension(s) {', '.join(map(str, dims))} of example {args.index}, "
+          f"{args.steps} steps from -{args.span:g} to {args.span:g}, to {args.output}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     import torch
 
@@ -299,62 +319,22 @@ def cmd_snapshot(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import torch
+    from .demo import FILES, demo
 
-    from .config import Config
-    from .data import load_data
-    from .train import fit
-    from .report import report
-    from .sample import write_output
-
-    _positive(args.epochs, "--epochs")
     out = Path(args.out)
-    marker = out / "demo.json"
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} is a file; choose a folder path for --out")
-    if out.exists() and any(out.iterdir()) and not marker.exists() and not args.force:
-        raise ConfigError(f"{out} exists and is not a vaekit demo folder; choose another --out or pass --force")
-    staging = out.with_name(out.name + ".partial-demo")
-    import shutil
-
-    from .checkpoint import publish
-
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    try:
-        train, test = load_data("digits", "train"), load_data("digits", "test")
-        config = Config(latent_dim=8, hidden=[256, 128], epochs=args.epochs, batch_size=64, lr=2e-3,
-                        patience=15, seed=0, progress=False, checkpoint_every=0)  # seconds long: nothing to resume
-        print(f"training a VAE on scikit-learn's digits for up to {args.epochs} epochs ...", flush=True)
-        model = fit(train, config, out=staging / "run")
-        write_output(model.sample(64, generator=torch.Generator().manual_seed(0)), staging / "samples.png")
-        x = test.x[:16]
-        write_output(torch.cat([x, model.reconstruct(x)]), staging / "reconstructions.png", nrow=16)
-        path = model.interpolate(x[0:8:2], x[1:8:2], steps=10)  # (10, 4, 1, 8, 8)
-        write_output(path.transpose(0, 1).reshape(-1, *path.shape[2:]), staging / "interpolations.png", nrow=10)
-        import importlib.util
-
-        has_plots = importlib.util.find_spec("matplotlib") is not None  # the report is optional: vaekit[report]
-        if has_plots:
-            report(model, test, staging / "report.html", k=100, title="digits demo")
-        (staging / "demo.json").write_text(json.dumps({"epochs": len(model.history.epochs)}))
-        publish(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    model = demo(out, epochs=args.epochs, force=args.force)
     h = model.history
     print(f"trained on digits for {len(h.epochs)} epochs (val loss {h.epochs[h.best_epoch - 1]['val_loss']:.2f} nats)")
-    for name in ("report.html", "samples.png", "reconstructions.png", "interpolations.png", "run"):
+    for name in FILES:
         if (out / name).exists():
             print(f"  {out / name}")
-    if not has_plots:
+    if not (out / "report.html").exists():
         print("  (no report.html: pip install matplotlib, or vaekit[report], to get the HTML report too)")
     return 0
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
-            "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "report": cmd_report, "export": cmd_export,
+            "interpolate": cmd_interpolate, "traverse": cmd_traverse, "evaluate": cmd_evaluate, "report": cmd_report, "export": cmd_export,
             "snapshot": cmd_snapshot, "demo": cmd_demo}
 
 

@@ -143,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--device", default="auto")
     i.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
+    v = sub.add_parser("traverse", help="vary one latent dimension at a time from an input's posterior mean")
+    v.add_argument("run", metavar="RUN")
+    _data_args(v, "test")
+    v.add_argument("-o", "--output", required=True, help=".png (one row per dimension) or .npy (dims, steps, ...)")
+    v.add_argument("--dims", type=int, nargs="+", help="latent dimensions to walk (default: the --top most active, "
+                   "ranked by the spread of the posterior means over the first -n examples)")
+    v.add_argument("--top", type=int, default=6, help="how many dimensions without --dims (default 6)")
+    v.add_argument("--index", type=int, default=0, help="which example to start from (default 0)")
+    v.add_argument("-n", type=int, default=1000, help="examples read, for the ranking (default 1000)")
+    v.add_argument("--span", type=float, default=3.0, help="walk the coordinate from -SPAN to SPAN (default 3)")
+    v.add_argument("--steps", type=int, default=9)
+    v.add_argument("--device", default="auto")
+    v.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
     e = sub.add_parser("evaluate", help="importance-sampled log-likelihood, ELBO terms, active units")
     e.add_argument("run", metavar="RUN")
     _data_args(e, "test")

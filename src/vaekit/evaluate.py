@@ -19,6 +19,8 @@ from .data import MNIST_TEST_BINARIZE_SEED, binarize_fixed, check_finite
 from .errors import ConfigError, IncompatibleError
 from .objectives import log_weights
 
+ACTIVE = 0.01  # Burda et al. 2016: a unit is active when Cov_x(E_q[z_u|x]) > 0.01
+
 
 def prepare_eval_data(model, x: torch.Tensor, seed: int = MNIST_TEST_BINARIZE_SEED) -> torch.Tensor:
     """Check x fits the model; binarise it once with a fixed seed if the model trained on
@@ -122,7 +124,7 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
         "recon": recon_sum / n,
         "kl": float(kl_per_dim.sum()),
         "kl_per_dim": [round(v, 6) for v in kl_per_dim.tolist()],
-        "active_units": int((activity > 0.01).sum()),
+        "active_units": int((activity > ACTIVE).sum()),
         "k": k,
         "n": n,
     }

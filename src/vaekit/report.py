@@ -24,10 +24,9 @@ import torch
 
 from . import plots
 from .errors import ConfigError
+from .evaluate import ACTIVE
 from .htmlpage import _e, _fmt, _img, _section, _table, page
 from .table_report import _table_report, associations, table_section  # noqa: F401 (re-exported: vaekit.report.table_section)
-
-ACTIVE = 0.01  # a unit is active when Var_x E[z|x] > 0.01, as in evaluate() (Burda et al. 2016)
 
 
 

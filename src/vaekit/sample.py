@@ -1,4 +1,5 @@
-"""Writing generated data: image grids (.png) and arrays (.npy), always atomically."""
+"""Writing generated data: image grids (.png) and arrays (.npy), always atomically; and the
+latent traversals a user asks for by dimension (or the most active ones)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import torch
 
 from .checkpoint import check_output_path, write_atomic
-from .errors import DataError
+from .errors import ConfigError, DataError
+from .evaluate import ACTIVE
 
 OUTPUT_SUFFIXES = (".png", ".npy")
 
@@ -66,3 +68,30 @@ def write_output(x: torch.Tensor, path: str | Path, nrow: int | None = None) -> 
         data = buf.getvalue()
     write_atomic(p, data)
     return p
+
+
+@torch.no_grad()
+def traversals(model, x: torch.Tensor, dims: list[int] | None = None, top: int = 6, index: int = 0,
+               span: float = 3.0, steps: int = 9, c: torch.Tensor | None = None) -> tuple[list[int], torch.Tensor]:
+    """Walk latent dimensions one at a time from example `index` of x (N, *shape): each chosen
+    coordinate of its posterior mean goes from -span to span in `steps` steps, the others held.
+    `dims` picks the dimensions; by default the `top` most active ones, ranked by the spread
+    of the posterior means over x (collapsed dimensions would show no change).
+    Returns (dims, walks) with walks (len(dims), steps, *shape), the decoded means."""
+    if not 0 <= index < len(x):
+        raise ConfigError(f"--index {index} is outside the {len(x)} examples given; pick 0..{len(x) - 1}")
+    if steps < 2 or not span > 0 or top < 1:
+        raise ConfigError(f"need --steps >= 2 (got {steps}), --span > 0 (got {span}) and --top >= 1 (got {top})")
+    if dims is None:
+        mu = torch.cat([model.encode(x[i:i + 256], None if c is None else c[i:i + 256]).mean.float()
+                        for i in range(0, len(x), 256)])  # (N, d)
+        spread = mu.var(0, unbiased=False) if len(mu) > 1 else torch.zeros(mu.shape[1], device=mu.device)  # (d,)
+        ranked = spread.argsort(descending=True).tolist()
+        dims = [d for d in ranked if spread[d] > ACTIVE][:top] or ranked[:1]
+    bad = [d for d in dims if not 0 <= d < model.latent_dim]
+    if bad:
+        raise ConfigError(f"latent dimension(s) {bad} out of range: this model has {model.latent_dim} (0.."
+                          f"{model.latent_dim - 1})")
+    one = None if c is None else c[index]
+    walks = torch.stack([model.traverse(x[index], d, span=span, steps=steps, c=one) for d in dims])
+    return list(dims), walks  # (len(dims), steps, *shape)
