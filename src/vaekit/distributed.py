@@ -210,8 +210,8 @@ class _Step(nn.Module):
 def training_step(model: nn.Module, fn: Callable[..., Any], group: Group, device: torch.device,
                   amp: bool = False, compile: bool = False) -> Callable[..., Any]:
     """`step(x, *args, **kwargs)` -> fn(model, x, *args, **kwargs), run through DDP (several
-    ranks), bf16 autocast (`amp`: CUDA, or a CPU with native bf16) and torch.compile (`compile`) as asked; a plain
-    call of `fn` when none is."""
+    ranks), bf16 autocast (`amp`: CUDA, or a CPU with native bf16) and torch.compile
+    (`compile`) as asked; a plain call of `fn` when none is."""
     _check_amp(amp, device)
     if group.world == 1 and not amp and not compile:
         return lambda x, *args, **kwargs: fn(model, x, *args, **kwargs)
