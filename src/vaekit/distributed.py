@@ -237,12 +237,14 @@ def training_step(model: nn.Module, fn: Callable[..., Any], group: Group, device
 
 
 def _check_amp(amp: bool, device: torch.device) -> None:
-    if amp and device.type == "cpu" and not cpu_bf16():
+    if not amp:
+        return
+    if device.type == "cpu" and not cpu_bf16():
         raise ConfigError("--amp (bf16 mixed precision) on the CPU needs native bfloat16 instructions (AMX or "
                           "AVX512-BF16, e.g. Intel Xeon 4th generation or later), which this CPU lacks; drop --amp")
-    if amp and device.type not in ("cuda", "cpu"):
+    if device.type not in ("cuda", "cpu"):
         raise ConfigError(f"--amp (bf16 mixed precision) runs on CUDA or a bf16-capable CPU, not {device}; drop --amp")
-    if amp and device.type == "cuda" and not _native_bf16(device):
+    if device.type == "cuda" and not _native_bf16(device):
         raise ConfigError(f"--amp uses bfloat16, which {torch.cuda.get_device_name(device)} lacks (it needs compute "
                           "capability 8.0+, e.g. A100, H100); drop --amp")
 

@@ -22,6 +22,18 @@ from .objectives import log_weights
 ACTIVE = 0.01  # Burda et al. 2016: a unit is active when Cov_x(E_q[z_u|x]) > 0.01
 
 
+@torch.no_grad()
+def posterior_means(model, x: torch.Tensor, c: torch.Tensor | None = None, batch_size: int = 500) -> torch.Tensor:
+    """E_q[z|x] of every example of x (N, *shape), batch by batch: (N, d) float64 on the CPU."""
+    return torch.cat([model.encode(x[i:i + batch_size], None if c is None else c[i:i + batch_size]).mean.double().cpu()
+                      for i in range(0, len(x), batch_size)])
+
+
+def activity(mu: torch.Tensor) -> torch.Tensor:
+    """Each unit's activity, the variance over the data of its posterior mean: mu (N, d) -> (d,)."""
+    return mu.var(0, unbiased=False) if len(mu) > 1 else torch.zeros(mu.shape[1], dtype=mu.dtype)
+
+
 def prepare_eval_data(model, x: torch.Tensor, seed: int = MNIST_TEST_BINARIZE_SEED) -> torch.Tensor:
     """Check x fits the model; binarise it once with a fixed seed if the model trained on
     dynamically binarised data, so every model is scored on the same bits."""
@@ -115,7 +127,7 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
             kl_layers = per.double().sum(1).cpu() + (0 if kl_layers is None else kl_layers)
     mu = torch.cat(means)  # (N, d)
     kl_per_dim = kl_dims / n
-    activity = mu.var(0, unbiased=False) if n > 1 else torch.zeros(model.latent_dim, dtype=torch.float64)
+    active = activity(mu)  # (d,)
     nll = -float(ll.mean())
     result = {
         "nll": nll,
@@ -124,7 +136,7 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
         "recon": recon_sum / n,
         "kl": float(kl_per_dim.sum()),
         "kl_per_dim": [round(v, 6) for v in kl_per_dim.tolist()],
-        "active_units": int((activity > ACTIVE).sum()),
+        "active_units": int((active > ACTIVE).sum()),
         "k": k,
         "n": n,
     }

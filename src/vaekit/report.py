@@ -24,7 +24,7 @@ import torch
 
 from . import plots
 from .errors import ConfigError
-from .evaluate import ACTIVE
+from .evaluate import ACTIVE, activity, posterior_means
 from .htmlpage import _e, _fmt, _img, _section, _table, page
 from .table_report import _table_report, associations, table_section  # noqa: F401 (re-exported: vaekit.report.table_section)
 
@@ -144,9 +144,8 @@ def _data_sections(model, ds, n: int, k: int, image: bool) -> list[str]:
     out = [_section("Evaluation", _table({key: v for key, v in result.items() if key != "kl_per_dim"})
                     + f"<p class=note>On the first {result['n']} examples of {_e(ds.name)}; NLL importance-"
                     f"sampled with k = {k} (a stochastic lower bound on log p(x), tighter with larger k).</p>")]
-    with torch.no_grad():
-        mu = torch.cat([model.encode(raw[i:i + 500]).mean for i in range(0, len(raw), 500)]).double().cpu()  # (N, d)
-    spread = mu.var(0, unbiased=False).numpy() if len(mu) > 1 else np.zeros(model.latent_dim)  # (d,)
+    mu = posterior_means(model, raw)  # (N, d)
+    spread = activity(mu).numpy()  # (d,)
     active = (spread > ACTIVE).tolist()
     m = min(16, len(raw))
     recon = model.reconstruct(raw[:m])

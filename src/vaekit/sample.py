@@ -12,7 +12,7 @@ import torch
 
 from .checkpoint import check_output_path, write_atomic
 from .errors import ConfigError, DataError
-from .evaluate import ACTIVE
+from .evaluate import ACTIVE, activity, posterior_means
 
 OUTPUT_SUFFIXES = (".png", ".npy")
 
@@ -83,11 +83,10 @@ def traversals(model, x: torch.Tensor, dims: list[int] | None = None, top: int =
     if steps < 2 or not span > 0 or top < 1:
         raise ConfigError(f"need --steps >= 2 (got {steps}), --span > 0 (got {span}) and --top >= 1 (got {top})")
     if dims is None:
-        mu = torch.cat([model.encode(x[i:i + 256], None if c is None else c[i:i + 256]).mean.float()
-                        for i in range(0, len(x), 256)])  # (N, d)
-        spread = mu.var(0, unbiased=False) if len(mu) > 1 else torch.zeros(mu.shape[1], device=mu.device)  # (d,)
+        spread = activity(posterior_means(model, x, c))  # (d,)
         ranked = spread.argsort(descending=True).tolist()
-        dims = [d for d in ranked if spread[d] > ACTIVE][:top] or ranked[:1]
+        active = (spread > ACTIVE).tolist()
+        dims = [d for d in ranked if active[d]][:top] or ranked[:1]
     bad = [d for d in dims if not 0 <= d < model.latent_dim]
     if bad:
         raise ConfigError(f"latent dimension(s) {bad} out of range: this model has {model.latent_dim} (0.."
