@@ -84,6 +84,44 @@ def test_train_on_image_folder_and_npy(tmp_path):
     assert json.loads((tmp_path / "r2" / "config.json").read_text())["likelihood"] == "gaussian"
 
 
+def test_channels_last_arrays_get_npy_outputs_back_channels_last(tmp_path):
+    rng = np.random.default_rng(1)
+    hwc = rng.random((40, 6, 5, 3)).astype(np.float32)  # (N, H, W, C): how most image arrays are saved
+    np.save(tmp_path / "hwc.npy", hwc)
+    out = tmp_path / "r"
+    assert main(["train", str(tmp_path / "hwc.npy"), "--out", str(out), "--arch", "conv", "--channels", "4,8",
+                 *TRAIN_FAST]) == 0
+    model = vaekit.load(out)
+    assert model.config.data_layout == "NHWC" and model.config.input_shape == [3, 6, 5]  # the model works in NCHW
+    assert main(["sample", str(out), "-n", "4", "-o", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (4, 6, 5, 3)
+    assert main(["reconstruct", str(out), str(tmp_path / "hwc.npy"), "-n", "3", "-o", str(tmp_path / "r.npy")]) == 0
+    r = np.load(tmp_path / "r.npy")
+    x = prepare_eval_data(model, torch.from_numpy(hwc[:3]).permute(0, 3, 1, 2))  # as the CLI reads DATA
+    assert r.shape == (3, 6, 5, 3) and np.allclose(r, model.reconstruct(x).permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    assert main(["interpolate", str(out), str(tmp_path / "hwc.npy"), "--pairs", "2", "--steps", "3",
+                 "-o", str(tmp_path / "i.npy")]) == 0
+    assert np.load(tmp_path / "i.npy").shape == (3, 2, 6, 5, 3)
+    assert main(["traverse", str(out), str(tmp_path / "hwc.npy"), "--dims", "0", "--steps", "3",
+                 "-o", str(tmp_path / "t.npy")]) == 0
+    assert np.load(tmp_path / "t.npy").shape == (1, 3, 6, 5, 3)
+    assert main(["sample", str(out), "-n", "4", "-o", str(tmp_path / "s.png")]) == 0  # grids are unaffected
+    chw = rng.random((40, 3, 6, 5)).astype(np.float32)  # channels first stays channels first
+    np.save(tmp_path / "chw.npy", chw)
+    assert main(["train", str(tmp_path / "chw.npy"), "--out", str(tmp_path / "r2"), *TRAIN_FAST]) == 0
+    assert main(["sample", str(tmp_path / "r2"), "-n", "2", "-o", str(tmp_path / "s2.npy")]) == 0
+    assert np.load(tmp_path / "s2.npy").shape == (2, 3, 6, 5)
+
+
+def test_evaluate_json_is_strict_json(run, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "digits", "--k", "5", "-n", "1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert res["n"] == 1 and res["nll_se"] is None and np.isfinite(res["nll"])  # one example: no standard error
+    assert main(["evaluate", str(run), "digits", "--k", "5", "-n", "1"]) == 0
+    assert "+- n/a (one example)" in capsys.readouterr().out
+
+
 def test_demo(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "3"]) == 0
     out = capsys.readouterr().out

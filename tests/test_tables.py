@@ -390,3 +390,19 @@ def test_snapshot_of_an_interrupted_table_run_samples_the_table(tmp_path, monkey
     rows = sample_table(vaekit.load(path), 50)
     assert list(rows.columns) == list(df.columns) and len(rows) == 50
     assert set(rows["color"].dropna()) <= {"red", "green", "blue"}
+
+
+def test_no_scorable_column_pair_is_null_in_json_and_said_in_words(tmp_path, capsys):
+    """SDMetrics scores column-pair trends only on pairs that are correlated (|r| > 0.5) or
+    associated (> 0.3) in the real table; with none, the score is NaN: strict JSON null and a
+    reason in the text, never a bare NaN."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300)})  # independent columns
+    df.to_csv(tmp_path / "t.csv", index=False)
+    assert main(["train", str(tmp_path / "t.csv"), "--out", str(tmp_path / "r"), "--epochs", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "r"), str(tmp_path / "t.csv"), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert r["column_pair_trends"] is None and 0 < r["column_shapes"] <= 1
+    assert main(["evaluate", str(tmp_path / "r"), str(tmp_path / "t.csv")]) == 0
+    assert "column-pair trends n/a: no pair of real columns" in capsys.readouterr().out

@@ -6,6 +6,7 @@ prints. Errors from `vaekit.errors` become one line on stderr and a non-zero exi
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def cmd_sample(args) -> int:
                      condition=_sample_condition(model, args.condition, args.n))
     if Path(args.output).suffix.lower() == ".png" and x.ndim != 4:
         raise ConfigError(f"this model makes arrays of shape {tuple(x.shape[1:])}, not images; write .npy instead")
-    write_output(x, args.output)
+    write_output(x, args.output, layout=model.config.data_layout)
     print(f"wrote {args.n} samples to {args.output}")
     return 0
 
@@ -181,7 +182,7 @@ def cmd_reconstruct(args) -> int:
         pairs = [torch.cat([x[j:j + rows], recon[j:j + rows]]) for j in range(0, len(x), rows)]
         write_output(torch.cat(pairs), args.output, nrow=rows)
     else:
-        write_output(recon, args.output)
+        write_output(recon, args.output, layout=model.config.data_layout)
     print(f"wrote {len(x)} reconstructions to {args.output}")
     return 0
 
@@ -203,7 +204,7 @@ def cmd_interpolate(args) -> int:
     if Path(args.output).suffix.lower() == ".png":
         write_output(path.transpose(0, 1).reshape(-1, *path.shape[2:]), args.output, nrow=args.steps)
     else:
-        write_output(path, args.output)
+        write_output(path, args.output, layout=model.config.data_layout)
     print(f"wrote {pairs} interpolations of {args.steps} steps to {args.output}")
     return 0
 
@@ -222,10 +223,20 @@ def cmd_traverse(args) -> int:
             raise ConfigError("a .png needs image data; write .npy instead")
         write_output(walks.reshape(-1, *walks.shape[2:]), args.output, nrow=args.steps)
     else:
-        write_output(walks, args.output)
+        write_output(walks, args.output, layout=model.config.data_layout)
     print(f"wrote traversals of latent dimension(s) {', '.join(map(str, dims))} of example {args.index}, "
           f"{args.steps} steps from -{args.span:g} to {args.span:g}, to {args.output}")
     return 0
+
+
+def _json(result: dict) -> str:
+    """One strict JSON object: a value that is not a finite number (the standard error of one
+    example, a score with nothing to score) is null, never the NaN that JSON parsers reject."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return [clean(u) for u in v] if isinstance(v, (list, tuple)) else v
+    return json.dumps({k: clean(v) for k, v in result.items()}, allow_nan=False)
 
 
 def cmd_evaluate(args) -> int:
@@ -244,10 +255,11 @@ def cmd_evaluate(args) -> int:
     torch.manual_seed(args.seed)
     result = evaluate(model, x, k=args.k, batch_size=args.batch_size, compile=args.compile, c=c)
     if args.json:
-        print(json.dumps(result))
+        print(_json(result))
         return 0
     print(f"data: {ds.name}, n = {result['n']}, k = {result['k']}")
-    print(f"NLL:  {result['nll']:.3f} +- {result['nll_se']:.3f} nats (importance-sampled, k = {result['k']})")
+    se = f"{result['nll_se']:.3f}" if math.isfinite(result["nll_se"]) else "n/a (one example)"
+    print(f"NLL:  {result['nll']:.3f} +- {se} nats (importance-sampled, k = {result['k']})")
     if "bits_per_dim" in result:
         print(f"      {result['bits_per_dim']:.4f} bits/dim")
     print(f"ELBO: {result['elbo']:.3f} nats = recon {result['recon']:.3f} - KL {result['kl']:.3f}")
@@ -270,12 +282,15 @@ def _evaluate_table(args, model) -> int:
     if total is not None:
         r["rows_in_file"] = total
     if args.json:
-        print(json.dumps(r))
+        print(_json(r))
         return 0
     sampled = f" (a uniform sample of the file's {total}, read in chunks)" if total is not None else ""
     print(f"data: {args.data}, {r['rows_real']} real rows{sampled}, {r['rows_synthetic']} synthetic rows")
+    trends = r["column_pair_trends"]
+    trends = f"{trends:.4f}" if math.isfinite(trends) else \
+        "n/a: no pair of real columns has |correlation| > 0.5 or association > 0.3, the pairs SDMetrics scores"
     print(f"quality (SDMetrics): {r['quality']:.4f} (column shapes {r['column_shapes']:.4f}, "
-          f"column-pair trends {r['column_pair_trends']:.4f}); higher is better")
+          f"column-pair trends {trends}); higher is better")
     print(f"detection ROC AUC:   {r['detection_auc']:.4f} (0.5: indistinguishable)")
     print(f"privacy: {r['privacy_closer_than_median']:.4f} of synthetic rows are closer to a training row than "
           f"the median training nearest-neighbour distance; {r['exact_copies']} exact copies")

@@ -44,6 +44,7 @@ class Dataset(NamedTuple):
     labels: torch.Tensor | None  # (N,) int64, or None
     image: bool  # True when x is (N, C, H, W) in [0, 1]
     name: str  # where it came from, for reports
+    layout: str = "NCHW"  # "NHWC" when the source array held channels last (x itself is always NCHW)
 
 
 def load_data(spec: str, split: str = "train", data_dir: str | os.PathLike | None = None,
@@ -77,7 +78,7 @@ def load_data(spec: str, split: str = "train", data_dir: str | os.PathLike | Non
         raise DataError(f"{spec}: a .npz cannot be memory-mapped; save the array with numpy.save as .npy to stream it")
     if streamed and suffix == ".npy":
         x = lazy.open_npy(path)
-        return Dataset(x, None, x.image, path.name)
+        return Dataset(x, None, x.image, path.name, "NHWC" if x.channels_last else "NCHW")
     if suffix in (".npy", ".npz"):
         return load_array(path)
     if suffix in IMAGE_SUFFIXES:
@@ -206,14 +207,14 @@ def load_array(path: Path) -> Dataset:
         raise DataError(f"{path} has dtype {arr.dtype}; it must be real numbers (float, int or bool)")
     if arr.ndim < 2 or arr.shape[0] == 0 or arr.size == 0:
         raise DataError(f"{path} has shape {arr.shape}; need (N, features...) with N >= 1 examples")
-    image = False
+    image, layout = False, "NCHW"
     if np.issubdtype(arr.dtype, np.integer) and arr.ndim in (3, 4) and arr.min() >= 0 and arr.max() <= 255:
         arr, image = arr.astype(np.float32) / 255.0, True  # uint8-style images
     x = torch.from_numpy(np.array(arr, dtype=np.float32))  # a copy: the file may be memory-mapped
     if x.ndim == 3:  # (N, H, W) greyscale images
         x, image = x.unsqueeze(1), True
     elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
-        x, image = x.permute(0, 3, 1, 2).contiguous(), True  # (N, H, W, C) -> (N, C, H, W)
+        x, image, layout = x.permute(0, 3, 1, 2).contiguous(), True, "NHWC"  # (N, H, W, C) -> (N, C, H, W)
     elif x.ndim == 4:
         image = True
     if labels is not None:
@@ -223,7 +224,7 @@ def load_array(path: Path) -> Dataset:
     check_finite(x, str(path))
     if image and (x.min() < 0 or x.max() > 1):
         image = False  # real-valued arrays that merely look like images: treat as plain arrays
-    return Dataset(x, labels, image, path.name)
+    return Dataset(x, labels, image, path.name, layout)
 
 
 def load_image_folder(path: Path, stream: bool = False) -> Dataset:

@@ -57,12 +57,15 @@ def png_bytes(x: torch.Tensor, nrow: int | None = None) -> bytes:
     return buf.getvalue()
 
 
-def write_output(x: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """Write x as an image grid (.png) or the raw array (.npy), atomically."""
+def write_output(x: torch.Tensor, path: str | Path, nrow: int | None = None, layout: str = "NCHW") -> Path:
+    """Write x (..., C, H, W for images) as an image grid (.png) or the raw array (.npy),
+    atomically; with layout "NHWC" a .npy gets channels last, as the training array had them."""
     p = check_output_file(path)
     if p.suffix.lower() == ".png":
         data = png_bytes(x, nrow)
     else:
+        if layout == "NHWC" and x.ndim >= 4:
+            x = x.movedim(-3, -1)  # (..., H, W, C): the user's own layout, not the model's
         buf = io.BytesIO()
         np.save(buf, x.detach().cpu().numpy(), allow_pickle=False)
         data = buf.getvalue()

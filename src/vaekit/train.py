@@ -96,7 +96,8 @@ def resolve_config(config: Config, ds: Dataset) -> Config:
     if config.arch in ("conv", "hvae") and x.ndim != 4:
         raise ConfigError(f"--arch {config.arch} needs images (N, C, H, W); {ds.name} has shape {tuple(x.shape)}: "
                           "use --arch mlp")
-    return config.replace(input_shape=list(x.shape[1:]), likelihood=likelihood, binarize=binarize)
+    layout = ds.layout if x.ndim == 4 else "NCHW"
+    return config.replace(input_shape=list(x.shape[1:]), likelihood=likelihood, binarize=binarize, data_layout=layout)
 
 
 def build_condition(ds: Dataset, config: Config, condition: Any) -> tuple[torch.Tensor | None, Config]:
