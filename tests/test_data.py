@@ -105,6 +105,41 @@ def test_image_folder(tmp_path):
         load_data("cifar")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_16_bit_and_float_images_keep_their_values(tmp_path, stream):
+    """16-bit PNGs scale by 65535 (an 8-bit conversion would clip them all to white), whether
+    loaded at once or streamed, alone, beside 8-bit greyscale or among colour images."""
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 65536, (3, 6, 5)).astype(np.uint16)  # (N, H, W)
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    for i, a in enumerate(deep):
+        Image.fromarray(a).save(grey / f"d{i}.png")
+    Image.fromarray(np.full((6, 5), 51, dtype=np.uint8)).save(grey / "e.png")  # 8 bits: 51 / 255 = 0.2
+    assert Image.open(grey / "d0.png").mode.startswith("I")
+    x = load_data(str(grey), stream=stream).x
+    x = x[np.arange(4)] if stream else x
+    assert x.shape == (4, 1, 6, 5)
+    assert torch.allclose(x[:3, 0], torch.from_numpy(deep / 65535.0).float(), atol=1e-6)
+    assert torch.allclose(x[3], torch.full((1, 6, 5), 0.2))
+    colour = tmp_path / "colour"
+    colour.mkdir()
+    Image.fromarray(deep[0]).save(colour / "a.png")
+    Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(colour / "b.png")
+    x = load_data(str(colour), stream=stream).x
+    x = x[np.arange(2)] if stream else x
+    assert x.shape == (2, 3, 6, 5) and torch.allclose(x[0], torch.from_numpy(deep[0] / 65535.0).float().expand(3, 6, 5))
+    floats = tmp_path / "floats"
+    floats.mkdir()
+    Image.fromarray(np.full((6, 5), 0.25, dtype=np.float32)).save(floats / "f.tiff")
+    x = load_data(str(floats), stream=stream).x
+    assert torch.allclose(x[np.arange(1)] if stream else x, torch.full((1, 1, 6, 5), 0.25))
+    Image.fromarray(np.full((6, 5), 7.0, dtype=np.float32)).save(floats / "g.tiff")
+    with pytest.raises(DataError, match="g.tiff has float pixels outside"):
+        x = load_data(str(floats), stream=stream).x
+        x[np.arange(2)]
+
+
 def test_dynamic_binarisation_draws_bernoulli_bits():
     from vaekit.data import binarize_dynamic
 

@@ -23,6 +23,8 @@ import torch
 from .errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+DEEP_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # PIL modes of 16-bit and float greyscale pixels
+GREY_MODES = {"1", "L"} | DEEP_MODES
 
 # The four original MNIST files (LeCun, Cortes, Burges): (name, bytes, sha256, count).
 MNIST_FILES = {
@@ -251,17 +253,39 @@ def load_image_folder(path: Path, stream: bool = False) -> Dataset:
                 modes.add(im.mode)
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{f} is not a readable image ({e}); remove or replace it") from None
-    mode = "L" if modes <= {"L", "1", "I", "I;16", "F"} else "RGB"
+    mode = folder_mode(modes)
     sizes = {im.size for im in images}
     if len(sizes) > 1:
         first = images[0].size
         odd = next(f for f, im in zip(files, images) if im.size != first)
         raise DataError(f"{odd} is {images[files.index(odd)].size[0]}x{images[files.index(odd)].size[1]} but "
                         f"{files[0]} is {first[0]}x{first[1]}; resize all images to one size")
-    arr = np.stack([np.asarray(im.convert(mode), dtype=np.float32) / 255.0 for im in images])
+    arr = np.stack([pixels(im, mode, f) for f, im in zip(files, images)])  # (N, H, W[, 3])
     x = torch.from_numpy(arr)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
     return Dataset(x, _folder_labels(path, files), True, path.name)
+
+
+def folder_mode(modes: set[str]) -> str:
+    """One decoding mode for a folder: "L" (one channel) if every image is greyscale, else "RGB"."""
+    return "L" if modes <= GREY_MODES else "RGB"
+
+
+def pixels(im, mode: str, path: Path) -> np.ndarray:
+    """Image `im` as float32 in [0, 1]: (H, W) for mode "L", (H, W, 3) for "RGB". 8-bit images are
+    divided by 255; 16-bit ones (PNG/TIFF, PIL modes I;16 and I) by 65535, since converting them
+    to 8 bits would clip every value above 255 to white; float ones (F) must be in [0, 1] already."""
+    if im.mode not in DEEP_MODES:
+        return np.asarray(im.convert(mode), dtype=np.float32) / 255.0
+    a = np.asarray(im).astype(np.float64)  # (H, W)
+    if im.mode != "F":
+        a = a / 65535.0
+    if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+        what = "float pixels outside [0, 1]" if im.mode == "F" else "pixel values outside 0..65535"
+        raise DataError(f"{path} has {what} (PIL mode {im.mode}); rescale the images to [0, 1], "
+                        "or save the pixels as a .npy array")
+    a = a.astype(np.float32)
+    return a if mode == "L" else np.repeat(a[..., None], 3, axis=-1)  # greyscale among colour images
 
 
 def _folder_labels(path: Path, files: list[Path]) -> torch.Tensor | None:

@@ -221,11 +221,13 @@ class ImageFiles(LazyRows):
     def _read(self, idx: np.ndarray) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
 
+        from .data import pixels
+
         out = np.empty((len(idx), *self.row_shape), dtype=np.float32)
         for j, i in enumerate(idx):
             try:
                 with Image.open(self.files[i]) as im:
-                    arr = np.asarray(im.convert(self.mode), dtype=np.float32) / 255.0
+                    arr = pixels(im, self.mode, self.files[i])  # (H, W[, 3]) in [0, 1]
             except (UnidentifiedImageError, OSError) as e:
                 raise DataError(f"{self.files[i]} is not a readable image ({e}); remove or replace it") from None
             if arr.shape[:2] != self.row_shape[1:]:
@@ -324,8 +326,9 @@ def open_image_folder(files: list[Path], name: str) -> ImageFiles:
     if len(sizes) > 1:
         (a, fa), (b, fb) = list(sizes.items())[:2]
         raise DataError(f"{fb} is {b[0]}x{b[1]} but {fa} is {a[0]}x{a[1]}; resize all images to one size")
-    mode = "L" if modes <= {"L", "1", "I", "I;16", "F"} else "RGB"
-    return ImageFiles(files, mode, next(iter(sizes)), name)
+    from .data import folder_mode
+
+    return ImageFiles(files, folder_mode(modes), next(iter(sizes)), name)
 
 
 def should_stream(path: Path) -> bool:
