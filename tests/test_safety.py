@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import vaekit
 from vaekit import resume, train
@@ -540,6 +541,10 @@ def world(tmp_path_factory, digits):
     (d / "list.json").write_text("[1, 2]")
     (d / "pickle.json").write_bytes(pickle.dumps({"a": 1}))
     (d / "wrongtype.json").write_text('{"hidden": "wide"}')
+    (d / "bigseed.json").write_text('{"seed": 1180591620717411303424}')  # 2**70: torch would overflow
+    (d / "deep16").mkdir()
+    Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(d / "deep16" / "a.png")
+    Image.fromarray(np.full((8, 8), 3.0, np.float32)).save(d / "deep16" / "bad.tiff")
     damaged = d / "damaged"
     damaged.mkdir()
     for f in (d / "run").iterdir():
@@ -606,6 +611,10 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (["sample", R, "-o", "{d}/s.png", "--device", "tpu"], "not auto, cpu, cuda", 2),
     (["sample", "{d}/trun", "-o", "{d}/s.png"], "not images; write .npy", 2),
     (["sample"], "the following arguments are required", 2),
+    (["sample", R, "-o", "{d}/s.png", "--seed", "-3"], "-3 is outside 0 .. 2**63 - 1", 2),
+    (T + ["digits", "--out", "{d}/o", "--seed", str(2 ** 70)], "is outside 0 .. 2**63 - 1", 2),
+    (T + ["digits", "--out", "{d}/o", "--config", "{d}/bigseed.json"], "seed=1180591620717411303424 must be", 2),
+    (T + ["{d}/deep16", "--out", "{d}/o"], "bad.tiff has float pixels outside [0, 1]", 2),
     (["reconstruct", R, "{d}/wrong.npy", "-o", "{d}/r.npy"], "but the model expects (1, 8, 8)", 2),
     (["reconstruct", "{d}/trun", "digits", "-o", "{d}/r.npy"], "but the model expects (5,)", 2),
     (["reconstruct", R, "{d}/big.npy", "-o", "{d}/r.npy"], "Bernoulli likelihood needs [0, 1]", 2),

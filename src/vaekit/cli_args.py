@@ -15,6 +15,17 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 256,256") from None
 
 
+def seed(text: str) -> int:
+    """A seed torch and numpy both take: an integer in 0 .. 2**63 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer, e.g. --seed 0") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0 .. 2**63 - 1; pick one in that range, e.g. --seed 0")
+    return value
+
+
 def _data_args(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument("data", metavar="DATA", help="digits | mnist | path to .npy/.npz, an image folder or a "
                    ".csv/.parquet table")
@@ -86,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ema", type=float, metavar="DECAY",
                    help="keep a moving average of the weights with this decay, e.g. 0.999; it is what is "
                         "validated and saved (default 0 = off)")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", type=seed)
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N (torchrun: auto = cuda:LOCAL_RANK)")
     t.add_argument("--amp", action="store_true", default=None, help="bf16 mixed precision (CUDA, or a CPU with AMX / AVX512-BF16)")
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
@@ -122,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--condition", action="append", metavar="VALUE",
                    help="conditional runs: the class label to generate, e.g. --condition 7 "
                         "(default: all classes in turn); tables: sex=Female, age>40 (repeatable)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
@@ -167,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--rows", type=int, help="tables: synthetic rows to score (default: as many as DATA has)")
     e.add_argument("--compile", action="store_true", help="torch.compile the estimator (faster for large N x k)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=seed, default=0)
     e.add_argument("--device", default="auto")
 
     rp = sub.add_parser("report", help="one self-contained HTML file: curves, samples, latent space, evaluation")
@@ -181,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--output", required=True, help="the .html file to write")
     rp.add_argument("--k", type=int, default=100, help="importance samples for the evaluation (default 100)")
     rp.add_argument("-n", type=int, default=1000, help="examples used, from the start (default 1000)")
-    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--seed", type=seed, default=0)
     rp.add_argument("--device", default="auto")
 
     x = sub.add_parser("export", help="write the decoder (and encoder) as ONNX, checked with onnxruntime")

@@ -62,7 +62,7 @@ class Config:
     val_fraction: float = 0.1  # share of training data held out for validation / early stopping
     patience: int = 10  # epochs without validation improvement before stopping; 0 disables
     val_nll_k: int = 0  # > 0: log the importance-sampled validation NLL with k samples each epoch
-    seed: int = 0  # seeds the split, initialisation, batches and sampling
+    seed: int = 0  # seeds the split, initialisation, batches and sampling (0 .. 2**63 - 1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun, auto/cuda is cuda:LOCAL_RANK)
     amp: bool = False  # bf16 mixed precision (autocast) on CUDA or a CPU with AMX/AVX512-BF16; else an error
     compile: bool = False  # torch.compile the training step; saved weights stay unwrapped
@@ -140,6 +140,8 @@ class Config:
             raise ConfigError("patience, grad_clip and weight_decay must be >= 0 (0 disables them)")
         if self.kl_warmup < 0 or self.free_bits < 0 or self.mmd_weight < 0:
             raise ConfigError("kl_warmup, free_bits and mmd_weight must be >= 0 (--kl-warmup, --free-bits, --mmd-weight)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
+            raise ConfigError(f"seed={self.seed!r} must be an integer in 0 .. 2**63 - 1 (--seed), e.g. 0")
         if isinstance(self.prior_components, bool) or not isinstance(self.prior_components, int) \
                 or self.prior_components < 0:
             raise ConfigError(f"prior_components={self.prior_components!r} must be an integer >= 0 (--pseudo-inputs)")
