@@ -11,8 +11,10 @@ import vaekit
 from vaekit import Config
 from vaekit.cli import main
 from vaekit.data import load_data
+from vaekit.errors import DataError
 from vaekit.evaluate import log_likelihood
 from vaekit.objectives import elbo, iwae
+from vaekit.train import build_condition
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +97,44 @@ def test_cli_condition_on_labels(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["n"] == 30
     assert main(["reconstruct", str(run), "digits", "-n", "4", "-o", str(tmp_path / "r.npy")]) == 0
     assert main(["interpolate", str(run), "digits", "--pairs", "2", "-o", str(tmp_path / "i.npy")]) == 0
+
+
+def test_class_names_from_sub_folders_and_string_labels(tmp_path, capsys):
+    """Sub-folder names and string labels are the class names `sample --condition` takes; data
+    with only some of the classes is scored with the model's own one-hot positions."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, level in (("cats", 40), ("dogs", 200)):  # two visibly different classes
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(np.clip(rng.normal(level, 10, (6, 6)), 0, 255).astype(np.uint8)).save(
+                tmp_path / "imgs" / cls / f"{i}.png")
+    assert load_data(str(tmp_path / "imgs")).classes == ["cats", "dogs"]
+    assert load_data(str(tmp_path / "imgs"), stream=True).classes == ["cats", "dogs"]
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "imgs"), "--out", str(run), "--epochs", "1", "--condition-on", "labels",
+                 "--latent-dim", "2", "--hidden", "16", "--no-progress"]) == 0
+    model = vaekit.load(run)
+    assert model.config.condition_names == ["cats", "dogs"]
+    assert main(["sample", str(run), "-n", "3", "--condition", "dogs", "-o", str(tmp_path / "d.npy")]) == 0
+    assert torch.equal(model.label_condition("dogs"), torch.tensor([0.0, 1.0]))
+
+    x = rng.random((9, 4)).astype(np.float32)
+    np.savez(tmp_path / "s.npz", x=x, labels=np.array(["eel", "cat", "dog"] * 3))
+    ds = load_data(str(tmp_path / "s.npz"))
+    assert ds.classes == ["cat", "dog", "eel"] and ds.labels.tolist() == [2, 0, 1] * 3
+    config = Config(latent_dim=2, hidden=[8], epochs=1, condition_on="labels", progress=False)
+    model = vaekit.fit(ds, config)
+    assert model.config.condition_names == ["cat", "dog", "eel"]
+    np.savez(tmp_path / "some.npz", x=x[:4], labels=np.array(["eel", "eel", "cat", "eel"]))
+    c, _ = build_condition(load_data(str(tmp_path / "some.npz")), model.config, None)
+    assert c.argmax(1).tolist() == [2, 2, 0, 2] and c.shape == (4, 3)  # the model's positions, not 0..1
+    np.savez(tmp_path / "new.npz", x=x[:2], labels=np.array(["cow", "cat"]))
+    with pytest.raises(DataError, match=r"classes \['cow'\] that the model was not trained on"):
+        build_condition(load_data(str(tmp_path / "new.npz")), model.config, None)
+    np.savez(tmp_path / "float.npz", x=x[:2], labels=np.array([0.5, 1.0]))
+    with pytest.raises(DataError, match="whole numbers or strings"):
+        load_data(str(tmp_path / "float.npz"))
+    np.savez(tmp_path / "whole.npz", x=x[:2], labels=np.array([3.0, 1.0]))
+    assert load_data(str(tmp_path / "whole.npz")).labels.tolist() == [3, 1]

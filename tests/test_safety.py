@@ -568,7 +568,7 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (T + ["{d}/complex.npy", "--out", "{d}/o"], "must be real numbers", 2),
     (T + ["{d}/pickled.npy", "--out", "{d}/o"], "not a readable numpy array", 2),
     (T + ["{d}/multi.npz", "--out", "{d}/o"], "name the data array 'x'", 2),
-    (T + ["{d}/labels.npz", "--out", "{d}/o"], "3 labels for 5 examples", 2),
+    (T + ["{d}/labels.npz", "--out", "{d}/o"], "labels have shape (3,) for 5 examples", 2),
     (T + ["{d}/data.txt", "--out", "{d}/o"], "unsupported file type .txt", 2),
     (T + ["mnist", "--out", "{d}/o"], "--data-dir", 2),
     (T + ["digits", "--out", "{d}/o", "--latent-dim", "0"], "latent_dim=0 must be >= 1", 2),

@@ -47,6 +47,7 @@ class Dataset(NamedTuple):
     image: bool  # True when x is (N, C, H, W) in [0, 1]
     name: str  # where it came from, for reports
     layout: str = "NCHW"  # "NHWC" when the source array held channels last (x itself is always NCHW)
+    classes: list[str] | None = None  # names of labels 0..K-1 when they are text (sub-folders, string labels)
 
 
 def load_data(spec: str, split: str = "train", data_dir: str | os.PathLike | None = None,
@@ -219,14 +220,13 @@ def load_array(path: Path) -> Dataset:
         x, image, layout = x.permute(0, 3, 1, 2).contiguous(), True, "NHWC"  # (N, H, W, C) -> (N, C, H, W)
     elif x.ndim == 4:
         image = True
+    classes = None
     if labels is not None:
-        labels = torch.as_tensor(np.asarray(labels)).long().reshape(-1)
-        if len(labels) != len(x):
-            raise DataError(f"{path}: {len(labels)} labels for {len(x)} examples; they must match")
+        labels, classes = class_labels(labels, len(x), str(path))
     check_finite(x, str(path))
     if image and (x.min() < 0 or x.max() > 1):
         image = False  # real-valued arrays that merely look like images: treat as plain arrays
-    return Dataset(x, labels, image, path.name, layout)
+    return Dataset(x, labels, image, path.name, layout, classes)
 
 
 def load_image_folder(path: Path, stream: bool = False) -> Dataset:
@@ -243,7 +243,8 @@ def load_image_folder(path: Path, stream: bool = False) -> Dataset:
     if stream:
         from .stream import open_image_folder
 
-        return Dataset(open_image_folder(files, path.name), _folder_labels(path, files), True, path.name)
+        labels, names = _folder_labels(path, files)
+        return Dataset(open_image_folder(files, path.name), labels, True, path.name, classes=names)
     images, modes = [], set()
     for f in files:
         try:
@@ -263,7 +264,8 @@ def load_image_folder(path: Path, stream: bool = False) -> Dataset:
     arr = np.stack([pixels(im, mode, f) for f, im in zip(files, images)])  # (N, H, W[, 3])
     x = torch.from_numpy(arr)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
-    return Dataset(x, _folder_labels(path, files), True, path.name)
+    labels, names = _folder_labels(path, files)
+    return Dataset(x, labels, True, path.name, classes=names)
 
 
 def folder_mode(modes: set[str]) -> str:
@@ -288,12 +290,31 @@ def pixels(im, mode: str, path: Path) -> np.ndarray:
     return a if mode == "L" else np.repeat(a[..., None], 3, axis=-1)  # greyscale among colour images
 
 
-def _folder_labels(path: Path, files: list[Path]) -> torch.Tensor | None:
+def _folder_labels(path: Path, files: list[Path]) -> tuple[torch.Tensor | None, list[str] | None]:
+    """Labels (N,) from the sub-folders, and the sub-folder names in label order."""
     groups = [f.parent.relative_to(path).as_posix() for f in files]
     if len(set(groups)) <= 1:
-        return None
+        return None, None
     names = sorted(set(groups))
-    return torch.tensor([names.index(g) for g in groups])
+    return torch.tensor([names.index(g) for g in groups]), names
+
+
+def class_labels(values: np.ndarray, n: int, what: str) -> tuple[torch.Tensor, list[str] | None]:
+    """One class label per example as int64 (N,), and the class names when the labels are text:
+    integers (or whole-number floats) are kept; strings become positions in their sorted set."""
+    values = np.asarray(values)
+    if values.ndim != 1 or len(values) != n:
+        raise DataError(f"{what}: labels have shape {values.shape} for {n} examples; give one class per "
+                        f"example, shape ({n},) (one-hot rows: labels.argmax(1))")
+    if values.dtype.kind in "US":  # text: the names themselves
+        names, index = np.unique(values.astype(str), return_inverse=True)
+        return torch.from_numpy(index.astype(np.int64).reshape(-1)), [str(v) for v in names]
+    whole = values.dtype.kind in "biu" or (values.dtype.kind == "f" and bool(np.isfinite(values).all())
+                                           and bool((values == np.round(values)).all()))
+    if not whole:
+        raise DataError(f"{what}: labels of dtype {values.dtype} must be whole numbers or strings (class ids or "
+                        "names); these have fractions or NaN: a regression target is not a class")
+    return torch.from_numpy(values.astype(np.int64)), None
 
 
 def check_finite(x: torch.Tensor, what: str) -> None:

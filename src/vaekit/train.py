@@ -118,13 +118,16 @@ def build_condition(ds: Dataset, config: Config, condition: Any) -> tuple[torch.
     if ds.labels is None:
         raise DataError(f"{ds.name} has no labels to condition on; use labelled data (digits, MNIST, "
                         "an .npz with 'labels', sub-folders of images) or drop --condition-on")
-    classes = torch.unique(ds.labels)  # sorted
-    names = [str(int(v)) for v in classes]
-    if config.condition_names is not None and config.condition_names != names:
-        raise DataError(f"{ds.name} has classes {names}, the model was built for {config.condition_names}")
-    index = torch.searchsorted(classes, ds.labels)  # (N,) class position
-    c = torch.nn.functional.one_hot(index, len(classes)).float()  # (N, C)
-    return c, config.replace(condition_dim=len(classes), condition_names=names)
+    present = torch.unique(ds.labels)  # sorted label values
+    found = [ds.classes[int(v)] if ds.classes else str(int(v)) for v in present]  # their names
+    names = config.condition_names or found  # a trained model's classes, or the data's
+    unknown = [f for f in found if f not in names]
+    if unknown:
+        raise DataError(f"{ds.name} has classes {unknown} that the model was not trained on; it knows {names}")
+    position = torch.tensor([names.index(f) for f in found])  # label value -> one-hot position
+    index = position[torch.searchsorted(present, ds.labels)]  # (N,)
+    c = torch.nn.functional.one_hot(index, len(names)).float()  # (N, C)
+    return c, config.replace(condition_dim=len(names), condition_names=names)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
