@@ -406,3 +406,43 @@ def test_no_scorable_column_pair_is_null_in_json_and_said_in_words(tmp_path, cap
     assert r["column_pair_trends"] is None and 0 < r["column_shapes"] <= 1
     assert main(["evaluate", str(tmp_path / "r"), str(tmp_path / "t.csv")]) == 0
     assert "column-pair trends n/a: no pair of real columns" in capsys.readouterr().out
+
+
+def test_timezone_aware_datetimes_come_back_in_their_zone(tmp_path):
+    rng = np.random.default_rng(0)
+    when = pd.Timestamp("2021-03-01", tz="Europe/Paris") + pd.to_timedelta(rng.integers(0, 2000, 200), unit="h")
+    df = pd.DataFrame({"when": when, "v": rng.normal(size=200)})
+    df.loc[::10, "when"] = pd.NaT
+    model = fit_table(df, table_config(epochs=2, progress=False))
+    out = sample_table(model, 300, seed=0)
+    assert str(out["when"].dtype) == "datetime64[ns, Europe/Paris]" and out["when"].isna().any()
+    seen = out["when"].dropna()
+    assert seen.min() >= df["when"].min() and seen.max() <= df["when"].max()  # the same instants, not shifted
+    df.to_parquet(tmp_path / "t.parquet")
+    assert main(["train", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "r"), "--epochs", "2", "--no-progress"]) == 0
+    assert main(["sample", str(tmp_path / "r"), "-n", "20", "-o", str(tmp_path / "s.parquet")]) == 0
+    assert str(pd.read_parquet(tmp_path / "s.parquet")["when"].dtype) == "datetime64[ns, Europe/Paris]"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_iso_text_with_utc_offsets_is_a_datetime_column(tmp_path, stream, capsys):
+    """'2021-05-10 22:00:00+02:00' (pandas' CSV of an aware column; offsets change with summer
+    time) was taken for an identifier: it is a datetime, sampled back as UTC instants."""
+    rng = np.random.default_rng(0)
+    when = pd.Timestamp("2021-03-01", tz="Europe/Paris") + pd.to_timedelta(rng.integers(0, 2000, 200), unit="h")
+    pd.DataFrame({"when": when, "v": rng.normal(size=200)}).to_csv(tmp_path / "t.csv", index=False)
+    assert "+01:00" in (tmp_path / "t.csv").read_text() and "+02:00" in (tmp_path / "t.csv").read_text()
+    flag = ["--stream"] if stream else []
+    assert main(["train", str(tmp_path / "t.csv"), "--out", str(tmp_path / "r"), "--epochs", "2", "--no-progress",
+                 *flag]) == 0
+    col = json.loads((tmp_path / "r" / "schema.json").read_text())["columns"][0]
+    assert (col["kind"], col["dtype"]) == ("datetime", "datetime64[ns, UTC]")
+    assert col["min"] == when.min().timestamp() and col["max"] == when.max().timestamp()  # the instants, not shifted
+    assert main(["sample", str(tmp_path / "r"), "-n", "50", "-o", str(tmp_path / "s.csv")]) == 0
+    s = pd.read_csv(tmp_path / "s.csv")["when"]
+    assert s.str.endswith("+00:00").all()
+    t = pd.to_datetime(s, utc=True)
+    assert t.min() >= when.min() and t.max() <= when.max()
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "r"), str(tmp_path / "t.csv"), "--json"]) == 0
+    assert "Warning" not in capsys.readouterr().err

@@ -119,8 +119,11 @@ def numeric_series(col: Column, v: np.ndarray, miss: np.ndarray):
     import pandas as pd
 
     if col.kind == "datetime":
-        t = pd.to_datetime(np.where(miss, np.nan, v) * 1e9, unit="ns")
-        return pd.Series(t).astype(col.dtype) if col.dtype.startswith("datetime64") else pd.Series(t)
+        t = pd.Series(pd.to_datetime(np.where(miss, np.nan, v) * 1e9, unit="ns"))  # naive, in UTC
+        if not col.dtype.startswith("datetime64"):
+            return t
+        tz = getattr(pd.api.types.pandas_dtype(col.dtype), "tz", None)  # e.g. datetime64[ns, Europe/Paris]
+        return t.dt.tz_localize("UTC").dt.tz_convert(tz) if tz is not None else t.astype(col.dtype)
     v = np.where(miss, np.nan, v)
     if miss.any() and col.dtype.startswith("int"):
         return pd.Series(v).astype("Int64")  # an int64 column with gaps needs pandas' nullable int

@@ -94,9 +94,11 @@ def quality(real, synth, schema: Schema) -> dict[str, float]:
     if dates:  # a CSV holds dates as text: give sdmetrics real timestamps on both sides
         real, synth = real.copy(), synth.copy()
         for name in dates:
-            real[name], synth[name] = pd.to_datetime(real[name]), pd.to_datetime(synth[name])
+            real[name], synth[name] = (pd.to_datetime(t[name], utc=True).dt.tz_convert(None) for t in (real, synth))
     report = QualityReport()
-    report.generate(real, synth, meta, verbose=False)
+    with warnings.catch_warnings():  # sdmetrics' groupby on categorical columns warns of a pandas default
+        warnings.simplefilter("ignore", FutureWarning)
+        report.generate(real, synth, meta, verbose=False)
     props = report.get_properties().set_index("Property")["Score"]
     return {"quality": float(report.get_score()), "column_shapes": float(props["Column Shapes"]),
             "column_pair_trends": float(props["Column Pair Trends"])}

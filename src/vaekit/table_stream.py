@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 from .table_codec import encode
-from .tables import (ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, Column, Schema, _fit_gmm,
+from .tables import (ISO_DATE, ZONED, ZONED_DTYPE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, Column, Schema, _fit_gmm,
                      check_request, condition_values, csv_separator, plain, to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
@@ -110,6 +110,7 @@ class ColumnStats:
         self.distinct: dict[Any, None] | None = {}  # insertion-ordered set; None past MAX_DISTINCT
         self.types: set[type] = set()  # Python types of object-dtype values
         self.not_numbers, self.bad_example, self.iso = 0, None, True  # text cells that are not numbers; all ISO dates
+        self.zoned = False  # some ISO datetime text carries a UTC offset
         self.nonfinite, self.whole, self.numbers = False, True, True
         self.lo, self.hi, self.values = np.inf, -np.inf, np.empty(0)  # values: the reservoir (R,)
         self.sample = Reservoir(RESERVOIR, seed)
@@ -143,6 +144,7 @@ class ColumnStats:
                 if self.bad_example is None and bad.any():
                     self.bad_example = v[v.isin(labels[bad])].iloc[0]  # the first in file order
                 self.iso = self.iso and bool(pd.Series(labels, dtype=object).str.fullmatch(ISO_DATE).all())
+                self.zoned = self.zoned or (self.iso and bool(pd.Series(labels, dtype=object).str.fullmatch(ZONED).any()))
         numeric = pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_bool_dtype(v)
         if self.kind is not None and self.kind in ("continuous", "integer", "datetime"):
             x = to_numbers(Column(self.name, self.kind, ""), v)  # refuses text, as infer_schema does
@@ -191,6 +193,8 @@ class ColumnStats:
         kind = kind or self._guess(dtype)
         if kind == "constant":
             return Column(name, "constant", dtype, value=plain(self.first))
+        if kind == "datetime" and dtype == "object" and self.zoned:
+            dtype = ZONED_DTYPE  # as tables._infer_column
         col = Column(name, kind, dtype, rate)
         if kind in ("categorical", "boolean"):
             if self.distinct is None:

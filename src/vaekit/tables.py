@@ -30,7 +30,10 @@ KINDS = ("continuous", "integer", "boolean", "categorical", "datetime", "constan
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 MAX_CATEGORY_INTEGERS = 10  # an integer column with at most this many values is categorical
 MAX_CATEGORIES = 50  # more labels than this, in over half the rows: an identifier, refused unless declared
-ISO_DATE = r"\d{4}-\d{1,2}-\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?"  # text read as a datetime
+ZONE = r"(Z|[+-]\d{2}:?\d{2})"  # a UTC offset, as pandas and ISO 8601 write it
+ISO_DATE = rf"\d{{4}}-\d{{1,2}}-\d{{1,2}}([ T]\d{{1,2}}:\d{{2}}(:\d{{2}}(\.\d+)?)?{ZONE}?)?"  # text read as a datetime
+ZONED = rf".*:\d{{2}}(\.\d+)?{ZONE}"  # an ISO datetime with an offset: kept time-zone aware (UTC)
+ZONED_DTYPE = "datetime64[ns, UTC]"
 N_QUANTILES = 1000  # quantile grid per numeric column (fewer with fewer rows)
 U_CLIP = 1e-4  # uniform levels clipped to [U_CLIP, 1 - U_CLIP]: Gaussianised values within +-3.7
 
@@ -260,6 +263,8 @@ def _infer_column(name: str, s, kind: str | None, encoding: str, seed: int) -> C
         kind = _guess_kind(name, values)
     if kind == "constant":
         return Column(name, "constant", dtype, value=plain(values.iloc[0]))
+    if kind == "datetime" and dtype == "object" and values.astype(str).str.fullmatch(ZONED).any():
+        dtype = ZONED_DTYPE  # "...+02:00" text: sampled back as UTC instants that say so
     col = Column(name, kind, dtype, rate)
     if kind in ("categorical", "boolean"):
         if kind == "boolean" and not set(values.unique()) <= {True, False}:
@@ -321,8 +326,8 @@ def to_numbers(col: Column, s) -> np.ndarray:
     if col.kind == "datetime" and pd.api.types.is_numeric_dtype(s):
         return s.to_numpy(dtype=np.float64)  # already seconds (drawn condition rows)
     if col.kind == "datetime":
-        t = pd.to_datetime(s, errors="coerce")
-        ns = t.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
+        t = pd.to_datetime(s, errors="coerce", utc=True)  # offsets (even mixed ones) to UTC; naive read as UTC
+        ns = t.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
         return np.where(t.isna().to_numpy(), np.nan, ns / 1e9)
     try:
         return pd.to_numeric(s, errors="raise").to_numpy(dtype=np.float64)
