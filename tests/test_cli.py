@@ -185,3 +185,16 @@ def test_help_is_instant_and_exit_codes_from_a_shell(tmp_path):
                         "--latent-dim", "0"], capture_output=True, text=True, env=env)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "latent_dim" in p.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_bits_per_dim_only_for_binary_likelihoods(run):
+    """bits/dim is reported where p(x) is a probability (Bernoulli pixels); a Gaussian density's
+    "bits/dim" is not comparable with the literature's discrete figures, so it is left out."""
+    from vaekit.evaluate import evaluate
+
+    x = vaekit.load_data("digits", "test").x[:20].bernoulli(generator=torch.Generator().manual_seed(0))
+    r = evaluate(vaekit.load(run), x, k=5)
+    assert r["bits_per_dim"] == pytest.approx(r["nll"] / (64 * np.log(2)))
+    grey = torch.rand(60, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 3  # real values: Gaussian
+    model = vaekit.fit(grey, vaekit.Config(epochs=1, latent_dim=2, hidden=[8], progress=False))
+    assert type(model.likelihood).__name__ == "Gaussian" and "bits_per_dim" not in evaluate(model, grey[:5], k=5)

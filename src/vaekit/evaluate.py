@@ -17,6 +17,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from .data import MNIST_TEST_BINARIZE_SEED, binarize_fixed, check_finite
 from .errors import ConfigError, IncompatibleError
+from .likelihoods import Bernoulli
 from .objectives import log_weights
 
 ACTIVE = 0.01  # Burda et al. 2016: a unit is active when Cov_x(E_q[z_u|x]) > 0.01
@@ -142,7 +143,10 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     }
     if kl_layers is not None:
         result["kl_per_layer"] = [round(v, 6) for v in (kl_layers / n).tolist()]
-    if len(model.input_shape) == 3:  # images: also bits per dimension
+    # images: also bits per dimension, only where p(x) is a probability (binary pixels). A Gaussian
+    # gives a density of real values, whose "bits/dim" can go negative and would not compare with
+    # the literature's discrete 8-bit figures
+    if len(model.input_shape) == 3 and isinstance(model.likelihood, Bernoulli):
         result["bits_per_dim"] = nll / (math.prod(model.input_shape) * math.log(2))
     return result
 

@@ -226,7 +226,3 @@ def memory_format(config: Config) -> torch.memory_format:
     unless `config.channels_last` is off. Saved weights are always plain contiguous tensors."""
     conv = config.channels_last and config.arch in ("conv", "hvae")
     return torch.channels_last if conv else torch.contiguous_format
-
-
-def bits_per_dim(nll_nats: float, shape: tuple[int, ...]) -> float:
-    return nll_nats / (math.prod(shape) * math.log(2))
