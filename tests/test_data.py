@@ -89,6 +89,10 @@ def test_image_folder(tmp_path):
     for i in range(2):
         Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(grey / f"{i}.png")
     assert load_data(str(grey)).x.shape == (2, 1, 5, 5)
+    alpha = tmp_path / "alpha"  # grey with an alpha channel stays one channel
+    alpha.mkdir()
+    Image.fromarray(np.full((5, 5, 2), 51, dtype=np.uint8), "LA").save(alpha / "a.png")
+    assert torch.allclose(load_data(str(alpha)).x, torch.full((1, 1, 5, 5), 0.2))
     Image.fromarray(np.zeros((6, 5), dtype=np.uint8)).save(grey / "odd.png")
     with pytest.raises(DataError, match="odd.png.*resize"):
         load_data(str(grey))

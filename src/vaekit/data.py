@@ -24,7 +24,7 @@ from .errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEEP_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # PIL modes of 16-bit and float greyscale pixels
-GREY_MODES = {"1", "L"} | DEEP_MODES
+GREY_MODES = {"1", "L", "LA", "La"} | DEEP_MODES  # LA: grey with alpha (the alpha is dropped, as for RGBA)
 
 # The four original MNIST files (LeCun, Cortes, Burges): (name, bytes, sha256, count).
 MNIST_FILES = {
