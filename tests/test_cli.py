@@ -198,3 +198,23 @@ def test_bits_per_dim_only_for_binary_likelihoods(run):
     grey = torch.rand(60, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 3  # real values: Gaussian
     model = vaekit.fit(grey, vaekit.Config(epochs=1, latent_dim=2, hidden=[8], progress=False))
     assert type(model.likelihood).__name__ == "Gaussian" and "bits_per_dim" not in evaluate(model, grey[:5], k=5)
+
+
+def test_discretized_logistic_models_8_bit_images_in_bits_per_dim(tmp_path, capsys):
+    """Uniform 8-bit noise has 8 bits/dim of entropy: no model of it can score below that,
+    so the reported bits/dim (a probability of the 8-bit data) must be >= 8."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "noise.npy", rng.integers(0, 256, (120, 6, 6, 3), dtype=np.uint8))
+    run = tmp_path / "r"
+    assert main(["train", str(tmp_path / "noise.npy"), "--out", str(run), "--likelihood", "discretized-logistic",
+                 *TRAIN_FAST]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), str(tmp_path / "noise.npy"), "--k", "20", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["bits_per_dim"] == pytest.approx(r["nll"] / (108 * np.log(2))) and r["bits_per_dim"] > 7.9
+    assert main(["sample", str(run), "-n", "5", "--draw", "-o", str(tmp_path / "s.npy")]) == 0
+    s = np.load(tmp_path / "s.npy")
+    assert s.shape == (5, 6, 6, 3) and np.array_equal(s * 255, np.round(s * 255))  # 8-bit levels, channels last
+    assert main(["train", "digits", "--out", str(tmp_path / "d"), "--likelihood", "discretized-logistic",
+                 *TRAIN_FAST]) == 2  # digits are k/16: not 8-bit levels
+    assert "not 8-bit data" in capsys.readouterr().err and not (tmp_path / "d").exists()

@@ -9,7 +9,7 @@ from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
 from vaekit import VAE, Config, elbo, iwae, log_likelihood
-from vaekit.likelihoods import Bernoulli, Gaussian
+from vaekit.likelihoods import Bernoulli, DiscretizedLogistic, Gaussian
 from vaekit.objectives import kl_term
 from vaekit.priors import StandardNormal
 
@@ -192,3 +192,30 @@ def test_compiled_estimator_matches_eager():
     eager = log_likelihood(model, x, k=32, chunk=8, batch_size=10, noise=feed())
     compiled = log_likelihood(model, x, k=32, chunk=8, batch_size=10, noise=feed(), compile=True)
     assert torch.allclose(eager, compiled, atol=1e-4)
+
+
+@pytest.mark.parametrize("loc,log_scale", [(0.3, -2.0), (-0.99, -5.0), (0.999, -7.0), (0.0, 1.0), (2.5, -3.0),
+                                           (0.1234, -6.5), (-3.0, 0.5)])
+def test_discretized_logistic_is_a_probability_over_256_levels(loc, log_scale):
+    """Summed over the 256 levels k/255 the bin probabilities make 1 (the end bins take the
+    tails), any location and scale, down to the clamp; gradients stay finite at the ends."""
+    grid = torch.arange(256) / 255.0  # (256,)
+    lk = DiscretizedLogistic((1,))
+    params = torch.tensor([loc, log_scale]).reshape(1, 2, 1).expand(256, 2, 1).clone().requires_grad_()
+    lp = lk(params).log_prob(grid[:, None])  # (256,): one example per level
+    assert float(lp.detach().logsumexp(0)) == pytest.approx(0.0, abs=2e-5)
+    lp.sum().backward()
+    assert torch.isfinite(params.grad).all()
+
+
+def test_discretized_logistic_draws_land_on_the_grid_with_the_bin_probabilities():
+    lk = DiscretizedLogistic((1,))
+    n = 200_000
+    x = lk(torch.tensor([0.2, -2.0]).reshape(1, 2, 1).expand(n, 2, 1)).draw(torch.Generator().manual_seed(0))
+    assert torch.equal(x * 255, torch.round(x * 255)) and x.min() >= 0 and x.max() <= 1
+    freq = torch.bincount((x[:, 0] * 255).round().long(), minlength=256).double() / n  # (256,)
+    p = lk(torch.tensor([0.2, -2.0]).reshape(1, 2, 1).expand(256, 2, 1)).log_prob(
+        (torch.arange(256) / 255.0)[:, None]).exp().double()  # (256,)
+    assert float((freq - p).abs().max()) < 5 * math.sqrt(float(p.max()) / n)  # within sampling noise
+    mean = lk(torch.tensor([0.2, -2.0]).reshape(1, 2, 1)).mean  # the location on the [0, 1] scale
+    assert float(mean) == pytest.approx(0.6) and float(mean) == pytest.approx(float(x.mean()), abs=0.01)

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--latent-channels", type=int, help="arch=hvae: channels of each latent map (default 8)")
     t.add_argument("--cells", type=int, help="arch=hvae: residual cells per block (default 1)")
     t.add_argument("--activation", choices=["relu", "tanh", "elu", "silu"])
-    t.add_argument("--likelihood", choices=["auto", "bernoulli", "gaussian"])
+    t.add_argument("--likelihood", choices=["auto", "bernoulli", "gaussian", "discretized-logistic"])
     t.add_argument("--binarize", choices=["auto", "dynamic", "none"])
     t.add_argument("--objective", choices=["elbo", "iwae", "wae-mmd"])
     t.add_argument("--k", type=int, help="importance samples for --objective iwae")

@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args, get_type_hints
 from .errors import ConfigError
 
 Arch = Literal["mlp", "conv", "ladder", "hvae"]
-LikelihoodName = Literal["auto", "bernoulli", "gaussian", "mixed"]
+LikelihoodName = Literal["auto", "bernoulli", "gaussian", "discretized-logistic", "mixed"]
 Binarize = Literal["auto", "dynamic", "none"]
 Objective = Literal["elbo", "iwae", "wae-mmd"]
 PriorName = Literal["normal", "vamp", "mog"]
@@ -37,7 +37,7 @@ class Config:
     latent_channels: int = 8  # arch=hvae: channels of each group's latent map z_l (its size is the scale's)
     cells: int = 1  # arch=hvae: residual cells per block, in both the bottom-up and the top-down pass
     activation: Activation = "relu"  # nonlinearity between layers
-    likelihood: LikelihoodName = "auto"  # p(x|z); auto: Bernoulli for [0, 1] data, else Gaussian; mixed: tables
+    likelihood: LikelihoodName = "auto"  # p(x|z); auto: Bernoulli on [0, 1], else Gaussian; discretized-logistic: 8-bit images
     binarize: Binarize = "auto"  # auto: dynamic binarisation when Bernoulli meets non-binary data
     objective: Objective = "elbo"  # training bound: ELBO, or the importance-weighted bound (IWAE)
     k: int = 1  # importance samples per example for the IWAE objective (1 = ELBO)
@@ -73,7 +73,7 @@ class Config:
     checkpoint_minutes: float = 0.0  # also save it every M minutes, mid-epoch if need be (0 = off)
     skip_nonfinite: int = 0  # skip a batch whose loss or gradient is NaN/Inf, at most this many in a row (0 = stop)
     input_shape: list[int] | None = None  # shape of one example, recorded from the data by fit()
-    data_layout: Layout = "NCHW"  # how the training array held images; NHWC (channels last) gets .npy outputs back that way
+    data_layout: Layout = "NCHW"  # how the training array held images; NHWC: .npy outputs come back channels last
     condition_on: str | None = None  # conditional VAE: "labels" (class labels of the data), "columns" (tables)
     condition_dim: int = 0  # size of the condition vector c given to encoder and decoder; fit() records it
     condition_names: list[str] | None = None  # condition_on=labels: the class names, in one-hot order

@@ -17,7 +17,6 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from .data import MNIST_TEST_BINARIZE_SEED, binarize_fixed, check_finite
 from .errors import ConfigError, IncompatibleError
-from .likelihoods import Bernoulli
 from .objectives import log_weights
 
 ACTIVE = 0.01  # Burda et al. 2016: a unit is active when Cov_x(E_q[z_u|x]) > 0.01
@@ -44,9 +43,10 @@ def prepare_eval_data(model, x: torch.Tensor, seed: int = MNIST_TEST_BINARIZE_SE
                                 f"{shape}; evaluate it on data like its training data")
     check_finite(x, "the evaluation data")
     config = getattr(model, "config", None)
-    if config is not None and config.likelihood == "bernoulli" and not (bool(x.min() >= 0) and bool(x.max() <= 1)):
+    if config is not None and config.likelihood in ("bernoulli", "discretized-logistic") \
+            and not (bool(x.min() >= 0) and bool(x.max() <= 1)):
         raise IncompatibleError(f"the data has values in {float(x.min()):.3g}..{float(x.max()):.3g} but this model's "
-                                "Bernoulli likelihood needs [0, 1]; use data scaled like its training data")
+                                f"{config.likelihood} likelihood needs [0, 1]; use data scaled like its training data")
     x = x.to(model.device, torch.float32)
     if config is not None and config.binarize == "dynamic":
         x = binarize_fixed(x, seed)
@@ -143,10 +143,10 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     }
     if kl_layers is not None:
         result["kl_per_layer"] = [round(v, 6) for v in (kl_layers / n).tolist()]
-    # images: also bits per dimension, only where p(x) is a probability (binary pixels). A Gaussian
+    # images: also bits per dimension, only where p(x) is a probability (binary or 8-bit pixels). A Gaussian
     # gives a density of real values, whose "bits/dim" can go negative and would not compare with
     # the literature's discrete 8-bit figures
-    if len(model.input_shape) == 3 and isinstance(model.likelihood, Bernoulli):
+    if len(model.input_shape) == 3 and getattr(model.likelihood, "discrete", False):
         result["bits_per_dim"] = nll / (math.prod(model.input_shape) * math.log(2))
     return result
 

@@ -76,6 +76,16 @@ def as_dataset(data: Any) -> Dataset:
     return ds
 
 
+def on_8bit_grid(x, rows: int = 4096) -> bool:
+    """Whether the values are k/255 (8-bit pixels scaled to [0, 1]): all of a tensor, chunk by
+    chunk, or the first `rows` rows of a streamed source."""
+    if not isinstance(x, torch.Tensor):
+        x = x[np.arange(min(len(x), rows))]
+    flat = x.reshape(-1)
+    step = 1 << 20
+    return all(bool(((c * 255 - torch.round(c * 255)).abs() < 1e-3).all()) for c in flat.split(step))
+
+
 def resolve_config(config: Config, ds: Dataset) -> Config:
     """Fill in what the data decides: input shape, likelihood, binarisation."""
     x = ds.x
@@ -88,6 +98,10 @@ def resolve_config(config: Config, ds: Dataset) -> Config:
     if likelihood == "bernoulli" and not unit:
         raise DataError(f"{ds.name} has values outside [0, 1] ({lo:.3g}..{hi:.3g}); "
                         "a Bernoulli likelihood needs [0, 1]: use --likelihood gaussian or rescale")
+    if likelihood == "discretized-logistic" and not (unit and on_8bit_grid(x)):
+        raise DataError(f"{ds.name} is not 8-bit data scaled to [0, 1] (values k/255; it has {lo:.3g}..{hi:.3g}"
+                        f"{'' if not unit else ', off the grid'}); the discretized-logistic likelihood models "
+                        "the 256 levels of 8-bit pixels: use --likelihood gaussian for other real values")
     binarize = config.binarize
     if binarize == "auto":
         binarize = "dynamic" if likelihood == "bernoulli" and not binary else "none"
