@@ -209,7 +209,8 @@ def load_array(path: Path) -> Dataset:
             or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise DataError(f"{path} has dtype {arr.dtype}; it must be real numbers (float, int or bool)")
     if arr.ndim < 2 or arr.shape[0] == 0 or arr.size == 0:
-        raise DataError(f"{path} has shape {arr.shape}; need (N, features...) with N >= 1 examples")
+        raise DataError(f"{path} has shape {arr.shape}; need (N, features...) with N >= 1 examples"
+                            + (" (one value per example: save a.reshape(-1, 1))" if len(arr.shape) == 1 else ""))
     image, layout = False, "NCHW"
     if np.issubdtype(arr.dtype, np.integer) and arr.ndim in (3, 4) and arr.min() >= 0 and arr.max() <= 255:
         arr, image = arr.astype(np.float32) / 255.0, True  # uint8-style images

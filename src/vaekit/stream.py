@@ -145,7 +145,8 @@ class NpyRows(LazyRows):
         if header.dtype == object or not (np.issubdtype(header.dtype, np.number) or header.dtype == bool):
             raise DataError(f"{path} has dtype {header.dtype}; it must be numeric")
         if header.ndim < 2 or header.shape[0] == 0 or header.size == 0:
-            raise DataError(f"{path} has shape {header.shape}; need (N, features...) with N >= 1 examples")
+            raise DataError(f"{path} has shape {header.shape}; need (N, features...) with N >= 1 examples"
+                            + (" (one value per example: save a.reshape(-1, 1))" if len(header.shape) == 1 else ""))
         if not header.flags.c_contiguous:
             raise DataError(f"{path} is stored in Fortran order; save it with numpy.save(path, "
                             "numpy.ascontiguousarray(a)) to stream it")
