@@ -124,6 +124,38 @@ def test_streamed_fit_equals_the_in_memory_fit_and_samples(tmp_path):
     assert not list(tmp_path.glob(".vaekit-encoded-*"))  # the encoded copy beside the run is gone
 
 
+def test_pandas_dtypes_streamed_and_in_memory_alike(tmp_path):
+    """Parquet keeps pandas' own dtypes: a categorical (read as labels, not taken for ISO dates
+    when streamed), an aware datetime, durations (modelled in seconds) and nullable ints and
+    booleans. Both paths make the same schema and model, and samples come back in those dtypes."""
+    rng = np.random.default_rng(0)
+    n = 240
+    df = pd.DataFrame({
+        "cat": pd.Categorical(rng.choice(["a", "b", "c"], n)),
+        "tz": pd.Timestamp("2021-01-01", tz="Asia/Tokyo") + pd.to_timedelta(rng.integers(0, 900, n), unit="h"),
+        "took": pd.to_timedelta(rng.integers(0, 100, n), unit="s"),
+        "took_f": pd.to_timedelta(rng.uniform(0, 5, n), unit="s"),
+        "i": pd.array(np.where(rng.random(n) < 0.2, None, rng.integers(-5, 5, n)), dtype="Int64"),
+        "nb": pd.array(np.where(rng.random(n) < 0.1, None, rng.random(n) < 0.5), dtype="boolean"),
+    })
+    df.loc[::7, "took"] = pd.NaT
+    df.to_parquet(tmp_path / "t.parquet", index=False)
+    a = fit_table(tmp_path / "t.parquet", CONFIG, tmp_path / "run", stream=True, chunk_rows=50)
+    b = fit_table(tmp_path / "t.parquet", CONFIG, stream=False)
+    assert a.schema == b.schema
+    kinds = {c.name: c.kind for c in a.schema.columns}
+    assert kinds == {"cat": "categorical", "tz": "datetime", "took": "integer", "took_f": "continuous",
+                     "i": "categorical", "nb": "boolean"}
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(v, w), k
+    out = sample_table(vaekit.load(tmp_path / "run"), 300, seed=0)
+    assert dict(out.dtypes) == dict(df.dtypes)
+    took = out["took"].dropna()
+    assert out["took"].isna().any() and (took.dt.total_seconds() % 1 == 0).all()  # whole seconds, with gaps
+    assert took.between(df["took"].min(), df["took"].max()).all()
+    assert out["tz"].between(df["tz"].min(), df["tz"].max()).all()
+
+
 def test_cli_streams_tables_over_the_threshold_and_refuses_unbounded_labels(tmp_path, monkeypatch, capsys):
     path = tmp_path / "t.csv"
     mixed_table(200, seed=3).to_csv(path, index=False)

@@ -125,6 +125,8 @@ def numeric_series(col: Column, v: np.ndarray, miss: np.ndarray):
         tz = getattr(pd.api.types.pandas_dtype(col.dtype), "tz", None)  # e.g. datetime64[ns, Europe/Paris]
         return t.dt.tz_localize("UTC").dt.tz_convert(tz) if tz is not None else t.astype(col.dtype)
     v = np.where(miss, np.nan, v)
+    if col.dtype.startswith("timedelta64"):
+        return pd.Series(pd.to_timedelta(v, unit="s")).astype(col.dtype)
     if miss.any() and col.dtype.startswith("int"):
         return pd.Series(v).astype("Int64")  # an int64 column with gaps needs pandas' nullable int
     return pd.Series(v).astype(col.dtype)

@@ -128,7 +128,7 @@ class ColumnStats:
             self.dtypes.append(str(s.dtype))
         if self.first is None:
             self.first = v.iloc[0]
-        text = v.dtype == object
+        text = v.dtype == object or isinstance(v.dtype, pd.CategoricalDtype)  # pandas categoricals hold labels
         counts = v.value_counts(sort=False) if text or self.distinct is not None else None  # the labels, each once
         if self.distinct is not None:
             self.distinct.update(dict.fromkeys(counts.index.tolist()))
@@ -148,6 +148,8 @@ class ColumnStats:
         numeric = pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_bool_dtype(v)
         if self.kind is not None and self.kind in ("continuous", "integer", "datetime"):
             x = to_numbers(Column(self.name, self.kind, ""), v)  # refuses text, as infer_schema does
+        elif self.kind is None and pd.api.types.is_timedelta64_dtype(v):
+            x = to_numbers(Column(self.name, "continuous", ""), v)  # durations, in seconds
         elif self.kind is None and numeric:
             x = v.to_numpy(dtype=np.float64)
             self.nonfinite = self.nonfinite or not np.isfinite(x).all()
@@ -229,7 +231,7 @@ class ColumnStats:
             return "boolean"
         if pd.api.types.is_datetime64_any_dtype(t):
             return "datetime"
-        if pd.api.types.is_numeric_dtype(t):
+        if pd.api.types.is_numeric_dtype(t) or pd.api.types.is_timedelta64_dtype(t):  # durations: seconds
             if self.nonfinite:
                 raise DataError(f"column {name!r} holds infinite values; replace them with numbers or blanks")
             if self.whole and labels is not None and len(labels) <= MAX_CATEGORY_INTEGERS:

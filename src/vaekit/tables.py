@@ -291,6 +291,8 @@ def _guess_kind(name: str, values) -> str:
         return "boolean"
     if pd.api.types.is_datetime64_any_dtype(values):
         return "datetime"
+    if pd.api.types.is_timedelta64_dtype(values):
+        values = values.dt.total_seconds()  # durations: the numeric rules on seconds; restored as timedeltas
     if pd.api.types.is_numeric_dtype(values):
         x = values.to_numpy(dtype=np.float64)
         if not np.isfinite(x).all():
@@ -320,9 +322,11 @@ def _guess_kind(name: str, values) -> str:
 
 
 def to_numbers(col: Column, s) -> np.ndarray:
-    """A numeric column as float64 (datetimes as seconds since 1970); NaN where missing."""
+    """A numeric column as float64 (datetimes as seconds since 1970, durations in seconds); NaN where missing."""
     import pandas as pd
 
+    if pd.api.types.is_timedelta64_dtype(s):
+        return s.dt.total_seconds().to_numpy(dtype=np.float64)  # NaT: NaN
     if col.kind == "datetime" and pd.api.types.is_numeric_dtype(s):
         return s.to_numpy(dtype=np.float64)  # already seconds (drawn condition rows)
     if col.kind == "datetime":
