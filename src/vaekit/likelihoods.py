@@ -126,8 +126,9 @@ class DiscretizedLogisticValue(Distribution):
 
     @property
     def mean(self) -> torch.Tensor:
-        """The location, clipped to the range and mapped to [0, 1]: the distribution's median, and
-        its mean up to the tails the end bins fold in (exact summing would take 256x the memory)."""
+        """The logistic's centre, clipped to the range and mapped to [0, 1]: its mean before
+        discretising (the tails folded into the end bins shift the true mean slightly near 0 and 1;
+        summing over the 256 levels exactly would take 256x the memory of a decode)."""
         return (self.loc.clamp(-1, 1) + 1) / 2
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -144,15 +145,15 @@ class DiscretizedLogisticValue(Distribution):
         inner = torch.where(delta > 1e-5, torch.log(delta.clamp(min=1e-12)), log_pdf_mid + math.log(2 * half))
         return torch.where(value < 0.5 * half, log_cdf_plus, torch.where(value > 1 - 0.5 * half, log_sf_minus, inner))
 
-    def draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        u = torch.rand(self.loc.shape, generator=generator, device="cpu").to(self.loc.device).clamp(1e-6, 1 - 1e-6)
+    def draw(self, generator: torch.Generator | None = None, sample_shape=torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))  # (*sample_shape, ..., *shape)
+        u = torch.rand(shape, generator=generator, device="cpu").to(self.loc.device).clamp(1e-6, 1 - 1e-6)
         y = self.loc + torch.exp(self.log_scale) * (torch.log(u) - torch.log1p(-u))  # a logistic draw
         return torch.round((y.clamp(-1, 1) + 1) / 2 * (self.levels - 1)) / (self.levels - 1)  # its bin
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        if sample_shape:
-            raise NotImplementedError("draw one sample per call")
-        return self.draw()
+    @torch.no_grad()
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return self.draw(None, sample_shape)
 
 
 class DiscretizedLogisticImage(Independent):
