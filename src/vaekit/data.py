@@ -309,7 +309,7 @@ def class_labels(values: np.ndarray, n: int, what: str) -> tuple[torch.Tensor, l
                         f"example, shape ({n},) (one-hot rows: labels.argmax(1))")
     if values.dtype.kind in "US":  # text: the names themselves
         names, index = np.unique(values.astype(str), return_inverse=True)
-        return torch.from_numpy(index.astype(np.int64).reshape(-1)), [str(v) for v in names]
+        return torch.from_numpy(index.astype(np.int64)), [str(v) for v in names]
     whole = values.dtype.kind in "biu" or (values.dtype.kind == "f" and bool(np.isfinite(values).all())
                                            and bool((values == np.round(values)).all()))
     if not whole:
@@ -333,6 +333,14 @@ def check_finite(x: torch.Tensor, what: str) -> None:
     if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
         bad = int((~torch.isfinite(x)).sum())
         raise DataError(f"{what} contains {bad} NaN/Inf values; remove or impute them first")
+
+
+def on_8bit_grid(x, rows: int = 4096) -> bool:
+    """Whether the values are k/255 (8-bit pixels scaled to [0, 1]): all of a tensor, chunk by
+    chunk, or the first `rows` rows of a streamed source."""
+    if not isinstance(x, torch.Tensor):
+        x = x[np.arange(min(len(x), rows))]
+    return all(bool(((c * 255 - torch.round(c * 255)).abs() < 1e-3).all()) for c in x.reshape(-1).split(1 << 20))
 
 
 def is_binary(x: torch.Tensor) -> bool:

@@ -27,8 +27,8 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 from .table_codec import encode
-from .tables import (ISO_DATE, ZONED, ZONED_DTYPE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, Column, Schema, _fit_gmm,
-                     check_request, condition_values, csv_separator, plain, to_numbers, unreadable)
+from .tables import (ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, ZONED, ZONED_DTYPE, Column, Schema,
+                     _fit_gmm, check_request, condition_values, csv_separator, plain, to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
 CHUNK_BYTES = 4 << 20  # CSV text per chunk (its DataFrame is a few times larger)
@@ -139,12 +139,13 @@ class ColumnStats:
             types = set(map(type, labels))
             self.types |= types
             if types <= {str}:
-                bad = pd.to_numeric(pd.Series(labels, dtype=object), errors="coerce").isna().to_numpy()
+                words = pd.Series(labels, dtype=object)
+                bad = pd.to_numeric(words, errors="coerce").isna().to_numpy()
                 self.not_numbers += int(counts.to_numpy()[bad].sum())
                 if self.bad_example is None and bad.any():
                     self.bad_example = v[v.isin(labels[bad])].iloc[0]  # the first in file order
-                self.iso = self.iso and bool(pd.Series(labels, dtype=object).str.fullmatch(ISO_DATE).all())
-                self.zoned = self.zoned or (self.iso and bool(pd.Series(labels, dtype=object).str.fullmatch(ZONED).any()))
+                self.iso = self.iso and bool(words.str.fullmatch(ISO_DATE).all())
+                self.zoned = self.zoned or (self.iso and bool(words.str.fullmatch(ZONED).any()))
         numeric = pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_bool_dtype(v)
         if self.kind is not None and self.kind in ("continuous", "integer", "datetime"):
             x = to_numbers(Column(self.name, self.kind, ""), v)  # refuses text, as infer_schema does

@@ -21,7 +21,7 @@ import torch
 from . import checkpoint, distributed
 from . import resume as resuming
 from .config import Config
-from .data import Dataset, binarize_dynamic, check_finite, is_binary
+from .data import Dataset, binarize_dynamic, check_finite, is_binary, on_8bit_grid
 from .errors import ConfigError, DataError, NonFiniteError, OutputExistsError
 from .evaluate import log_likelihood
 from .model import VAE, memory_format
@@ -74,16 +74,6 @@ def as_dataset(data: Any) -> Dataset:
         raise DataError(f"cannot train on {type(data).__name__}; pass a Dataset, tensor or numpy array")
     check_finite(ds.x, ds.name)
     return ds
-
-
-def on_8bit_grid(x, rows: int = 4096) -> bool:
-    """Whether the values are k/255 (8-bit pixels scaled to [0, 1]): all of a tensor, chunk by
-    chunk, or the first `rows` rows of a streamed source."""
-    if not isinstance(x, torch.Tensor):
-        x = x[np.arange(min(len(x), rows))]
-    flat = x.reshape(-1)
-    step = 1 << 20
-    return all(bool(((c * 255 - torch.round(c * 255)).abs() < 1e-3).all()) for c in flat.split(step))
 
 
 def resolve_config(config: Config, ds: Dataset) -> Config:
