@@ -5,6 +5,7 @@ test set binarised once with seed 0, -log p(x) by importance sampling with k sam
     python benchmarks/mnist_nll.py --data-dir ../shared/data/mnist --epochs 200
     python benchmarks/mnist_nll.py --data-dir ../shared/data/mnist --objective iwae --k 50
     python benchmarks/mnist_nll.py --epochs 1000 --out runs/elbo --resume   # again after a stop
+    python benchmarks/mnist_nll.py --objective iwae --k 50 --amp            # bf16 steps (AMX CPU, CUDA)
 
 With --resume the run continues from its latest checkpoint (train_seconds then counts
 only the last sitting; metrics.jsonl in the run folder has every epoch's seconds).
@@ -56,6 +57,9 @@ def main() -> None:
     p.add_argument("--eval-n", type=int, default=None, help="score only the first N test images (iterating)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast of the training step (CUDA, or a CPU with "
+                   "AVX512-BF16/AMX); scoring stays float32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--out", default=None, help="run folder (default bench-out/mnist-<objective>-k<k>-e<epochs>)")
     p.add_argument("--results", default="bench-out/mnist_nll.jsonl")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0, help="save the training state every M minutes")
@@ -72,7 +76,7 @@ def main() -> None:
         objective=args.objective, k=args.k, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         lr_schedule="cosine", lr_warmup=1.0, lr_final=0.05, val_fraction=0.0, patience=0,
         device=args.device, seed=0, progress=False,
-        checkpoint_minutes=args.checkpoint_minutes, ema=args.ema)
+        checkpoint_minutes=args.checkpoint_minutes, ema=args.ema, amp=args.amp, compile=args.compile)
     out = Path(args.out or f"bench-out/mnist-{args.objective}-k{args.k}-e{args.epochs}")
     t0 = time.perf_counter()
     model = train_or_resume(train, config, out, args.resume)
@@ -87,6 +91,7 @@ def main() -> None:
     row = {
         "date": date.today().isoformat(), "model": "784-200-200-50 tanh, Bernoulli", "objective": args.objective,
         "train_k": args.k, "epochs": len(model.history.epochs), "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
+        "amp": args.amp, "compile": args.compile,
         "schedule": "1 epoch warm-up, cosine to 5%", "test_nll": round(res["nll"], 3), "test_nll_se": round(res["nll_se"], 3),
         "test_elbo": round(res["elbo"], 3), "active_units": res["active_units"], "eval_k": args.eval_k, "n": res["n"],
         "final_train_loss": round(last["train_loss"], 3), "train_seconds": round(train_s),

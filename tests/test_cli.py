@@ -113,6 +113,29 @@ def test_channels_last_arrays_get_npy_outputs_back_channels_last(tmp_path):
     assert np.load(tmp_path / "s2.npy").shape == (2, 3, 6, 5)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_greyscale_arrays_without_a_channel_axis_get_npy_outputs_without_one(tmp_path, stream):
+    grey = np.random.default_rng(2).integers(0, 256, (40, 6, 5), dtype=np.uint8)  # (N, H, W), as MNIST arrays are
+    np.save(tmp_path / "g.npy", grey)
+    out = tmp_path / "r"
+    assert main(["train", str(tmp_path / "g.npy"), "--out", str(out), *TRAIN_FAST,
+                 *(["--stream"] if stream else [])]) == 0
+    model = vaekit.load(out)
+    assert model.config.data_layout == "NHW" and model.config.input_shape == [1, 6, 5]
+    assert main(["sample", str(out), "-n", "4", "-o", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (4, 6, 5)
+    assert main(["reconstruct", str(out), str(tmp_path / "g.npy"), "-n", "3", "-o", str(tmp_path / "r.npy")]) == 0
+    r = np.load(tmp_path / "r.npy")
+    x = prepare_eval_data(model, torch.from_numpy(grey[:3, None] / np.float32(255)))
+    assert r.shape == (3, 6, 5) and np.allclose(r, model.reconstruct(x)[:, 0].numpy(), atol=1e-6)
+    assert main(["interpolate", str(out), str(tmp_path / "g.npy"), "--pairs", "2", "--steps", "3",
+                 "-o", str(tmp_path / "i.npy")]) == 0
+    assert np.load(tmp_path / "i.npy").shape == (3, 2, 6, 5)
+    assert main(["traverse", str(out), str(tmp_path / "g.npy"), "--dims", "0", "--steps", "3",
+                 "-o", str(tmp_path / "t.npy")]) == 0
+    assert np.load(tmp_path / "t.npy").shape == (1, 3, 6, 5)
+
+
 def test_evaluate_json_is_strict_json(run, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(run), "digits", "--k", "5", "-n", "1", "--json"]) == 0

@@ -76,6 +76,15 @@ def test_arrays(tmp_path):
         load_data(str(tmp_path / "obj.npy"))  # pickled object arrays are never unpickled
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_object_arrays_are_refused_with_the_reason_and_the_fix(tmp_path, stream):
+    np.save(tmp_path / "o.npy", np.array([[1, "a"], [2, "b"]], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "o.npz", x=np.array([[1, "a"], [2, "b"]], dtype=object))
+    for name in ("o.npy",) if stream else ("o.npy", "o.npz"):
+        with pytest.raises(DataError, match=r"dtype=object.*never unpickles.*astype\(float\)"):
+            load_data(str(tmp_path / name), stream=stream)
+
+
 def test_image_folder(tmp_path):
     root = tmp_path / "imgs"
     for cls in ("cats", "dogs"):

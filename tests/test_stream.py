@@ -38,7 +38,7 @@ def test_streamed_npy_trains_exactly_like_the_array_in_memory(tmp_path, capsys):
     assert torch.allclose(g_lazy.likelihood.scale, g_mem.likelihood.scale, atol=1e-6)
     assert main(["train", str(tmp_path / "x.npy"), "--stream", "--out", str(tmp_path / "run"), "--epochs", "1",
                  "--hidden", "8", "--latent-dim", "2", "--no-progress", "--device", "cpu"]) == 0
-    assert "trained 1 epochs on x.npy (300 examples)" in capsys.readouterr().out
+    assert "trained 1 epoch on x.npy (300 examples)" in capsys.readouterr().out
 
 
 def test_streamed_uint8_channels_last_images_match_the_in_memory_loader(tmp_path):

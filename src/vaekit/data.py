@@ -46,7 +46,7 @@ class Dataset(NamedTuple):
     labels: torch.Tensor | None  # (N,) int64, or None
     image: bool  # True when x is (N, C, H, W) in [0, 1]
     name: str  # where it came from, for reports
-    layout: str = "NCHW"  # "NHWC" when the source array held channels last (x itself is always NCHW)
+    layout: str = "NCHW"  # "NHWC" / "NHW" when the source array held channels last / none (x is always NCHW)
     classes: list[str] | None = None  # names of labels 0..K-1 when they are text (sub-folders, string labels)
 
 
@@ -81,7 +81,7 @@ def load_data(spec: str, split: str = "train", data_dir: str | os.PathLike | Non
         raise DataError(f"{spec}: a .npz cannot be memory-mapped; save the array with numpy.save as .npy to stream it")
     if streamed and suffix == ".npy":
         x = lazy.open_npy(path)
-        return Dataset(x, None, x.image, path.name, "NHWC" if x.channels_last else "NCHW")
+        return Dataset(x, None, x.image, path.name, x.layout)
     if suffix in (".npy", ".npz"):
         return load_array(path)
     if suffix in IMAGE_SUFFIXES:
@@ -204,7 +204,7 @@ def load_array(path: Path) -> Dataset:
     except DataError:
         raise
     except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"{path} is not a readable numpy array ({e}); save it with numpy.save") from None
+        raise unreadable_array(path, e) from None
     if arr.dtype == object or np.issubdtype(arr.dtype, np.complexfloating) \
             or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise DataError(f"{path} has dtype {arr.dtype}; it must be real numbers (float, int or bool)")
@@ -216,7 +216,7 @@ def load_array(path: Path) -> Dataset:
         arr, image = arr.astype(np.float32) / 255.0, True  # uint8-style images
     x = torch.from_numpy(np.array(arr, dtype=np.float32))  # a copy: the file may be memory-mapped
     if x.ndim == 3:  # (N, H, W) greyscale images
-        x, image = x.unsqueeze(1), True
+        x, image, layout = x.unsqueeze(1), True, "NHW"
     elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
         x, image, layout = x.permute(0, 3, 1, 2).contiguous(), True, "NHWC"  # (N, H, W, C) -> (N, C, H, W)
     elif x.ndim == 4:
@@ -316,6 +316,14 @@ def class_labels(values: np.ndarray, n: int, what: str) -> tuple[torch.Tensor, l
         raise DataError(f"{what}: labels of dtype {values.dtype} must be whole numbers or strings (class ids or "
                         "names); these have fractions or NaN: a regression target is not a class")
     return torch.from_numpy(values.astype(np.int64)), None
+
+
+def unreadable_array(path: Path, e: Exception) -> DataError:
+    """The error for a .npy/.npz numpy cannot read without unpickling, or at all."""
+    if "object" in str(e).lower() or "pickle" in str(e).lower():
+        return DataError(f"{path} holds Python objects (dtype=object), which vaekit never unpickles (loading a file "
+                         "must not run code); save a numeric array: numpy.save(path, a.astype(float))")
+    return DataError(f"{path} is not a readable numpy array ({e}); save it with numpy.save")
 
 
 def check_finite(x: torch.Tensor, what: str) -> None:

@@ -59,13 +59,16 @@ def png_bytes(x: torch.Tensor, nrow: int | None = None) -> bytes:
 
 def write_output(x: torch.Tensor, path: str | Path, nrow: int | None = None, layout: str = "NCHW") -> Path:
     """Write x (..., C, H, W for images) as an image grid (.png) or the raw array (.npy),
-    atomically; with layout "NHWC" a .npy gets channels last, as the training array had them."""
+    atomically; a .npy comes back in the training array's layout: channels last for "NHWC",
+    no channel axis for "NHW" (greyscale saved as (N, H, W))."""
     p = check_output_file(path)
     if p.suffix.lower() == ".png":
         data = png_bytes(x, nrow)
     else:
         if layout == "NHWC" and x.ndim >= 4:
             x = x.movedim(-3, -1)  # (..., H, W, C): the user's own layout, not the model's
+        elif layout == "NHW" and x.ndim >= 4 and x.shape[-3] == 1:
+            x = x.squeeze(-3)  # (..., H, W)
         buf = io.BytesIO()
         np.save(buf, x.detach().cpu().numpy(), allow_pickle=False)
         data = buf.getvalue()

@@ -141,7 +141,8 @@ class NpyRows(LazyRows):
         try:
             header = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"{path} is not a readable numpy array ({e}); save it with numpy.save") from None
+            from .data import unreadable_array
+            raise unreadable_array(path, e) from None
         if header.dtype == object or not (np.issubdtype(header.dtype, np.number) or header.dtype == bool):
             raise DataError(f"{path} has dtype {header.dtype}; it must be numeric")
         if header.ndim < 2 or header.shape[0] == 0 or header.size == 0:
@@ -158,16 +159,16 @@ class NpyRows(LazyRows):
         if os.fstat(self._fd).st_size < self.offset + n * self._row_bytes:
             raise DataError(f"{path} is shorter than its header says (truncated); save the array again")
         super().__init__(n, self.raw_shape, path.name)
-        self.divisor, self.channels_last, self.image = 1.0, False, False
+        self.divisor, self.layout, self.image = 1.0, "NCHW", False
         ndim, shape = 1 + len(self.raw_shape), self.raw_shape
         if np.issubdtype(self.raw_dtype, np.integer) and ndim in (3, 4):
             lo, hi = self._raw_range()
             if lo >= 0 and hi <= 255:
                 self.divisor, self.image = 255.0, True  # uint8-style images
         if ndim == 3:  # (N, H, W) greyscale images
-            shape, self.image = (1, *shape), True
+            shape, self.image, self.layout = (1, *shape), True, "NHW"
         elif ndim == 4 and shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4):
-            shape, self.channels_last, self.image = (shape[2], shape[0], shape[1]), True, True
+            shape, self.layout, self.image = (shape[2], shape[0], shape[1]), "NHWC", True
         elif ndim == 4:
             self.image = True
         self.row_shape = tuple(shape)
@@ -206,7 +207,7 @@ class NpyRows(LazyRows):
         rows = self._raw(idx).astype(np.float32, copy=False)  # (B, ...)
         if self.divisor != 1.0:
             rows = rows / np.float32(self.divisor)  # as load_array scales, bit for bit
-        if self.channels_last:
+        if self.layout == "NHWC":
             rows = np.ascontiguousarray(rows.transpose(0, 3, 1, 2))  # (B, H, W, C) -> (B, C, H, W)
         return rows.reshape(len(idx), *self.row_shape)
 
