@@ -566,7 +566,7 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (T + ["{d}/vec.npy", "--out", "{d}/o"], "need (N, features...)", 2),
     (T + ["{d}/text.npy", "--out", "{d}/o"], "must be real numbers", 2),
     (T + ["{d}/complex.npy", "--out", "{d}/o"], "must be real numbers", 2),
-    (T + ["{d}/pickled.npy", "--out", "{d}/o"], "not a readable numpy array", 2),
+    (T + ["{d}/pickled.npy", "--out", "{d}/o"], "never unpickles", 2),
     (T + ["{d}/multi.npz", "--out", "{d}/o"], "name the data array 'x'", 2),
     (T + ["{d}/labels.npz", "--out", "{d}/o"], "labels have shape (3,) for 5 examples", 2),
     (T + ["{d}/data.txt", "--out", "{d}/o"], "unsupported file type .txt", 2),
