@@ -209,12 +209,10 @@ class MixedDistribution(Distribution):
         return total
 
     def _assemble(self, normal: torch.Tensor, cats: list[torch.Tensor], bern: torch.Tensor) -> torch.Tensor:
-        out = self.params.new_zeros(*self.batch_shape, self.lk.dim)  # (..., D_enc)
-        out[..., self.lk.normal_idx] = normal
-        for (a, b), v in zip(self.lk.cat_idx, cats):
-            out[..., a:b] = v
-        out[..., self.lk.bern_idx] = bern
-        return out
+        # one gather, not assignments into a zero row: ONNX export traces a gather cleanly
+        blank = self.params.new_zeros(*self.batch_shape, 1)  # for encoded positions no head covers
+        parts = torch.cat([normal, *cats, bern, blank], -1)  # (..., n_normal + sum k + n_bern + 1), head order
+        return parts[..., self.lk.assemble_idx]  # (..., D_enc)
 
     @property
     def mean(self) -> torch.Tensor:
@@ -289,6 +287,11 @@ class MixedLikelihood(nn.Module):
                         ("bern_params", bern_params)]:
             self.register_buffer(name, torch.tensor(v, dtype=torch.long), persistent=False)
         self.register_buffer("normal_params", torch.tensor(normal_params, dtype=torch.long), persistent=False)
+        order = normal_idx + [i for a, b in self.cat_idx for i in range(a, b)] + bern_idx  # head order -> row position
+        assemble = [len(order)] * self.dim
+        for j, i in enumerate(order):
+            assemble[i] = j
+        self.register_buffer("assemble_idx", torch.tensor(assemble, dtype=torch.long), persistent=False)
         k_max = max((b - a for a, b in self.cat_idx), default=0)
         # index grids (n_cat, k_max) into the params / the row; padding points one past the end
         grid = [[list(range(a, b)) + [p] * (k_max - b + a) for a, b in self.cat_params],
