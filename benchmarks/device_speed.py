@@ -1,15 +1,17 @@
 """Training throughput on one device, per way of running the step:
 
-  in-memory fp32 | in-memory + --amp (CUDA, or a CPU with AMX / AVX512-BF16) | in-memory + --compile | streamed .npy (fp32)
+  in-memory fp32 | in-memory + --amp (CUDA, or a CPU with AMX / AVX512-BF16) | in-memory + --compile |
+  in-memory + --amp --compile | streamed .npy (fp32)
   and, for the conv model, in-memory in NCHW layout (--no-channels-last) against the default NHWC
 
-for the MNIST MLP (784-256-256-16, Bernoulli, dynamic binarisation) and the conv model
-(channels 32,64), batch 128 (and 1024 on CUDA), one epoch of `--n` examples each after a
+for the MNIST MLP (784-256-256-16, Bernoulli, dynamic binarisation), the conv model
+(channels 32,64) and the IWAE paper's model trained with the IWAE objective, k = 50, batch 128 (and 1024 on CUDA), one epoch of `--n` examples each after a
 warm-up run (which also absorbs torch.compile's compile time). Also reports the process's
 peak RSS. Results: one JSON line per row, then one line describing the machine.
 
     python benchmarks/device_speed.py --device cuda            # on a GPU machine
     python benchmarks/device_speed.py --device cpu --quick     # seconds: a smoke run
+    python benchmarks/device_speed.py --device cpu --n 6000 --models iwae50-784-200-200-50
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ from vaekit.distributed import cpu_bf16
 from eval_speed import mm_rate
 
 MODELS = {"mlp-784-256-256-16": {"hidden": [256, 256], "latent_dim": 16},
-          "conv-32-64-16": {"arch": "conv", "channels": [32, 64], "latent_dim": 16}}
+          "conv-32-64-16": {"arch": "conv", "channels": [32, 64], "latent_dim": 16},
+          # the IWAE paper's model trained with k = 50: the decoder runs on 50 x batch rows
+          "iwae50-784-200-200-50": {"hidden": [200, 200], "latent_dim": 50, "activation": "tanh",
+                                    "objective": "iwae", "k": 50}}
 
 
 def peak_rss_mb() -> float | None:
@@ -69,7 +74,12 @@ def main() -> None:
     p.add_argument("--n", type=int, default=60000)
     p.add_argument("--quick", action="store_true", help="2,000 examples, the MLP only, no compile")
     p.add_argument("--no-compile", action="store_true", help="leave out the compiled way (its compile takes minutes on a CPU)")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     args = p.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        p.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
     n = 2000 if args.quick else args.n
@@ -83,16 +93,20 @@ def main() -> None:
             ways["amp"] = (x, {"amp": True})
         if not (args.quick or args.no_compile):
             ways["compile"] = (x, {"compile": True})
+            if "amp" in ways:
+                ways["amp+compile"] = (x, {"amp": True, "compile": True})
         batches = (128, 1024) if device.startswith("cuda") else (128,)
-        for name, model in MODELS.items():
-            if args.quick and name.startswith("conv"):
+        for name in models:
+            model = MODELS[name]
+            if args.quick and not name.startswith("mlp"):
                 continue
             for batch in batches:
                 row = {"model": name, "batch": batch, "device": device}
                 for way, (data, flags) in ways.items():
                     row[f"{way}_ex_per_s"] = round(run(data, device, model, batch, **flags))
-                if "amp_ex_per_s" in row:
-                    row["amp_speedup"] = round(row["amp_ex_per_s"] / row["in-memory_ex_per_s"], 3)
+                for way in ("amp", "compile", "amp+compile"):
+                    if f"{way}_ex_per_s" in row:
+                        row[f"{way}_speedup"] = round(row[f"{way}_ex_per_s"] / row["in-memory_ex_per_s"], 3)
                 if model.get("arch") == "conv":  # the layout conv models train in by default, against NCHW
                     row["in-memory-nchw_ex_per_s"] = round(run(x, device, model, batch, channels_last=False))
                     row["channels_last_speedup"] = round(row["in-memory_ex_per_s"] / row["in-memory-nchw_ex_per_s"], 3)

@@ -56,7 +56,7 @@ for p in "${PARTS[@]}"; do
                 tests/test_variants.py tests/test_hvae.py tests/test_conditional.py tests/test_devices.py \
                 tests/test_stream.py ;;
         speed)
-            part device_speed 240 $PY benchmarks/device_speed.py --device cuda --data-dir "$DATA" ;;
+            part device_speed 240 $PY benchmarks/device_speed.py --device cuda --data-dir "$DATA" --models mlp-784-256-256-16,conv-32-64-16 ;;
         hvae-speed)
             part hvae_speed 120 $PY benchmarks/mnist_hvae.py --speed 12800 --device cuda --data-dir "$DATA" \
                 --results "$OUT/mnist_hvae.jsonl" ;;
