@@ -446,3 +446,10 @@ def test_iso_text_with_utc_offsets_is_a_datetime_column(tmp_path, stream, capsys
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "r"), str(tmp_path / "t.csv"), "--json"]) == 0
     assert "Warning" not in capsys.readouterr().err
+
+
+def test_fit_table_refuses_what_is_not_a_table_with_the_fix():
+    with pytest.raises(DataError, match=r"not ndarray; wrap an array as pandas.DataFrame"):
+        vaekit.fit_table(np.random.rand(30, 3), vaekit.table_config(epochs=1))
+    with pytest.raises(DataError, match=r"cannot train on DataFrame.*vaekit.fit_table\(df\)"):
+        vaekit.fit(pd.DataFrame({"a": np.random.rand(30)}))

@@ -165,3 +165,24 @@ def test_generation_in_chunks_matches_one_pass(monkeypatch):
     bits = model.sample(10, mean=False, generator=torch.Generator().manual_seed(2))
     assert set(bits.unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(bits, model.sample(10, mean=False, generator=torch.Generator().manual_seed(2)))
+
+
+def test_a_numpy_array_trains_as_the_cli_reads_it_saved(tmp_path):
+    """vaekit.fit(np.load(f)) and `vaekit train f` see the same data: 0..255 integer images
+    scaled to [0, 1], (N, H, W) given a channel axis, channels-last made channels-first."""
+    from vaekit.cli import main
+
+    grey = np.random.default_rng(0).integers(0, 256, (60, 6, 5), dtype=np.uint8)  # (N, H, W)
+    np.save(tmp_path / "g.npy", grey)
+    api = vaekit.fit(grey, Config(**FAST))
+    assert main(["train", str(tmp_path / "g.npy"), "--out", str(tmp_path / "r"), "--epochs", str(FAST["epochs"]),
+                 "--latent-dim", str(FAST["latent_dim"]), "--hidden", ",".join(map(str, FAST["hidden"])),
+                 "--batch-size", str(FAST["batch_size"]), "--no-progress"]) == 0
+    cli = vaekit.load(tmp_path / "r")
+    for field in ("input_shape", "likelihood", "binarize", "data_layout"):
+        assert getattr(api.config, field) == getattr(cli.config, field), field
+    assert api.config.input_shape == [1, 6, 5] and api.config.likelihood == "bernoulli"
+    hwc = np.random.default_rng(1).random((60, 6, 5, 3)).astype(np.float32)  # (N, H, W, C)
+    assert vaekit.fit(hwc, Config(**FAST)).config.input_shape == [3, 6, 5]
+    with pytest.raises(DataError, match=r"load it first, vaekit.fit\(vaekit.load_data\('x.npy'\)\)"):
+        vaekit.fit("x.npy", Config(**FAST))

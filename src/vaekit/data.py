@@ -205,11 +205,19 @@ def load_array(path: Path) -> Dataset:
         raise
     except (ValueError, OSError, EOFError) as e:
         raise unreadable_array(path, e) from None
+    return array_dataset(arr, path, labels)
+
+
+def array_dataset(arr: np.ndarray, path: Path | str, labels: np.ndarray | None = None) -> Dataset:
+    """A numpy array (N, ...) read as `vaekit train file.npy` reads it: integer 0..255 arrays of
+    3 or 4 dims are images scaled to [0, 1], (N, H, W) gains a channel axis, (N, H, W, C) is
+    made channels first (the layout is recorded for outputs). `path` names it in errors."""
     if arr.dtype == object or np.issubdtype(arr.dtype, np.complexfloating) \
             or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise DataError(f"{path} has dtype {arr.dtype}; it must be real numbers (float, int or bool)")
     if arr.ndim < 2 or arr.shape[0] == 0 or arr.size == 0:
-        raise DataError(f"{path} has shape {arr.shape}; need (N, features...) with N >= 1 examples"
+        empty = " (empty)" if arr.size == 0 else ""
+        raise DataError(f"{path} has shape {arr.shape}{empty}; need (N, features...) with N >= 1 examples"
                             + (" (one value per example: save a.reshape(-1, 1))" if len(arr.shape) == 1 else ""))
     image, layout = False, "NCHW"
     if np.issubdtype(arr.dtype, np.integer) and arr.ndim in (3, 4) and arr.min() >= 0 and arr.max() <= 255:
@@ -227,7 +235,7 @@ def load_array(path: Path) -> Dataset:
     check_finite(x, str(path))
     if image and (x.min() < 0 or x.max() > 1):
         image = False  # real-valued arrays that merely look like images: treat as plain arrays
-    return Dataset(x, labels, image, path.name, layout, classes)
+    return Dataset(x, labels, image, Path(path).name, layout, classes)
 
 
 def load_image_folder(path: Path, stream: bool = False) -> Dataset:

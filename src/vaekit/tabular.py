@@ -62,6 +62,9 @@ def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | 
         with encoded_table(data, kinds, encoding, condition_columns, config.seed, sep, chunk_rows, near=out) as parts:
             return _fit_encoded(*parts, config, out, force, resume)
     df = read_table(data, sep) if isinstance(data, (str, os.PathLike)) else data
+    if type(df).__name__ != "DataFrame":
+        raise DataError(f"fit_table needs a pandas DataFrame or a .csv/.parquet path, not {type(df).__name__}; "
+                        "wrap an array as pandas.DataFrame(a, columns=[...]), or use vaekit.fit for arrays")
     schema = infer_schema(df, kinds, encoding, condition_columns, seed=config.seed)
     x = torch.from_numpy(encode(schema, df))  # (N, D_enc)
     c = torch.from_numpy(encode(schema, df, schema.conditions)) if schema.condition_columns else None  # (N, C)

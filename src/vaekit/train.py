@@ -21,7 +21,7 @@ import torch
 from . import checkpoint, distributed
 from . import resume as resuming
 from .config import Config
-from .data import Dataset, binarize_dynamic, check_finite, is_binary, on_8bit_grid
+from .data import Dataset, array_dataset, binarize_dynamic, check_finite, is_binary, on_8bit_grid
 from .errors import ConfigError, DataError, NonFiniteError, OutputExistsError
 from .evaluate import log_likelihood
 from .model import VAE, memory_format
@@ -59,11 +59,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def as_dataset(data: Any) -> Dataset:
-    """Accept a Dataset, a tensor or a numpy array (N, *shape); validate it."""
+    """Accept a Dataset, a tensor (N, *shape), taken as it is (images (N, C, H, W) in [0, 1]),
+    or a numpy array, read as `vaekit train` reads the same array saved as .npy (see
+    data.array_dataset: 0..255 integer images are scaled, (N, H, W) and (N, H, W, C) become
+    (N, C, H, W)); validate it."""
     if isinstance(data, Dataset):
         ds = data
-    elif isinstance(data, (torch.Tensor, np.ndarray)):
-        x = torch.as_tensor(np.asarray(data) if isinstance(data, np.ndarray) else data)
+    elif isinstance(data, np.ndarray):
+        ds = array_dataset(data, "array")
+    elif isinstance(data, torch.Tensor):
+        x = data.detach()
         if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int64, torch.int32, torch.bool)):
             raise DataError(f"data has dtype {x.dtype}; pass a float array (N, *shape)")
         if x.ndim < 2:
@@ -71,7 +76,12 @@ def as_dataset(data: Any) -> Dataset:
         x = x.float()
         ds = Dataset(x, None, x.ndim == 4 and bool(x.min() >= 0) and bool(x.max() <= 1), "array")
     else:
-        raise DataError(f"cannot train on {type(data).__name__}; pass a Dataset, tensor or numpy array")
+        hint = ""
+        if isinstance(data, (str, os.PathLike)):
+            hint = f": load it first, vaekit.fit(vaekit.load_data({str(data)!r}))"
+        elif type(data).__name__ == "DataFrame":
+            hint = ": for a table use vaekit.fit_table(df)"
+        raise DataError(f"cannot train on {type(data).__name__}; pass a Dataset, tensor or numpy array{hint}")
     check_finite(ds.x, ds.name)
     return ds
 
