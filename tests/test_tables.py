@@ -453,3 +453,17 @@ def test_fit_table_refuses_what_is_not_a_table_with_the_fix():
         vaekit.fit_table(np.random.rand(30, 3), vaekit.table_config(epochs=1))
     with pytest.raises(DataError, match=r"cannot train on DataFrame.*vaekit.fit_table\(df\)"):
         vaekit.fit(pd.DataFrame({"a": np.random.rand(30)}))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_saved_pandas_index_is_not_modelled_and_repeated_names_are_refused(tmp_path, stream):
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(size=80), "b": rng.choice(["x", "y"], 80)})
+    df.to_csv(tmp_path / "t.csv")  # index=True (pandas' default): header ",a,b", rows "0,...", "1,..."
+    model = fit_table(tmp_path / "t.csv", table_config(epochs=1, hidden=[8], latent_dim=2, progress=False),
+                      stream=stream)
+    assert model.schema.names == ["a", "b"]
+    assert list(sample_table(model, 5).columns) == ["a", "b"]
+    (tmp_path / "dup.csv").write_text("a,a,b\n" + "".join(f"{i},{2 * i},{'xy'[i % 2]}\n" for i in range(40)))
+    with pytest.raises(DataError, match=r"repeats the column name\(s\) \['a'\]"):
+        fit_table(tmp_path / "dup.csv", table_config(epochs=1), stream=stream)

@@ -28,7 +28,7 @@ import numpy as np
 from .errors import ConfigError, DataError
 from .table_codec import encode
 from .tables import (ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, ZONED, ZONED_DTYPE, Column, Schema,
-                     _fit_gmm, check_request, condition_values, csv_separator, plain, to_numbers, unreadable)
+                     _fit_gmm, check_request, condition_values, csv_layout, plain, to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
 CHUNK_BYTES = 4 << 20  # CSV text per chunk (its DataFrame is a few times larger)
@@ -66,9 +66,10 @@ def read_chunks(path: str | os.PathLike, sep: str | None = None, chunk_rows: int
             for batch in f.iter_batches(batch_size=chunk_rows or PARQUET_CHUNK_ROWS, columns=names):
                 yield batch.to_pandas()
             return
-        sep = csv_separator(p, sep)
+        sep, index_col = csv_layout(p, sep)
         rows = chunk_rows or _rows_per_chunk(p)
-        with pd.read_csv(p, sep=sep, chunksize=rows, dtype={c: str for c in text} or None) as reader:
+        with pd.read_csv(p, sep=sep, index_col=index_col, chunksize=rows,
+                         dtype={c: str for c in text} or None) as reader:
             yield from reader
     except (UnicodeDecodeError, ValueError, OSError, pd.errors.ParserError) as e:
         raise unreadable(p, e) from None

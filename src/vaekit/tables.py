@@ -15,6 +15,7 @@ mixed likelihood (likelihoods.MixedLikelihood).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import json
@@ -154,7 +155,8 @@ def read_table(path: str | Path, sep: str | None = None):
         if p.suffix.lower() in (".parquet", ".pq"):
             df = pd.read_parquet(p)
         else:
-            df = pd.read_csv(p, sep=csv_separator(p, sep))
+            sep, index_col = csv_layout(p, sep)
+            df = pd.read_csv(p, sep=sep, index_col=index_col)
     except (UnicodeDecodeError, ValueError, OSError, pd.errors.ParserError) as e:
         raise unreadable(p, e) from None
     if df.shape[1] == 0 or len(df) == 0:
@@ -169,6 +171,22 @@ def csv_separator(p: Path, sep: str | None) -> str:
     with open(p, encoding="utf-8", errors="strict") as f:
         header = f.readline()
     return max([",", ";", "\t"], key=header.count)
+
+
+def csv_layout(p: Path, sep: str | None) -> tuple[str, int | None]:
+    """The separator, and index_col=0 when the header's first name is empty: that is a pandas
+    index saved with the table (`df.to_csv(path)`), row numbers, not data. A header that
+    repeats a name is refused: pandas would rename the copy ('a.1') and the synthetic table's
+    header would not be the real one's."""
+    sep = csv_separator(p, sep)
+    if len(sep) != 1:  # a regular expression: pandas' own rules apply
+        return sep, None
+    with open(p, encoding="utf-8", errors="strict", newline="") as f:
+        header = next(csv.reader(f, delimiter=sep), [])
+    repeated = sorted({name for name in header if name and header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{p}: the header repeats the column name(s) {repeated}; give each column its own name")
+    return sep, (0 if len(header) > 1 and header[0] == "" else None)
 
 
 def unreadable(p: Path, e: Exception) -> DataError:
