@@ -467,3 +467,33 @@ def test_a_saved_pandas_index_is_not_modelled_and_repeated_names_are_refused(tmp
     (tmp_path / "dup.csv").write_text("a,a,b\n" + "".join(f"{i},{2 * i},{'xy'[i % 2]}\n" for i in range(40)))
     with pytest.raises(DataError, match=r"repeats the column name\(s\) \['a'\]"):
         fit_table(tmp_path / "dup.csv", table_config(epochs=1), stream=stream)
+
+
+def test_reconstructed_rows_keep_the_table_and_what_the_latent_code_carries(toy_model, tmp_path, capsys):
+    from vaekit.tabular import reconstruct_table
+
+    df, model = toy_model
+    rec = reconstruct_table(model, df)
+    assert list(rec.columns) == list(df.columns) and dict(rec.dtypes) == dict(df.dtypes) and len(rec) == len(df)
+    # colour decides x's sign (+10 red, -10 otherwise): a code that keeps either keeps the dependence;
+    # the reconstructed rows must keep the real rows' side of it (chance: about half)
+    real_side, rec_side = df.color == "red", rec.color == "red"
+    assert (real_side == rec_side).mean() > 0.9
+    both = df.x.notna() & rec.x.notna()
+    assert ((df.x[both] > 0) == (rec.x[both] > 0)).mean() > 0.9
+    assert (rec.site == "A").all()
+    cond = fit_table(df, TOY_CONFIG.replace(epochs=2), condition_columns=["color"])
+    rec = reconstruct_table(cond, df.iloc[:20])
+    pd.testing.assert_series_equal(rec.color, df.color.iloc[:20].reset_index(drop=True))  # conditions are kept
+    with pytest.raises(vaekit.errors.IncompatibleError, match=r"lacks column\(s\) \['color'\]"):
+        reconstruct_table(model, df.drop(columns="color"))
+    # the CLI: the first -n rows to .csv; interpolate and traverse say what a table run supports
+    vaekit.save(model, tmp_path / "run")
+    df.to_csv(tmp_path / "t.csv", index=False)
+    assert main(["reconstruct", str(tmp_path / "run"), str(tmp_path / "t.csv"), "-n", "7",
+                 "-o", str(tmp_path / "r.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "r.csv")) == 7 and "wrote 7 reconstructed rows" in capsys.readouterr().out
+    for cmd in ("interpolate", "traverse"):
+        assert main([cmd, str(tmp_path / "run"), str(tmp_path / "t.csv"), "-o", str(tmp_path / "i.npy")]) == 2
+        assert "is a table run: use sample, reconstruct or evaluate" in capsys.readouterr().err
+    assert main(["reconstruct", str(tmp_path / "run"), str(tmp_path / "t.csv"), "-o", str(tmp_path / "r.npy")]) == 2

@@ -43,6 +43,7 @@ _EXPORTS = {
     "MixedLikelihood": "likelihoods",
     "fit_table": "tabular",
     "sample_table": "tabular",
+    "reconstruct_table": "tabular",
     "table_config": "tabular",
     "evaluate_table": "table_metrics",
     "read_table": "tables",
@@ -84,5 +85,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .sample import write_output
     from .table_metrics import evaluate_table
     from .tables import Schema, read_table, write_table
-    from .tabular import fit_table, sample_table, table_config
+    from .tabular import fit_table, reconstruct_table, sample_table, table_config
     from .train import History, fit

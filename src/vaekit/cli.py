@@ -165,14 +165,39 @@ def _eval_data(args, model, n: int | None):
     return x, ds, c
 
 
+def _table_run_or_check_output(args, command: str):
+    """Load the run; check the output name for its kind: a table run's rows go to .csv/.parquet
+    (reconstruct), and interpolate/traverse work on arrays and images only."""
+    from .sample import check_output_file
+    from .tables import check_table_output
+
+    model = _load_run(args)
+    if getattr(model, "schema", None) is None:
+        check_output_file(args.output, force=args.force)
+    elif command == "reconstruct":
+        check_table_output(args.output, force=args.force)
+    else:
+        raise ConfigError(f"{command} works on array and image runs; {args.run} is a table run: use sample, "
+                          "reconstruct or evaluate")
+    return model
+
+
 def cmd_reconstruct(args) -> int:
     import torch
 
-    from .sample import check_output_file, write_output
+    from .sample import write_output
 
     _positive(args.n, "-n")
-    check_output_file(args.output, force=args.force)
-    model = _load_run(args)
+    model = _table_run_or_check_output(args, "reconstruct")
+    if getattr(model, "schema", None) is not None:
+        from .table_stream import read_chunks
+        from .tables import write_table
+        from .tabular import reconstruct_table
+
+        rows = next(read_chunks(args.data, args.sep, chunk_rows=args.n))  # the first -n rows, never the whole file
+        write_table(reconstruct_table(model, rows), args.output)
+        print(f"wrote {len(rows)} reconstructed rows to {args.output}")
+        return 0
     x, _, c = _eval_data(args, model, args.n)
     recon = model.reconstruct(x, c=c)
     if Path(args.output).suffix.lower() == ".png":
@@ -188,13 +213,12 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_interpolate(args) -> int:
-    from .sample import check_output_file, write_output
+    from .sample import write_output
 
     _positive(args.pairs, "--pairs")
     if args.steps < 2:
         raise ConfigError(f"--steps {args.steps} must be >= 2")
-    check_output_file(args.output, force=args.force)
-    model = _load_run(args)
+    model = _table_run_or_check_output(args, "interpolate")
     x, _, c = _eval_data(args, model, 2 * args.pairs)
     if len(x) < 2:
         raise ConfigError("interpolation needs at least two examples in DATA")
@@ -210,11 +234,10 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_traverse(args) -> int:
-    from .sample import check_output_file, traversals, write_output
+    from .sample import traversals, write_output
 
     _positive(args.n, "-n")
-    check_output_file(args.output, force=args.force)
-    model = _load_run(args)
+    model = _table_run_or_check_output(args, "traverse")
     x, _, c = _eval_data(args, model, args.n)
     dims, walks = traversals(model, x, dims=args.dims, top=args.top, index=args.index, span=args.span,
                              steps=args.steps, c=c)  # (dims, steps, *shape)

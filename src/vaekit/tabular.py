@@ -121,6 +121,29 @@ def sample_table(model, n: int, conditions: list[str] | dict[str, Any] | None = 
     return assemble(schema, parts)
 
 
+@torch.no_grad()
+def reconstruct_table(model, df):
+    """Each row of df encoded to its posterior mean and decoded: the table's rows as the model
+    sees them (numbers from the likelihood's mean, the most probable label, missing where the
+    indicator's probability passes 0.5). A conditional model's condition columns are the
+    rows' own, kept as they are. Returns a DataFrame with the training table's columns."""
+    from .errors import IncompatibleError
+
+    schema = table_schema(model)
+    missing = [name for name in schema.names if name not in df.columns]
+    if missing:
+        raise IncompatibleError(f"the table lacks column(s) {missing} that the model was trained on; "
+                                "pass rows like the training table's")
+    x = torch.from_numpy(encode(schema, df)).to(model.device)  # (N, D_enc)
+    c = None
+    if schema.condition_columns:
+        c = torch.from_numpy(encode(schema, df, schema.conditions)).to(model.device)  # (N, C)
+    recon = model.reconstruct(x, c=c)  # (N, D_enc) likelihood means
+    parts = decode(schema, recon.cpu().numpy())
+    parts.update({col.name: df[col.name] for col in schema.conditions})
+    return assemble(schema, parts)
+
+
 def parse_conditions(schema: Schema, conditions) -> list[tuple[str, str, Any]]:
     """Conditions -> [(column, op, value)], checked against the schema."""
     if not conditions:
