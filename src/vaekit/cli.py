@@ -63,9 +63,13 @@ def cmd_train(args) -> int:
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
     loss = last.get("val_loss", last.get("train_loss", float("nan")))
     if is_main():  # under torchrun, rank 0 speaks for all
-        print(f"trained {len(h.epochs)} epoch{'s' if len(h.epochs) != 1 else ''} on {ds.name} ({len(ds.x)} examples); best epoch {h.best_epoch}, "
+        print(f"trained {_epochs(h)} on {ds.name} ({len(ds.x)} examples); best epoch {h.best_epoch}, "
               f"loss {loss:.4f}; saved {args.out}")
     return 0
+
+
+def _epochs(history) -> str:
+    return f"{len(history.epochs)} epoch" + ("" if len(history.epochs) == 1 else "s")
 
 
 def _train_table(args, config) -> int:
@@ -80,7 +84,7 @@ def _train_table(args, config) -> int:
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
     loss = last.get("val_loss", last.get("train_loss", float("nan")))
     schema = model.schema
-    print(f"trained {len(h.epochs)} epoch{'s' if len(h.epochs) != 1 else ''} on {args.data} ({len(schema.columns)} columns); best epoch "
+    print(f"trained {_epochs(h)} on {args.data} ({len(schema.columns)} columns); best epoch "
           f"{h.best_epoch}, loss {loss:.4f}; saved {args.out}")
     return 0
 

@@ -73,7 +73,7 @@ class Config:
     checkpoint_minutes: float = 0.0  # also save it every M minutes, mid-epoch if need be (0 = off)
     skip_nonfinite: int = 0  # skip a batch whose loss or gradient is NaN/Inf, at most this many in a row (0 = stop)
     input_shape: list[int] | None = None  # shape of one example, recorded from the data by fit()
-    data_layout: Layout = "NCHW"  # how the training array held images; .npy outputs come back the same way (NHW: no channel axis)
+    data_layout: Layout = "NCHW"  # the training array's image layout; .npy outputs come back in it (NHW: no channel axis)
     condition_on: str | None = None  # conditional VAE: "labels" (class labels of the data), "columns" (tables)
     condition_dim: int = 0  # size of the condition vector c given to encoder and decoder; fit() records it
     condition_names: list[str] | None = None  # condition_on=labels: the class names, in one-hot order
