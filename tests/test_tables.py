@@ -497,3 +497,10 @@ def test_reconstructed_rows_keep_the_table_and_what_the_latent_code_carries(toy_
         assert main([cmd, str(tmp_path / "run"), str(tmp_path / "t.csv"), "-o", str(tmp_path / "i.npy")]) == 2
         assert "is a table run: use sample, reconstruct or evaluate" in capsys.readouterr().err
     assert main(["reconstruct", str(tmp_path / "run"), str(tmp_path / "t.csv"), "-o", str(tmp_path / "r.npy")]) == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_one_row_table_is_refused_as_one_row(tmp_path, stream):
+    pd.DataFrame({"a": [1.5], "b": ["x"]}).to_csv(tmp_path / "one.csv", index=False)
+    with pytest.raises(DataError, match="the table has 1 row"):
+        fit_table(tmp_path / "one.csv", table_config(epochs=1), stream=stream)

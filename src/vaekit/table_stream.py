@@ -360,6 +360,8 @@ def encoded_table(path: str | os.PathLike, kinds: dict[str, str] | None = None, 
     from .stream import NpyRows
 
     schema, rows, text = infer_schema_chunked(path, kinds, encoding, condition_columns, seed, sep, chunk_rows)
+    if rows < 2:
+        raise DataError(f"the table has {rows} row; a model learns from many rows: pass the whole table")
     if not any(c.width() for c in schema.modelled):
         raise DataError("every modelled column is constant; there is nothing to learn: add columns that vary")
     parent = Path(near).resolve().parent if near is not None else None

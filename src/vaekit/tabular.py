@@ -77,6 +77,8 @@ def _fit_encoded(schema: Schema, x, c, config: Config, out, force: bool, resume:
     from .data import Dataset
     from .train import fit
 
+    if len(x) < 2:
+        raise DataError(f"the table has {len(x)} row; a model learns from many rows: pass the whole table")
     if x.shape[1] == 0:
         raise DataError("every modelled column is constant; there is nothing to learn: add columns that vary")
     config = config.replace(input_shape=[x.shape[1]])
