@@ -465,8 +465,12 @@ def test_a_saved_pandas_index_is_not_modelled_and_repeated_names_are_refused(tmp
     assert model.schema.names == ["a", "b"]
     assert list(sample_table(model, 5).columns) == ["a", "b"]
     (tmp_path / "dup.csv").write_text("a,a,b\n" + "".join(f"{i},{2 * i},{'xy'[i % 2]}\n" for i in range(40)))
-    with pytest.raises(DataError, match=r"repeats the column name\(s\) \['a'\]"):
+    with pytest.raises(DataError, match=r"repeats the column name\(s\) \['a'\]") as info:
         fit_table(tmp_path / "dup.csv", table_config(epochs=1), stream=stream)
+    assert "not a readable table" not in str(info.value)  # said once, not wrapped in a second message
+    (tmp_path / "long.csv").write_text('"' + "x" * 200_000 + '",b\n1,2\n3,4\n')  # over the csv module's field limit
+    with pytest.raises(DataError, match="long.csv is not a readable table .field larger than field limit"):
+        fit_table(tmp_path / "long.csv", table_config(epochs=1), stream=stream)
 
 
 def test_reconstructed_rows_keep_the_table_and_what_the_latent_code_carries(toy_model, tmp_path, capsys):

@@ -56,8 +56,10 @@ def read_chunks(path: str | os.PathLike, sep: str | None = None, chunk_rows: int
         raise DataError(f"{p}: no such file; pass a .csv or .parquet table")
     if chunk_rows is not None and chunk_rows < 1:
         raise ConfigError(f"chunk_rows={chunk_rows} must be >= 1")
+    csv_file = p.suffix.lower() not in (".parquet", ".pq")
+    sep, index_col = csv_layout(p, sep) if csv_file else (sep, None)  # its errors are already clear
     try:
-        if p.suffix.lower() in (".parquet", ".pq"):
+        if not csv_file:
             import pyarrow.parquet as pq
 
             f = pq.ParquetFile(p)
@@ -66,7 +68,6 @@ def read_chunks(path: str | os.PathLike, sep: str | None = None, chunk_rows: int
             for batch in f.iter_batches(batch_size=chunk_rows or PARQUET_CHUNK_ROWS, columns=names):
                 yield batch.to_pandas()
             return
-        sep, index_col = csv_layout(p, sep)
         rows = chunk_rows or _rows_per_chunk(p)
         with pd.read_csv(p, sep=sep, index_col=index_col, chunksize=rows,
                          dtype={c: str for c in text} or None) as reader:

@@ -151,11 +151,12 @@ def read_table(path: str | Path, sep: str | None = None):
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file; pass a .csv or .parquet table")
+    csv_file = p.suffix.lower() not in (".parquet", ".pq")
+    sep, index_col = csv_layout(p, sep) if csv_file else (sep, None)  # its errors are already clear
     try:
-        if p.suffix.lower() in (".parquet", ".pq"):
+        if not csv_file:
             df = pd.read_parquet(p)
         else:
-            sep, index_col = csv_layout(p, sep)
             df = pd.read_csv(p, sep=sep, index_col=index_col)
     except (UnicodeDecodeError, ValueError, OSError, pd.errors.ParserError) as e:
         raise unreadable(p, e) from None
@@ -178,11 +179,14 @@ def csv_layout(p: Path, sep: str | None) -> tuple[str, int | None]:
     index saved with the table (`df.to_csv(path)`), row numbers, not data. A header that
     repeats a name is refused: pandas would rename the copy ('a.1') and the synthetic table's
     header would not be the real one's."""
-    sep = csv_separator(p, sep)
-    if len(sep) != 1:  # a regular expression: pandas' own rules apply
-        return sep, None
-    with open(p, encoding="utf-8", errors="strict", newline="") as f:
-        header = next(csv.reader(f, delimiter=sep), [])
+    try:
+        sep = csv_separator(p, sep)
+        if len(sep) != 1:  # a regular expression: pandas' own rules apply
+            return sep, None
+        with open(p, encoding="utf-8", errors="strict", newline="") as f:
+            header = next(csv.reader(f, delimiter=sep), [])
+    except (UnicodeDecodeError, csv.Error, OSError) as e:  # not text; a field over csv's size limit
+        raise unreadable(p, e) from None
     repeated = sorted({name for name in header if name and header.count(name) > 1})
     if repeated:
         raise DataError(f"{p}: the header repeats the column name(s) {repeated}; give each column its own name")
