@@ -28,7 +28,7 @@ import numpy as np
 from .errors import ConfigError, DataError
 from .table_codec import encode
 from .tables import (ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, ZONED, ZONED_DTYPE, Column, Schema,
-                     _fit_gmm, check_request, condition_values, csv_layout, plain, to_numbers, unreadable)
+                     _fit_gmm, check_request, check_trainable, condition_values, csv_layout, plain, to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
 CHUNK_BYTES = 4 << 20  # CSV text per chunk (its DataFrame is a few times larger)
@@ -361,10 +361,7 @@ def encoded_table(path: str | os.PathLike, kinds: dict[str, str] | None = None, 
     from .stream import NpyRows
 
     schema, rows, text = infer_schema_chunked(path, kinds, encoding, condition_columns, seed, sep, chunk_rows)
-    if rows < 2:
-        raise DataError(f"the table has {rows} row; a model learns from many rows: pass the whole table")
-    if not any(c.width() for c in schema.modelled):
-        raise DataError("every modelled column is constant; there is nothing to learn: add columns that vary")
+    check_trainable(schema, rows)
     parent = Path(near).resolve().parent if near is not None else None
     with tempfile.TemporaryDirectory(prefix=".vaekit-encoded-", dir=parent) as tmp:
         x_path, c_path = write_encoded(schema, path, Path(tmp), rows, sep, chunk_rows, text)

@@ -130,6 +130,14 @@ class Schema:
         return cls(**d)
 
 
+def check_trainable(schema: Schema, rows: int) -> None:
+    """Refuse, before any encoding, a table a model cannot learn from."""
+    if rows < 2:
+        raise DataError(f"the table has {rows} row; a model learns from many rows: pass the whole table")
+    if not any(c.width() for c in schema.modelled):
+        raise DataError("every modelled column is constant; there is nothing to learn: add columns that vary")
+
+
 def _json_value(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()

@@ -27,7 +27,7 @@ from .errors import ConfigError, DataError
 from .likelihoods import MixedLikelihood
 from .model import VAE
 from .table_codec import assemble, decode, encode, label_key, label_series, numeric_series
-from .tables import Schema, infer_schema, read_table
+from .tables import Schema, check_trainable, infer_schema, read_table
 
 CONDITION = re.compile(r"^\s*(.+?)\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*$")
 
@@ -66,6 +66,7 @@ def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | 
         raise DataError(f"fit_table needs a pandas DataFrame or a .csv/.parquet path, not {type(df).__name__}; "
                         "wrap an array as pandas.DataFrame(a, columns=[...]), or use vaekit.fit for arrays")
     schema = infer_schema(df, kinds, encoding, condition_columns, seed=config.seed)
+    check_trainable(schema, len(df))
     x = torch.from_numpy(encode(schema, df))  # (N, D_enc)
     c = torch.from_numpy(encode(schema, df, schema.conditions)) if schema.condition_columns else None  # (N, C)
     return _fit_encoded(schema, x, c, config, out, force, resume)
@@ -77,10 +78,6 @@ def _fit_encoded(schema: Schema, x, c, config: Config, out, force: bool, resume:
     from .data import Dataset
     from .train import fit
 
-    if len(x) < 2:
-        raise DataError(f"the table has {len(x)} row; a model learns from many rows: pass the whole table")
-    if x.shape[1] == 0:
-        raise DataError("every modelled column is constant; there is nothing to learn: add columns that vary")
     config = config.replace(input_shape=[x.shape[1]])
     if c is not None:
         config = config.replace(condition_dim=c.shape[1], condition_on="columns")

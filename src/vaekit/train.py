@@ -63,10 +63,10 @@ def as_dataset(data: Any) -> Dataset:
     or a numpy array, read as `vaekit train` reads the same array saved as .npy (see
     data.array_dataset: 0..255 integer images are scaled, (N, H, W) and (N, H, W, C) become
     (N, C, H, W)); validate it."""
+    if isinstance(data, np.ndarray):
+        return array_dataset(data, "array")  # checked for NaN/Inf there
     if isinstance(data, Dataset):
         ds = data
-    elif isinstance(data, np.ndarray):
-        ds = array_dataset(data, "array")
     elif isinstance(data, torch.Tensor):
         x = data.detach()
         if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int64, torch.int32, torch.bool)):
