@@ -9,7 +9,9 @@ import torch
 import vaekit
 from vaekit import Config
 from vaekit.objectives import elbo, iwae, mmd, wae_mmd
-from vaekit.priors import MixturePrior, VampPrior
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+from vaekit.priors import GaussianMixture, MixturePrior, VampPrior
 from vaekit.train import kl_weight
 
 
@@ -58,6 +60,28 @@ def test_vamp_and_mixture_priors_integrate_to_one_and_sample():
     with torch.no_grad():
         centres = model.encode(model.prior.pseudo_inputs).mean  # (K, 2)
     assert torch.cdist(z0, centres).min(1).values.max() < 1e-5  # temperature 0: component means
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.01])
+def test_mixture_log_prob_by_matrix_products_matches_torch_in_value_and_gradient(scale):
+    # narrow components far from 0 are where expanding the square cancels worst
+    torch.manual_seed(0)
+    K, d = 40, 12
+    logits = torch.randn(K, requires_grad=True)
+    loc = (3 * torch.randn(K, d)).requires_grad_()
+    s = (scale * (torch.rand(K, d) + 0.1)).requires_grad_()
+    z = (loc[torch.randint(K, (5, 6))].detach() + scale * torch.randn(5, 6, d)).requires_grad_()  # (k, B, d)
+
+    def both(cls):
+        dist = cls(Categorical(logits=logits), Independent(Normal(loc, s), 1))
+        lp = dist.log_prob(z)
+        return lp, torch.autograd.grad(lp.sum(), [logits, loc, s, z])
+
+    (a, ga), (b, gb) = both(GaussianMixture), both(MixtureSameFamily)
+    assert a.shape == b.shape == (5, 6) and a.dtype == torch.float32
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-4)
+    for x, y in zip(ga, gb):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-4 * float(y.abs().max()))
 
 
 def test_free_bits_and_kl_warmup():
