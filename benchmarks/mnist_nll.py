@@ -6,6 +6,7 @@ test set binarised once with seed 0, -log p(x) by importance sampling with k sam
     python benchmarks/mnist_nll.py --data-dir ../shared/data/mnist --objective iwae --k 50
     python benchmarks/mnist_nll.py --epochs 1000 --out runs/elbo --resume   # again after a stop
     python benchmarks/mnist_nll.py --objective iwae --k 50 --amp            # bf16 steps (AMX CPU, CUDA)
+    python benchmarks/mnist_nll.py --prior vamp --pseudo-inputs 500         # the VampPrior row
 
 With --resume the run continues from its latest checkpoint (train_seconds then counts
 only the last sitting; metrics.jsonl in the run folder has every epoch's seconds).
@@ -49,6 +50,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--objective", choices=["elbo", "iwae"], default="elbo")
     p.add_argument("--k", type=int, default=1, help="IWAE samples in training")
+    p.add_argument("--prior", choices=["normal", "vamp", "mog"], default="normal")
+    p.add_argument("--pseudo-inputs", type=int, default=500, help="VampPrior pseudo-inputs (mixture components for mog)")
+    p.add_argument("--kl-warmup", type=float, default=0.0, help="epochs over which the KL weight rises from 0 to 1")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema", type=float, default=0.0, help="keep, score and save a moving average of the weights "
@@ -73,11 +77,13 @@ def main() -> None:
     test = vaekit.load_data("mnist", "test", args.data_dir)
     config = vaekit.Config(
         latent_dim=50, hidden=[200, 200], activation="tanh", likelihood="bernoulli", binarize="dynamic",
-        objective=args.objective, k=args.k, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        objective=args.objective, k=args.k, prior=args.prior, kl_warmup=args.kl_warmup,
+        prior_components=args.pseudo_inputs if args.prior != "normal" else 0,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         lr_schedule="cosine", lr_warmup=1.0, lr_final=0.05, val_fraction=0.0, patience=0,
         device=args.device, seed=0, progress=False,
         checkpoint_minutes=args.checkpoint_minutes, ema=args.ema, amp=args.amp, compile=args.compile)
-    out = Path(args.out or f"bench-out/mnist-{args.objective}-k{args.k}-e{args.epochs}")
+    out = Path(args.out or f"bench-out/mnist-{args.objective}-k{args.k}-{args.prior}-e{args.epochs}")
     t0 = time.perf_counter()
     model = train_or_resume(train, config, out, args.resume)
     train_s = time.perf_counter() - t0
@@ -89,7 +95,8 @@ def main() -> None:
     eval_s = time.perf_counter() - t1
     last = model.history.epochs[-1]
     row = {
-        "date": date.today().isoformat(), "model": "784-200-200-50 tanh, Bernoulli", "objective": args.objective,
+        "date": date.today().isoformat(), "model": "784-200-200-50 tanh, Bernoulli", "objective": args.objective, "prior": args.prior,
+        "prior_components": config.prior_components, "kl_warmup": args.kl_warmup,
         "train_k": args.k, "epochs": len(model.history.epochs), "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
         "amp": args.amp, "compile": args.compile,
         "schedule": "1 epoch warm-up, cosine to 5%", "test_nll": round(res["nll"], 3), "test_nll_se": round(res["nll_se"], 3),

@@ -82,6 +82,9 @@ def test_mixture_log_prob_by_matrix_products_matches_torch_in_value_and_gradient
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-4)
     for x, y in zip(ga, gb):
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-4 * float(y.abs().max()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # --amp must not lower the cancelling product
+        c = GaussianMixture(Categorical(logits=logits), Independent(Normal(loc, s), 1)).log_prob(z)
+    assert torch.allclose(c, a)
 
 
 def test_free_bits_and_kl_warmup():
