@@ -13,6 +13,8 @@ float32 `torch.mm` rate in the same run and reports vaekit's achieved FLOP rate 
     python benchmarks/train_speed.py                 # full: 1 epoch of 60,000 examples per run
     python benchmarks/train_speed.py --quick         # seconds: 3,000 examples, no pythae
     python benchmarks/train_speed.py --compile       # also fit(compile=True), its steady epoch
+    python benchmarks/train_speed.py --amp           # also fit(amp=True, compile=True): bf16 steps
+                                                     # (a CPU with AMX / AVX512-BF16, or CUDA)
 
 Rounds alternate the runners and keep each one's best, because these machines are noisy.
 """
@@ -92,18 +94,22 @@ def run_vaekit(x: torch.Tensor, hidden, d, act, batch: int) -> float:
     return len(x) / _timed(lambda: vaekit.fit(x, config))
 
 
-def run_vaekit_epoch(x: torch.Tensor, hidden, d, act, batch: int, compile: bool = False) -> float:
+def run_vaekit_epoch(x: torch.Tensor, hidden, d, act, batch: int, compile: bool = False, amp: bool = False) -> float:
     """fit()'s steady state: its second epoch as timed by fit itself (batches, optimiser,
     per-epoch bookkeeping), without the one-off setup the bare loop's timing also leaves out.
     With `compile`, the step is torch.compiled (`--compile`); the first epoch pays for that."""
     config = vaekit.Config(latent_dim=d, hidden=hidden, activation=act, likelihood="bernoulli", binarize="none",
                            epochs=2, batch_size=batch, val_fraction=0.0, patience=0, progress=False, device="cpu",
-                           compile=compile)
+                           compile=compile, amp=amp)
     return len(x) / vaekit.fit(x, config).history.epochs[1]["seconds"]
 
 
 def run_vaekit_compiled_epoch(x: torch.Tensor, hidden, d, act, batch: int) -> float:
     return run_vaekit_epoch(x, hidden, d, act, batch, compile=True)
+
+
+def run_vaekit_amp_compiled_epoch(x: torch.Tensor, hidden, d, act, batch: int) -> float:
+    return run_vaekit_epoch(x, hidden, d, act, batch, compile=True, amp=True)
 
 
 def run_pythae(x: torch.Tensor, hidden, d, act, batch: int) -> float:
@@ -150,6 +156,8 @@ def main() -> None:
     p.add_argument("--no-pythae", action="store_true")
     p.add_argument("--compile", action="store_true", help="also time fit(compile=True)'s steady epoch "
                    "(its first epoch compiles: tens of seconds on CPU)")
+    p.add_argument("--amp", action="store_true", help="also time fit(amp=True, compile=True)'s steady epoch: "
+                   "bf16 autocast, float32 weights and optimiser (needs AMX / AVX512-BF16 on a CPU)")
     args = p.parse_args()
     if args.quick:
         args.n, args.rounds, args.no_pythae = 3000, 1, True
@@ -160,6 +168,8 @@ def main() -> None:
     runners = {"vaekit": run_vaekit, "vaekit_epoch": run_vaekit_epoch, "bare": run_bare}
     if args.compile:
         runners["vaekit_compiled_epoch"] = run_vaekit_compiled_epoch
+    if args.amp:
+        runners["vaekit_amp_compiled_epoch"] = run_vaekit_amp_compiled_epoch
     if not args.no_pythae:
         runners["pythae"] = run_pythae
     for fn in runners.values():  # warm-up: first-call imports and allocations are not timed
@@ -179,6 +189,10 @@ def main() -> None:
                    "vaekit_fraction_of_mm": round(flops / rate, 3)}
             if "vaekit_compiled_epoch" in best:
                 row["vaekit_compiled_epoch_vs_bare"] = round(best["vaekit_compiled_epoch"] / best["bare"], 3)
+            if "vaekit_amp_compiled_epoch" in best:
+                row["vaekit_amp_compiled_epoch_vs_bare"] = round(best["vaekit_amp_compiled_epoch"] / best["bare"], 3)
+                row["vaekit_amp_compiled_fraction_of_mm"] = round(best["vaekit_amp_compiled_epoch"]
+                                                                  * train_flops(hidden, d) / rate, 3)
             if "pythae" in best:
                 row["vaekit_vs_pythae"] = round(best["vaekit"] / best["pythae"], 3)
                 row["vaekit_epoch_vs_pythae"] = round(best["vaekit_epoch"] / best["pythae"], 3)
