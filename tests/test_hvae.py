@@ -122,6 +122,16 @@ def test_fit_learns_and_the_bounds_are_consistent(digits, tmp_path):
     res = evaluate(model, x, k=20)
     assert len(res["kl_per_layer"]) == 3 and all(v > -0.5 for v in res["kl_per_layer"])
     assert abs(sum(res["kl_per_layer"]) - res["kl"]) < 2.0  # the groups' KL adds up (separate draws)
+    assert len(res["kl_per_dim"]) == model.latent_dim and sum(res["kl_per_dim"]) == pytest.approx(res["kl"], abs=1e-3)
+    with torch.no_grad():
+        q = model.encode(x[:6])
+        z = q.rsample()
+        for dist in (q, model.prior_dist()):  # per latent value, in z's order, summing to each group
+            per = dist.dim_log_probs(z)
+            assert per.shape == z.shape
+            starts = [0, *torch.tensor(dist.layer_sizes).cumsum(0).tolist()]
+            for (a, b), layer in zip(zip(starts, starts[1:]), dist.layer_log_probs(z)):
+                assert torch.allclose(per[:, a:b].sum(-1), layer, atol=1e-3)
     # save/load round trip: the same numbers from the same draws
     loaded = vaekit.load(tmp_path / "run")
     z = torch.randn(5, model.latent_dim)

@@ -87,6 +87,29 @@ def test_mixture_log_prob_by_matrix_products_matches_torch_in_value_and_gradient
     assert torch.allclose(c, a)
 
 
+def test_kl_per_dim_of_a_mixture_prior_is_against_each_dims_marginal():
+    from vaekit.evaluate import _kl_terms
+    x = torch.randn(30, 4)
+    with torch.no_grad():
+        one = _model(prior="mog", prior_components=1)  # one component: the prior factorises
+        q, p = one.encode(x), one.prior_dist()
+        z = q.rsample()
+        per, total = _kl_terms(q, p, z)
+        assert torch.allclose(per.sum(-1), total, atol=1e-5)
+        exact = q.base_dist.log_prob(z) - p.component_distribution.base_dist.log_prob(z)  # (B, d)
+        assert torch.allclose(per, exact, atol=1e-5)
+        vamp = _model(prior="vamp", prior_components=7)
+        q, p = vamp.encode(x), vamp.prior_dist()
+        z = q.rsample()
+        per, total = _kl_terms(q, p, z)
+        assert per.shape == z.shape and total.shape == (30,)
+        assert torch.allclose(total, q.log_prob(z) - p.log_prob(z))
+        assert not torch.allclose(per[:, 0], per[:, 1])  # not the total split evenly
+    from vaekit.evaluate import evaluate
+    res = evaluate(vamp, x, k=10)
+    assert res["elbo"] == pytest.approx(res["recon"] - res["kl"])
+
+
 def test_free_bits_and_kl_warmup():
     model = _model()
     x = torch.randn(8, 4)
@@ -224,4 +247,14 @@ def test_ladder_trains_on_digits_and_reports_kl_per_layer():
     x = data.x[:50].bernoulli(generator=torch.Generator().manual_seed(0))
     res = evaluate(model, x, k=20)
     assert len(res["kl_per_layer"]) == 2 and sum(res["kl_per_layer"]) == pytest.approx(res["kl"], rel=0.3, abs=0.3)
+    # per dim: each dim's log q - log p given the layer above, summing to the layer's and the total KL
+    per = res["kl_per_dim"]
+    assert len(per) == 12 and len(set(round(v, 4) for v in per)) > 2
+    assert sum(per[:8]) == pytest.approx(res["kl_per_layer"][0], abs=1e-4)
+    assert sum(per) == pytest.approx(res["kl"], abs=1e-4)
+    with torch.no_grad():
+        q = model.encode(x)
+        z = q.rsample()
+        for dist in (q, model.prior_dist()):
+            assert torch.allclose(dist.dim_log_probs(z).sum(-1), dist.log_prob(z), atol=1e-4)
     assert math.isfinite(res["nll"]) and res["nll"] <= -res["elbo"] + 0.5

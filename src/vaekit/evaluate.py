@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 import torch
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Independent, MixtureSameFamily, Normal, kl_divergence
 
 from .data import MNIST_TEST_BINARIZE_SEED, binarize_fixed, check_finite
 from .errors import ConfigError, IncompatibleError
@@ -112,7 +112,7 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     model.eval()
     ll = log_likelihood(model, x, k=k, batch_size=batch_size, chunk=chunk, compile=compile, c=c)  # (N,)
     n = len(x)
-    recon_sum, kl_dims, means = 0.0, torch.zeros(model.latent_dim, dtype=torch.float64), []
+    recon_sum, kl_sum, kl_dims, means = 0.0, 0.0, torch.zeros(model.latent_dim, dtype=torch.float64), []
     kl_layers = None
     prior = model.prior_dist()
     for i in range(0, n, batch_size):
@@ -121,7 +121,9 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
         q = model.encode(xb, cb)
         z = q.rsample()  # (B, d)
         recon_sum += float(model.decode(z, cb).log_prob(xb).double().sum())
-        kl_dims += _kl_per_dim(q, prior, z).double().sum(0).cpu()
+        per_dim, total = _kl_terms(q, prior, z)  # (B, d), (B,)
+        kl_dims += per_dim.double().sum(0).cpu()
+        kl_sum += float(total.double().sum())
         means.append(q.mean.double().cpu())
         if hasattr(q, "layer_log_probs"):  # hierarchical: log q(z_l|.) - log p(z_l|.) per layer
             per = torch.stack([a - b for a, b in zip(q.layer_log_probs(z), prior.layer_log_probs(z))])  # (L, B)
@@ -133,9 +135,9 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     result = {
         "nll": nll,
         "nll_se": float(ll.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan"),
-        "elbo": recon_sum / n - float(kl_per_dim.sum()),
+        "elbo": (recon_sum - kl_sum) / n,
         "recon": recon_sum / n,
-        "kl": float(kl_per_dim.sum()),
+        "kl": kl_sum / n,
         "kl_per_dim": [round(v, 6) for v in kl_per_dim.tolist()],
         "active_units": int((active > ACTIVE).sum()),
         "k": k,
@@ -151,11 +153,27 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     return result
 
 
-def _kl_per_dim(q, p, z: torch.Tensor) -> torch.Tensor:
-    """KL per latent dimension (B, d): closed form for factorised Normals, else the
-    one-sample estimate (for priors that do not factorise, it is split per dim of q only)."""
+def _kl_terms(q, p, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(q(z|x) || p(z)) per latent dimension (B, d) and in all (B,), at the sample z.
+
+    Factorised Normals: closed form, and the dims sum to the total. Hierarchies: the one-sample
+    log q(z_i|.) - log p(z_i|.) of each dim given the layers above, which also sum to the
+    total. A mixture prior (VampPrior, mog) does not factorise: each dim is scored against the
+    prior's marginal in that dim (a 1-D mixture), which says how far the dim moved from the
+    prior; these need not sum to the total, whose remainder is the dependence between dims the
+    mixture carries. Anything else: the total split evenly (there is no per-dim term to give).
+    """
     try:
-        return kl_divergence(q.base_dist, p.base_dist).expand_as(z)
+        per = kl_divergence(q.base_dist, p.base_dist).expand_as(z)  # (B, d)
+        return per, per.sum(-1)
     except (NotImplementedError, AttributeError):
-        total = q.log_prob(z) - p.log_prob(z)  # (B,)
-        return (total / z.shape[-1]).unsqueeze(-1).expand_as(z)
+        total = q.log_prob(z) - p.log_prob(z)  # (B,) one-sample estimate
+    if hasattr(q, "dim_log_probs") and hasattr(p, "dim_log_probs"):
+        return q.dim_log_probs(z) - p.dim_log_probs(z), total
+    if isinstance(p, MixtureSameFamily) and isinstance(q, Independent) and isinstance(q.base_dist, Normal):
+        comp = p.component_distribution.base_dist  # (K, d) locs and scales
+        log_mix = torch.log_softmax(p.mixture_distribution.logits, -1)[:, None]  # (K, 1)
+        marg = torch.stack([torch.logsumexp(log_mix + comp.log_prob(zb[None]), 0)  # (K, d) -> (d,)
+                            for zb in z.reshape(-1, z.shape[-1])]).reshape(z.shape)  # (B, d), one row at a time
+        return q.base_dist.log_prob(z) - marg, total
+    return (total / z.shape[-1]).unsqueeze(-1).expand_as(z), total

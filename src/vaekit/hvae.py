@@ -147,10 +147,12 @@ class HVAEPrior(nn.Module):
 
     # ---- the pass ------------------------------------------------------------------------
     def walk(self, h: torch.Tensor | None, rows: int, z: torch.Tensor | None = None, mean: bool = False,
-             temperature: float = 1.0, generator: torch.Generator | None = None, params: bool = True) -> Walk:
+             temperature: float = 1.0, generator: torch.Generator | None = None, params: bool = True,
+             per_dim: bool = False) -> Walk:
         """One top-down pass over `rows` rows; h (B, F) bottom-up features (rows = k * B: the
         k samples of an example share its features) or None for the prior. With z (rows, D) it
-        scores that z; otherwise it draws one (the mean path if `mean`)."""
+        scores that z; otherwise it draws one (the mean path if `mean`). `per_dim` keeps the
+        log-densities per latent value (rows, D_l) instead of summed per group."""
         feats = None if h is None else self._split_feats(h)
         if z is not None:  # rows from z's shape, not a Python int: an exported graph keeps a free batch size
             z = z.reshape(-1, z.shape[-1])  # (rows, D)
@@ -180,9 +182,11 @@ class HVAEPrior(nn.Module):
                 eps = torch.randn_like(dist.loc) if generator is None else \
                     torch.randn(dist.loc.shape, generator=generator).to(dist.loc.device)  # a seeded CPU draw
                 zg = dist.loc + temperature * dist.scale * eps
-            log_p.append(p.log_prob(zg).flatten(1).sum(1))  # (rows,)
+            lp = p.log_prob(zg).flatten(1)  # (rows, D_l)
+            log_p.append(lp if per_dim else lp.sum(1))  # (rows,) unless per_dim
             if q is not None:
-                log_q.append(q.log_prob(zg).flatten(1).sum(1))
+                lq = q.log_prob(zg).flatten(1)
+                log_q.append(lq if per_dim else lq.sum(1))
             zs.append(zg)
             state = state + self.merge[g](zg.to(state.dtype))
         out = None
@@ -279,6 +283,14 @@ class HierarchicalNormal(Distribution):
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return torch.stack(self.layer_log_probs(z)).sum(0)  # (*lead,)
+
+    def dim_log_probs(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z_i | z_>l, x) (or log p) per latent value (*lead, D), in z's order (finest
+        group first); each group's conditional factorises, so these sum to log_prob."""
+        lead = z.shape[:-1]
+        w = self.net.walk(self.h, max(1, math.prod(lead)), z=z, params=False, per_dim=True)
+        terms = w.log_q if self.h is not None else w.log_p
+        return torch.cat(list(reversed(terms)), -1).reshape(*lead, -1)
 
 
 class HVAEDecoder(nn.Module):

@@ -101,14 +101,16 @@ class _Joint(Distribution):
         """Top-down pass taking each layer's conditional mean (the mode path, not E[z])."""
         return self._walk(lambda l, d: d.loc)[0]
 
+    def dim_log_probs(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z_i | z_{l+1}, x) (or log p) per dimension (*sample, *batch, D), bottom first:
+        each layer's conditional factorises, so these sum to log_prob."""
+        parts = list(torch.split(z, self.prior.dims, -1))
+        return torch.cat([self._layer(l, parts[l + 1] if l + 1 < len(parts) else None).log_prob(parts[l])
+                          for l in range(len(parts))], -1)
+
     def layer_log_probs(self, z: torch.Tensor) -> list[torch.Tensor]:
         """log q(z_l | z_{l+1}, x) (or log p) per layer, each (*sample, *batch), bottom first."""
-        parts = list(torch.split(z, self.prior.dims, -1))
-        out = []
-        for l in range(len(parts)):
-            above = parts[l + 1] if l + 1 < len(parts) else None
-            out.append(self._layer(l, above).log_prob(parts[l]).sum(-1))
-        return out
+        return [t.sum(-1) for t in torch.split(self.dim_log_probs(z), self.prior.dims, -1)]
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return torch.stack(self.layer_log_probs(z)).sum(0)
