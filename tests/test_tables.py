@@ -201,6 +201,22 @@ def test_bad_tables_one_line_error_nothing_written(tmp_path, capsys, name, text,
     assert not run.exists() and not (tmp_path / "run.partial").exists()
 
 
+def test_conditioning_on_the_missing_state():
+    df = toy_table(300)
+    df.loc[df.index % 7 == 0, "color"] = None  # a label column with gaps, beside x's 30% missing
+    model = fit_table(df, TOY_CONFIG, condition_columns=["color", "x", "count"])
+    gone = sample_table(model, 200, conditions=["x="], seed=0)  # `col=`: missing, as a CSV writes it
+    assert gone.x.isna().all()
+    kept = sample_table(model, 200, conditions={"x": None, "color": "red"}, seed=0)
+    assert kept.x.isna().all() and (kept.color == "red").all()
+    there = sample_table(model, 200, conditions=["x!=", "color="], seed=0)
+    assert there.x.notna().all() and there.color.isna().all()
+    with pytest.raises(ConfigError, match="x> needs a value"):
+        sample_table(model, 5, conditions=["x>"])
+    with pytest.raises(DataError, match="'count' was never missing in training"):
+        sample_table(model, 5, conditions=["count="])
+
+
 def test_bad_conditions_and_overrides(tmp_path, capsys):
     data = _write(tmp_path, "t.csv", "kind,size\n" + "".join(f"{'ab'[i % 2]},{i}\n" for i in range(60)))
     run = tmp_path / "run"

@@ -162,6 +162,15 @@ def parse_conditions(schema: Schema, conditions) -> list[tuple[str, str, Any]]:
             raise ConfigError(f"column {name!r} was not a condition column in training (condition columns: {have}); "
                               f"train with --condition-columns {name}")
         col = schema.column(name)
+        if value is None or (isinstance(value, str) and value == ""):  # `col=`: the missing state, as a CSV writes it
+            if op not in ("=", "!="):
+                raise ConfigError(f"condition {name}{op} needs a value; {name}= asks for rows where {name!r} is "
+                                  f"missing, {name}!= for rows where it is not")
+            if not any(v is None for v in schema.condition_rows[name]):
+                raise DataError(f"column {name!r} was never missing in training, so {name}{op} cannot be asked for; "
+                                f"give a value")
+            out.append((name, op, None))
+            continue
         if col.numeric:
             value = _number(col, value)
         elif op not in ("=", "!="):
@@ -197,6 +206,10 @@ def draw_conditions(schema: Schema, preds: list[tuple[str, str, Any]], n: int, g
     for name, op, value in preds:
         col = schema.column(name)
         vals = rows[name]
+        if value is None:  # the missing state (or, with !=, any value)
+            hit = np.array([(x is None) == (op == "=") for x in vals])
+            mask &= hit
+            continue
         if col.numeric and op == "=":
             if not (col.min <= value <= col.max):
                 raise DataError(f"condition {name}={value:g} is outside the training range {col.min:g}..{col.max:g} of "
@@ -213,7 +226,7 @@ def draw_conditions(schema: Schema, preds: list[tuple[str, str, Any]], n: int, g
         mask &= hit
     idx = np.flatnonzero(mask)
     if len(idx) == 0:
-        text = " and ".join(f"{a}{o}{b}" for a, o, b in preds)
+        text = " and ".join(f"{a}{o}{'' if b is None else b}" for a, o, b in preds)
         raise DataError(f"no training row satisfies {text}; loosen the conditions")
     pick = idx[torch.randint(len(idx), (n,), generator=gen).numpy()]  # (n,)
     parts, frame = {}, {}
