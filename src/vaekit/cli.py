@@ -52,8 +52,9 @@ def cmd_train(args) -> int:
     if is_table_path(args.data):
         from .tabular import table_config
 
-        config = table_config(**{**base, **overrides})
-        return _train_table(args, config)
+        from . import table_cli
+
+        return table_cli.train(args, table_config(**{**base, **overrides}))
     if args.column_kind or args.condition_columns:
         raise ConfigError("--column-kind and --condition-columns apply to tables; pass a .csv or .parquet file")
     config = Config.from_dict({**base, **overrides})
@@ -63,30 +64,13 @@ def cmd_train(args) -> int:
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
     loss = last.get("val_loss", last.get("train_loss", float("nan")))
     if is_main():  # under torchrun, rank 0 speaks for all
-        print(f"trained {_epochs(h)} on {ds.name} ({len(ds.x)} examples); best epoch {h.best_epoch}, "
+        print(f"trained {epochs_text(h)} on {ds.name} ({len(ds.x)} examples); best epoch {h.best_epoch}, "
               f"loss {loss:.4f}; saved {args.out}")
     return 0
 
 
-def _epochs(history) -> str:
+def epochs_text(history) -> str:
     return f"{len(history.epochs)} epoch" + ("" if len(history.epochs) == 1 else "s")
-
-
-def _train_table(args, config) -> int:
-    from .tables import column_kinds
-    from .tabular import fit_table
-
-    conds = [c.strip() for c in args.condition_columns.split(",") if c.strip()] if args.condition_columns else None
-    model = fit_table(args.data, config, out=args.out, kinds=column_kinds(args.column_kind), condition_columns=conds,
-                      encoding=args.encoding, sep=args.sep, force=args.force, resume=args.resume,
-                      stream=args.stream)
-    h = model.history
-    last = h.epochs[h.best_epoch - 1] if h.epochs else {}
-    loss = last.get("val_loss", last.get("train_loss", float("nan")))
-    schema = model.schema
-    print(f"trained {_epochs(h)} on {args.data} ({len(schema.columns)} columns); best epoch "
-          f"{h.best_epoch}, loss {loss:.4f}; saved {args.out}")
-    return 0
 
 
 def _load_run(args):
@@ -96,7 +80,7 @@ def _load_run(args):
     return load(args.run, device=resolve_device(args.device))
 
 
-def _positive(value: int, flag: str) -> None:
+def positive(value: int, flag: str) -> None:
     if value < 1:
         raise ConfigError(f"{flag} {value} must be >= 1")
 
@@ -106,19 +90,14 @@ def cmd_sample(args) -> int:
 
     from .sample import check_output_file, write_output
 
-    _positive(args.n, "-n")
+    positive(args.n, "-n")
     if not 0 < args.temperature < float("inf"):
         raise ConfigError(f"--temperature {args.temperature} must be a finite number > 0, e.g. 1")
     model = _load_run(args)
     if getattr(model, "schema", None) is not None:
-        from .tables import check_table_output, write_table
-        from .tabular import sample_table
+        from . import table_cli
 
-        check_table_output(args.output, force=args.force)
-        df = sample_table(model, args.n, conditions=args.condition, seed=args.seed, temperature=args.temperature)
-        write_table(df, args.output)
-        print(f"wrote {args.n} rows to {args.output}")
-        return 0
+        return table_cli.sample(args, model)
     check_output_file(args.output, force=args.force)
     x = model.sample(args.n, temperature=args.temperature, mean=not args.draw,
                      generator=torch.Generator().manual_seed(args.seed),
@@ -191,17 +170,12 @@ def cmd_reconstruct(args) -> int:
 
     from .sample import write_output
 
-    _positive(args.n, "-n")
+    positive(args.n, "-n")
     model = _table_run_or_check_output(args, "reconstruct")
     if getattr(model, "schema", None) is not None:
-        from .table_stream import read_chunks
-        from .tables import write_table
-        from .tabular import reconstruct_table
+        from . import table_cli
 
-        rows = next(read_chunks(args.data, args.sep, chunk_rows=args.n))  # the first -n rows, never the whole file
-        write_table(reconstruct_table(model, rows), args.output)
-        print(f"wrote {len(rows)} reconstructed rows to {args.output}")
-        return 0
+        return table_cli.reconstruct(args, model)
     x, _, c = _eval_data(args, model, args.n)
     recon = model.reconstruct(x, c=c)
     if Path(args.output).suffix.lower() == ".png":
@@ -219,7 +193,7 @@ def cmd_reconstruct(args) -> int:
 def cmd_interpolate(args) -> int:
     from .sample import write_output
 
-    _positive(args.pairs, "--pairs")
+    positive(args.pairs, "--pairs")
     if args.steps < 2:
         raise ConfigError(f"--steps {args.steps} must be >= 2")
     model = _table_run_or_check_output(args, "interpolate")
@@ -240,7 +214,7 @@ def cmd_interpolate(args) -> int:
 def cmd_traverse(args) -> int:
     from .sample import traversals, write_output
 
-    _positive(args.n, "-n")
+    positive(args.n, "-n")
     model = _table_run_or_check_output(args, "traverse")
     x, _, c = _eval_data(args, model, args.n)
     dims, walks = traversals(model, x, dims=args.dims, top=args.top, index=args.index, span=args.span,
@@ -256,7 +230,7 @@ def cmd_traverse(args) -> int:
     return 0
 
 
-def _json(result: dict) -> str:
+def strict_json(result: dict) -> str:
     """One strict JSON object: a value that is not a finite number (the standard error of one
     example, a score with nothing to score) is null, never the NaN that JSON parsers reject."""
     def clean(v):
@@ -271,18 +245,20 @@ def cmd_evaluate(args) -> int:
 
     from .evaluate import evaluate
 
-    _positive(args.k, "--k")
-    _positive(args.batch_size, "--batch-size")
+    positive(args.k, "--k")
+    positive(args.batch_size, "--batch-size")
     if args.n is not None:
-        _positive(args.n, "-n")
+        positive(args.n, "-n")
     model = _load_run(args)
     if getattr(model, "schema", None) is not None:
-        return _evaluate_table(args, model)
+        from . import table_cli
+
+        return table_cli.evaluate(args, model)
     x, ds, c = _eval_data(args, model, args.n)
     torch.manual_seed(args.seed)
     result = evaluate(model, x, k=args.k, batch_size=args.batch_size, compile=args.compile, c=c)
     if args.json:
-        print(_json(result))
+        print(strict_json(result))
         return 0
     print(f"data: {ds.name}, n = {result['n']}, k = {result['k']}")
     se = f"{result['nll_se']:.3f}" if math.isfinite(result["nll_se"]) else "n/a (one example)"
@@ -297,38 +273,11 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _evaluate_table(args, model) -> int:
-    from .table_metrics import evaluate_table, real_rows
-
-    if args.rows is not None:
-        _positive(args.rows, "--rows")
-    if args.n is not None:
-        _positive(args.n, "-n")
-    real, total = real_rows(args.data, args.n, args.seed, args.sep)  # a large file: a uniform sample
-    r = evaluate_table(model, real, n=args.rows, seed=args.seed)
-    if total is not None:
-        r["rows_in_file"] = total
-    if args.json:
-        print(_json(r))
-        return 0
-    sampled = f" (a uniform sample of the file's {total}, read in chunks)" if total is not None else ""
-    print(f"data: {args.data}, {r['rows_real']} real rows{sampled}, {r['rows_synthetic']} synthetic rows")
-    trends = r["column_pair_trends"]
-    trends = f"{trends:.4f}" if math.isfinite(trends) else \
-        "n/a: no pair of real columns has |correlation| > 0.5 or association > 0.3, the pairs SDMetrics scores"
-    print(f"quality (SDMetrics): {r['quality']:.4f} (column shapes {r['column_shapes']:.4f}, "
-          f"column-pair trends {trends}); higher is better")
-    print(f"detection ROC AUC:   {r['detection_auc']:.4f} (0.5: indistinguishable)")
-    print(f"privacy: {r['privacy_closer_than_median']:.4f} of synthetic rows are closer to a training row than "
-          f"the median training nearest-neighbour distance; {r['exact_copies']} exact copies")
-    return 0
-
-
 def cmd_report(args) -> int:
     from .report import check_output_html, report
 
-    _positive(args.k, "--k")
-    _positive(args.n, "-n")
+    positive(args.k, "--k")
+    positive(args.n, "-n")
     check_output_html(args.output)
     path = report(args.run, args.data, args.output, k=args.k, n=args.n, split=args.split, data_dir=args.data_dir,
                   seed=args.seed, device=args.device)
