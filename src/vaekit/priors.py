@@ -38,8 +38,8 @@ class GaussianMixture(MixtureSameFamily):
 
     torch's `MixtureSameFamily.log_prob` broadcasts every z against every component, an
     (N, K, d) tensor and a dozen of them in the backward pass: with K = 500 that made a
-    VampPrior ELBO step 3-4x a standard-prior step, and an IWAE k = 50 step (N = k x batch)
-    20x slower than this. Expanding the square, sum_d ((z - m)/s)^2 = z^2 . s^-2 - 2 z . m s^-2
+    VampPrior ELBO step 4x slower than this, an IWAE k = 50 step (N = k x batch) 36x
+    (benchmarks/prior_speed.py). Expanding the square, sum_d ((z - m)/s)^2 = z^2 . s^-2 - 2 z . m s^-2
     + m^2 . s^-2, needs only an (N, 2d + 1) x (2d + 1, K) product. The expansion cancels: z
     and m of a few units over scales of 0.01 give terms of 1e5 per dimension that cancel to
     about 1, which float32 gets wrong by nats (measured: 2 nats on a 12-dimensional test). So
