@@ -370,8 +370,11 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             score = row.get("val_loss", train_loss)
             perm = sums = None
             loop.epoch, loop.step = epoch + 1, 0
-            if ranks.agree(score < best_loss):  # one decision for all ranks
-                best_loss, loop.bad_epochs, history.best_epoch = score, 0, epoch + 1
+            # an epoch trained under the KL warm-up's lower weight has a train loss below the
+            # objective's: it keeps the latest weights but is never compared with the epochs after
+            comparable = "val_loss" in row or epoch >= config.kl_warmup
+            if ranks.agree(not comparable or score < best_loss):  # one decision for all ranks
+                best_loss, loop.bad_epochs, history.best_epoch = score if comparable else math.inf, 0, epoch + 1
                 best_state = copy.deepcopy(model.state_dict() if ema is None else ema)
             else:
                 loop.bad_epochs += 1
