@@ -125,8 +125,8 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
         kl_dims += per_dim.double().sum(0).cpu()
         kl_sum += float(total.double().sum())
         means.append(q.mean.double().cpu())
-        if hasattr(q, "layer_log_probs"):  # hierarchical: log q(z_l|.) - log p(z_l|.) per layer
-            per = torch.stack([a - b for a, b in zip(q.layer_log_probs(z), prior.layer_log_probs(z))])  # (L, B)
+        if hasattr(q, "layer_sizes"):  # hierarchical: the per-dim terms of each layer, summed
+            per = torch.stack([t.sum(-1) for t in torch.split(per_dim, q.layer_sizes, -1)])  # (L, B)
             kl_layers = per.double().sum(1).cpu() + (0 if kl_layers is None else kl_layers)
     mu = torch.cat(means)  # (N, d)
     kl_per_dim = kl_dims / n
@@ -167,9 +167,11 @@ def _kl_terms(q, p, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         per = kl_divergence(q.base_dist, p.base_dist).expand_as(z)  # (B, d)
         return per, per.sum(-1)
     except (NotImplementedError, AttributeError):
-        total = q.log_prob(z) - p.log_prob(z)  # (B,) one-sample estimate
-    if hasattr(q, "dim_log_probs") and hasattr(p, "dim_log_probs"):
-        return q.dim_log_probs(z) - p.dim_log_probs(z), total
+        pass
+    if hasattr(q, "dim_log_probs") and hasattr(p, "dim_log_probs"):  # one pass each, the total their sum
+        per = q.dim_log_probs(z) - p.dim_log_probs(z)
+        return per, per.sum(-1)
+    total = q.log_prob(z) - p.log_prob(z)  # (B,) one-sample estimate
     if isinstance(p, MixtureSameFamily) and isinstance(q, Independent) and isinstance(q.base_dist, Normal):
         comp = p.component_distribution.base_dist  # (K, d) locs and scales
         log_mix = torch.log_softmax(p.mixture_distribution.logits, -1)[:, None]  # (K, 1)

@@ -207,8 +207,7 @@ def draw_conditions(schema: Schema, preds: list[tuple[str, str, Any]], n: int, g
         col = schema.column(name)
         vals = rows[name]
         if value is None:  # the missing state (or, with !=, any value)
-            hit = np.array([(x is None) == (op == "=") for x in vals])
-            mask &= hit
+            mask &= np.array([(x is None) == (op == "=") for x in vals])
             continue
         if col.numeric and op == "=":
             if not (col.min <= value <= col.max):
