@@ -241,3 +241,14 @@ def test_discretized_logistic_models_8_bit_images_in_bits_per_dim(tmp_path, caps
     assert main(["train", "digits", "--out", str(tmp_path / "d"), "--likelihood", "discretized-logistic",
                  *TRAIN_FAST]) == 2  # digits are k/16: not 8-bit levels
     assert "not 8-bit data" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_kl_per_dim_text_lists_a_small_latent_and_summarises_a_large_one():
+    from vaekit.cli import kl_per_dim_text
+
+    assert kl_per_dim_text([0.5, 0.0, 2.25]) == "KL per dim: 0.50 0.00 2.25"
+    kl = [0.01] * 1000
+    kl[700], kl[3] = 5.0, 4.0
+    text = kl_per_dim_text(kl)
+    assert text.startswith("KL per dim: 1000 values, sum 18.98; the 16 largest: [700] 5.00 [3] 4.00 [")
+    assert text.count("[") == 16 and "--json" in text

@@ -64,8 +64,12 @@ def test_condition_is_checked():
     with pytest.raises(ValueError, match="shape"):
         cond.decode(torch.zeros(3, 2), torch.zeros(3, 2))
     assert cond.sample(5, condition=torch.tensor([1.0, 0, 0])).shape == (5, 4)
-    with pytest.raises(vaekit.errors.ConfigError, match="ladder"):
+    with pytest.raises(vaekit.errors.ConfigError, match="not --arch ladder; change"):
         Config(arch="ladder", latent_dims=[4, 2], condition_on="labels")
+    # the message names only what clashes: the plain mlp is fine, the VampPrior is not
+    with pytest.raises(vaekit.errors.ConfigError, match="not --prior vamp; change") as err:
+        Config(prior="vamp", prior_components=10, condition_on="labels")
+    assert "--arch mlp;" not in str(err.value) and "not --arch" not in str(err.value)
 
 
 def test_conv_and_array_conditions():

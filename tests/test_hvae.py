@@ -160,7 +160,11 @@ def test_cli_train_sample_reconstruct_evaluate(tmp_path, capsys, small_npy):
     assert (tmp_path / "s.png").stat().st_size > 100 and (tmp_path / "r.png").stat().st_size > 100
     capsys.readouterr()
     assert main(["evaluate", run, small_npy, "-n", "20", "--k", "10"]) == 0
-    assert "KL per stochastic layer (bottom first):" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "KL per stochastic layer (bottom first):" in out
+    dims = int(out.split("active units: ")[1].split(" of ")[1].split()[0])
+    kl_line = next(line for line in out.splitlines() if line.startswith("KL per dim:"))
+    assert dims == 40 and len(kl_line.split()) == 3 + dims  # 40 dims are listed; a larger latent is summarised
     pytest.importorskip("onnxruntime")
     assert main(["export", run, "--onnx", str(tmp_path / "d.onnx")]) == 0  # the decoder: z -> image
     assert main(["export", run, "--onnx", str(tmp_path / "d2.onnx"), "--encoder", str(tmp_path / "e.onnx")]) == 2

@@ -267,10 +267,19 @@ def cmd_evaluate(args) -> int:
         print(f"      {result['bits_per_dim']:.4f} bits/dim")
     print(f"ELBO: {result['elbo']:.3f} nats = recon {result['recon']:.3f} - KL {result['kl']:.3f}")
     print(f"active units: {result['active_units']} of {len(result['kl_per_dim'])}")
-    print("KL per dim: " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
+    print(kl_per_dim_text(result["kl_per_dim"]))
     if "kl_per_layer" in result:
         print("KL per stochastic layer (bottom first): " + " ".join(f"{v:.2f}" for v in result["kl_per_layer"]))
     return 0
+
+
+def kl_per_dim_text(kl: list, shown: int = 64) -> str:
+    """All values for a small latent; for a large one (a conv hierarchy has thousands) the largest, by index."""
+    if len(kl) <= shown:
+        return "KL per dim: " + " ".join(f"{v:.2f}" for v in kl)
+    top = sorted(range(len(kl)), key=lambda i: -kl[i])[:16]
+    return (f"KL per dim: {len(kl)} values, sum {sum(kl):.2f}; the 16 largest: "
+            + " ".join(f"[{i}] {kl[i]:.2f}" for i in top) + " (all of them with --json)")
 
 
 def cmd_report(args) -> int:

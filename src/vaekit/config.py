@@ -156,9 +156,12 @@ class Config:
         if self.condition_names is not None:
             self.condition_names = [str(n) for n in self.condition_names]
         if self.condition_on is not None or self.condition_dim:
-            if self.arch in ("ladder", "hvae") or self.prior == "vamp":
-                raise ConfigError("a conditional VAE works with --arch mlp|conv and --prior normal|mog; "
-                                  f"drop --arch {self.arch} / --prior vamp or the condition")
+            # the hierarchies and the VampPrior's pseudo-inputs have no slot for the condition
+            clash = [f"--arch {self.arch}"] if self.arch in ("ladder", "hvae") else []
+            clash += ["--prior vamp"] if self.prior == "vamp" else []
+            if clash:
+                raise ConfigError(f"a conditional VAE works with --arch mlp|conv and --prior normal|mog, not "
+                                  f"{' and '.join(clash)}; change that or drop the condition")
         if not isinstance(self.tensorboard, bool):
             raise ConfigError(f"tensorboard={self.tensorboard!r} must be true or false (--tensorboard)")
         for name in ("checkpoint_every", "skip_nonfinite"):
