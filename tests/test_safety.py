@@ -542,6 +542,7 @@ def world(tmp_path_factory, digits):
     (d / "pickle.json").write_bytes(pickle.dumps({"a": 1}))
     (d / "wrongtype.json").write_text('{"hidden": "wide"}')
     (d / "bigseed.json").write_text('{"seed": 1180591620717411303424}')  # 2**70: torch would overflow
+    (d / "zero-epochs.json").write_text('{"epochs": 0}')
     (d / "deep16").mkdir()
     Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(d / "deep16" / "a.png")
     Image.fromarray(np.full((8, 8), 3.0, np.float32)).save(d / "deep16" / "bad.tiff")
@@ -645,6 +646,11 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (["demo", "--out", "{d}/full"], "not a vaekit demo folder", 2),
     (["demo", "--out", "{d}/afile"], "is a file", 2),
     (["demo", "--out", "{d}/o", "--epochs", "0"], "--epochs 0 must be >= 1", 2),
+    (T + ["digits", "--out", "{d}/o", "--epochs", "0"], "--epochs 0 must be >= 1", 2),
+    (T + ["{d}/table.npy", "--out", "{d}/o", "--config", "{d}/zero-epochs.json"], "--epochs 0 must be >= 1", 2),
+    (["interpolate", "{d}/trun", "{d}/table.npy", "-o", "{d}/i.png"], "shape (5,), not images; write .npy", 2),
+    (["reconstruct", "{d}/trun", "{d}/table.npy", "-o", "{d}/r.png"], "shape (5,), not images; write .npy", 2),
+    (["traverse", "{d}/trun", "{d}/table.npy", "-o", "{d}/t.png"], "shape (5,), not images; write .npy", 2),
     (["fly"], "invalid choice: 'fly'", 2),
     ([], "the following arguments are required: COMMAND", 2),
 ]

@@ -217,6 +217,35 @@ def test_conditioning_on_the_missing_state():
         sample_table(model, 5, conditions=["count="])
 
 
+def test_condition_names_with_commas_and_values_in_any_case(tmp_path, capsys):
+    from vaekit.tables import split_names
+
+    names = ["city, state", "age", " padded ", "a,b,c"]
+    assert split_names("city, state,age", names) == ["city, state", "age"]
+    assert split_names("age, padded ,a,b,c", names) == ["age", " padded ", "a,b,c"]
+    assert split_names("city,age", names) == ["city", "age"]  # no such column: kept for check_request to name
+    rng = np.random.default_rng(0)
+    flag = rng.random(120) < 0.4
+    df = pd.DataFrame({"city, state": np.where(flag, "Austin, TX", "Zürich"), "flag": flag,
+                       "x": np.where(flag, 5.0, -5.0) + rng.normal(0, 1, 120)})
+    data = tmp_path / "t.csv"
+    df.to_csv(data, index=False)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--epochs", "1", "--no-progress",
+                 "--condition-columns", "city, state,flag"]) == 0
+    model = vaekit.load(run)
+    assert model.schema.condition_columns == ["city, state", "flag"]
+    for value in ("false", "FALSE", "0", "False"):  # pandas writes True/False; users type any of these
+        rows = sample_table(model, 20, conditions=[f"flag={value}"], seed=0)
+        assert not rows.flag.astype(bool).any()
+    rows = sample_table(model, 20, conditions={"city, state": "austin, tx"}, seed=0)
+    assert (rows["city, state"] == "Austin, TX").all()
+    with pytest.raises(DataError, match="never had the value 'maybe'"):
+        sample_table(model, 5, conditions=["flag=maybe"])
+    with pytest.raises(ConfigError, match="names a column twice"):
+        fit_table(df, table_config(epochs=1, progress=False), condition_columns="flag,flag")
+
+
 def test_bad_conditions_and_overrides(tmp_path, capsys):
     data = _write(tmp_path, "t.csv", "kind,size\n" + "".join(f"{'ab'[i % 2]},{i}\n" for i in range(60)))
     run = tmp_path / "run"

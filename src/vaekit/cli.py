@@ -49,6 +49,8 @@ def cmd_train(args) -> int:
         overrides["progress"] = False
     if args.tensorboard:
         overrides["tensorboard"] = True
+    if {**base, **overrides}.get("epochs") == 0:  # fit(epochs=0) builds an untrained model; a saved run is trained
+        positive(0, "--epochs")
     if is_table_path(args.data):
         from .tabular import table_config
 
@@ -157,6 +159,9 @@ def _table_run_or_check_output(args, command: str):
     model = _load_run(args)
     if getattr(model, "schema", None) is None:
         check_output_file(args.output, force=args.force)
+        shape = tuple(model.config.input_shape)
+        if Path(args.output).suffix.lower() == ".png" and len(shape) != 3:  # before any work is done
+            raise ConfigError(f"this model makes arrays of shape {shape}, not images; write .npy instead")
     elif command == "reconstruct":
         check_table_output(args.output, force=args.force)
     else:
@@ -179,8 +184,6 @@ def cmd_reconstruct(args) -> int:
     x, _, c = _eval_data(args, model, args.n)
     recon = model.reconstruct(x, c=c)
     if Path(args.output).suffix.lower() == ".png":
-        if x.ndim != 4:
-            raise ConfigError("a .png needs image data; write .npy instead")
         rows = min(len(x), 16)  # inputs on one row, reconstructions under them
         pairs = [torch.cat([x[j:j + rows], recon[j:j + rows]]) for j in range(0, len(x), rows)]
         write_output(torch.cat(pairs), args.output, nrow=rows)
@@ -220,8 +223,6 @@ def cmd_traverse(args) -> int:
     dims, walks = traversals(model, x, dims=args.dims, top=args.top, index=args.index, span=args.span,
                              steps=args.steps, c=c)  # (dims, steps, *shape)
     if Path(args.output).suffix.lower() == ".png":
-        if x.ndim != 4:
-            raise ConfigError("a .png needs image data; write .npy instead")
         write_output(walks.reshape(-1, *walks.shape[2:]), args.output, nrow=args.steps)
     else:
         write_output(walks, args.output, layout=model.config.data_layout)

@@ -12,8 +12,9 @@ def train(args, config) -> int:
     from .tables import column_kinds
     from .tabular import fit_table
 
-    conds = [c.strip() for c in args.condition_columns.split(",") if c.strip()] if args.condition_columns else None
-    model = fit_table(args.data, config, out=args.out, kinds=column_kinds(args.column_kind), condition_columns=conds,
+    # the text goes whole: split against the table's own names, which may hold commas
+    model = fit_table(args.data, config, out=args.out, kinds=column_kinds(args.column_kind),
+                      condition_columns=args.condition_columns or None,
                       encoding=args.encoding, sep=args.sep, force=args.force, resume=args.resume,
                       stream=args.stream)
     h = model.history

@@ -267,13 +267,33 @@ def check_request(names: list[str], kinds: dict[str, str] | None,
             raise ConfigError(f"--column-kind names column {name!r}, which the table lacks; columns: {', '.join(names)}")
         if kind not in KINDS[:-1]:
             raise ConfigError(f"--column-kind {name}={kind}: kind must be one of {', '.join(KINDS[:-1])}")
-    conds = list(condition_columns or [])
+    conds = split_names(condition_columns, names) if isinstance(condition_columns, str) else list(condition_columns or [])
     for name in conds:
         if name not in names:
             raise ConfigError(f"--condition-columns names {name!r}, which the table lacks; columns: {', '.join(names)}")
+    if len(set(conds)) != len(conds):
+        raise ConfigError(f"--condition-columns names a column twice: {', '.join(conds)}")
     if len(conds) == len(names):
         raise ConfigError("every column is a condition column; leave at least one column to generate")
     return kinds, conds
+
+
+def split_names(text: str, names: list[str]) -> list[str]:
+    """'sex,age' -> ['sex', 'age'] where a column's own name may hold commas: the longest run of
+    comma-separated pieces that names a column wins ('city, state,age' -> ['city, state', 'age'] when
+    'city, state' is a column); a piece that names no column is kept, stripped, for the caller to report."""
+    pieces, out, i = text.split(","), [], 0
+    while i < len(pieces):
+        j, name = i + 1, pieces[i].strip()
+        for end in range(len(pieces), i, -1):
+            run = ",".join(pieces[i:end])
+            if run in names or run.strip() in names:
+                j, name = end, run if run in names else run.strip()
+                break
+        if name:
+            out.append(name)
+        i = j
+    return out
 
 
 def plain(v: Any) -> Any:

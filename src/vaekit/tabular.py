@@ -41,12 +41,13 @@ def table_config(**changes: Any) -> Config:
 
 
 def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | None = None, *,
-              kinds: dict[str, str] | None = None, condition_columns: list[str] | None = None,
+              kinds: dict[str, str] | None = None, condition_columns: list[str] | str | None = None,
               encoding: str = "quantile", sep: str | None = None, force: bool = False, resume: bool = False,
               stream: bool | None = None, chunk_rows: int | None = None) -> VAE:
     """Fit a VAE to a table (a pandas DataFrame or a .csv/.parquet path) and return it with
     its `schema`; with `out`, save the run folder (schema.json included, sha256-checked).
-    `kinds` overrides inferred column kinds, e.g. {"year": "categorical"}; `resume` continues
+    `kinds` overrides inferred column kinds, e.g. {"year": "categorical"}; `condition_columns` is a list
+    of names or one comma-separated string (a name that holds commas is matched whole); `resume` continues
     an interrupted fit from the checkpoints in `<out>.partial` (see train.fit).
     A path is read in chunks of `chunk_rows` rows (default: about 4 MB of text), never whole,
     with `stream=True`, or with the default None when the file is larger than 256 MiB
@@ -175,11 +176,26 @@ def parse_conditions(schema: Schema, conditions) -> list[tuple[str, str, Any]]:
             value = _number(col, value)
         elif op not in ("=", "!="):
             raise ConfigError(f"condition {name}{op}{value}: {name!r} is {col.kind}; use {name}=VALUE or {name}!=VALUE")
-        elif label_key(value) not in {label_key(v) for v in col.categories}:
-            raise DataError(f"column {name!r} never had the value {value!r} in training; "
-                            f"seen: {', '.join(map(str, col.categories))}")
+        else:
+            value = _category(col, value)
         out.append((name, op, value))
     return out
+
+
+def _category(col, value) -> Any:
+    """The training category a condition value names: as written, else ignoring case where that is
+    unambiguous (flag=true for a column of True/False, sex=female for Female); 1/0 name True/False."""
+    keys = {label_key(v): v for v in col.categories}
+    if label_key(value) in keys:
+        return value
+    text = str(value).strip().lower()
+    hits = [v for k, v in keys.items() if k.lower() == text]
+    if not hits and all(isinstance(v, (bool, np.bool_)) for v in col.categories):
+        hits = [v for v in col.categories if text == ("1" if v else "0")]
+    if len(hits) == 1:
+        return hits[0]
+    raise DataError(f"column {col.name!r} never had the value {value!r} in training; "
+                    f"seen: {', '.join(map(str, col.categories))}")
 
 
 def _number(col, value) -> float:
