@@ -49,17 +49,18 @@ def cmd_train(args) -> int:
         overrides["progress"] = False
     if args.tensorboard:
         overrides["tensorboard"] = True
-    if {**base, **overrides}.get("epochs") == 0:  # fit(epochs=0) builds an untrained model; a saved run is trained
+    settings = {**base, **overrides}
+    if settings.get("epochs") == 0:  # fit(epochs=0) builds an untrained model; a saved run is trained
         positive(0, "--epochs")
     if is_table_path(args.data):
         from .tabular import table_config
 
         from . import table_cli
 
-        return table_cli.train(args, table_config(**{**base, **overrides}))
+        return table_cli.train(args, table_config(**settings))
     if args.column_kind or args.condition_columns:
         raise ConfigError("--column-kind and --condition-columns apply to tables; pass a .csv or .parquet file")
-    config = Config.from_dict({**base, **overrides})
+    config = Config.from_dict(settings)
     ds = load_data(args.data, args.split, args.data_dir, args.download, stream=args.stream)
     model = fit(ds, config, out=args.out, force=args.force, resume=args.resume)
     h = model.history
@@ -90,7 +91,7 @@ def positive(value: int, flag: str) -> None:
 def cmd_sample(args) -> int:
     import torch
 
-    from .sample import check_output_file, write_output
+    from .sample import write_output
 
     positive(args.n, "-n")
     if not 0 < args.temperature < float("inf"):
@@ -100,12 +101,10 @@ def cmd_sample(args) -> int:
         from . import table_cli
 
         return table_cli.sample(args, model)
-    check_output_file(args.output, force=args.force)
+    _check_array_output(args, model)
     x = model.sample(args.n, temperature=args.temperature, mean=not args.draw,
                      generator=torch.Generator().manual_seed(args.seed),
                      condition=_sample_condition(model, args.condition, args.n))
-    if Path(args.output).suffix.lower() == ".png" and x.ndim != 4:
-        raise ConfigError(f"this model makes arrays of shape {tuple(x.shape[1:])}, not images; write .npy instead")
     write_output(x, args.output, layout=model.config.data_layout)
     print(f"wrote {args.n} samples to {args.output}")
     return 0
@@ -150,18 +149,24 @@ def _eval_data(args, model, n: int | None):
     return x, ds, c
 
 
+def _check_array_output(args, model) -> None:
+    """An array or image run's output name, checked before any work: a .png only for image models."""
+    from .sample import check_output_file
+
+    check_output_file(args.output, force=args.force)
+    shape = tuple(model.config.input_shape)
+    if Path(args.output).suffix.lower() == ".png" and len(shape) != 3:
+        raise ConfigError(f"this model makes arrays of shape {shape}, not images; write .npy instead")
+
+
 def _table_run_or_check_output(args, command: str):
     """Load the run; check the output name for its kind: a table run's rows go to .csv/.parquet
     (reconstruct), and interpolate/traverse work on arrays and images only."""
-    from .sample import check_output_file
     from .tables import check_table_output
 
     model = _load_run(args)
     if getattr(model, "schema", None) is None:
-        check_output_file(args.output, force=args.force)
-        shape = tuple(model.config.input_shape)
-        if Path(args.output).suffix.lower() == ".png" and len(shape) != 3:  # before any work is done
-            raise ConfigError(f"this model makes arrays of shape {shape}, not images; write .npy instead")
+        _check_array_output(args, model)
     elif command == "reconstruct":
         check_table_output(args.output, force=args.force)
     else:
