@@ -7,6 +7,7 @@ test set binarised once with seed 0, -log p(x) by importance sampling with k sam
     python benchmarks/mnist_nll.py --epochs 1000 --out runs/elbo --resume   # again after a stop
     python benchmarks/mnist_nll.py --objective iwae --k 50 --amp            # bf16 steps (AMX CPU, CUDA)
     python benchmarks/mnist_nll.py --prior vamp --pseudo-inputs 500         # the VampPrior row
+    python benchmarks/mnist_nll.py --objective iwae --k 50 --init-from runs/elbo   # a second stage
 
 With --resume the run continues from its latest checkpoint (train_seconds then counts
 only the last sitting; metrics.jsonl in the run folder has every epoch's seconds).
@@ -32,16 +33,26 @@ from vaekit.evaluate import evaluate, prepare_eval_data
 from vaekit.train import History
 
 
-def train_or_resume(train, config: vaekit.Config, out: Path, resume: bool):
+def train_or_resume(train, config: vaekit.Config, out: Path, resume: bool, init: Path | None = None):
     """fit() into `out`. With `resume`: continue from the latest checkpoint, or load the run
     if it already finished, so one command carries a long run over several sittings to its
-    score (checkpoints every config.checkpoint_minutes)."""
+    score (checkpoints every config.checkpoint_minutes). With `init`: start from that run's
+    weights (a second stage, e.g. IWAE after ELBO training) instead of a random model."""
+    device = config.device if config.device != "auto" else None
     if resume and (out / "manifest.json").is_file():
-        model = vaekit.load(out, device=config.device if config.device != "auto" else None)
+        model = vaekit.load(out, device=device)
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
         model.history = History(rows)
         return model
-    return vaekit.fit(train, config, out=out, force=not resume, resume=resume)
+    start = None
+    if init is not None:
+        start = vaekit.load(init, device=device)
+        mine, theirs = config.to_dict(), start.config.to_dict()
+        arch = ("latent_dim", "hidden", "activation", "likelihood", "prior", "prior_components")
+        if any(mine[key] != theirs[key] for key in arch):
+            raise SystemExit(f"--init-from {init}: its model ({', '.join(f'{k}={theirs[k]}' for k in arch)}) "
+                             f"is not this one ({', '.join(f'{k}={mine[k]}' for k in arch)})")
+    return vaekit.fit(train, config, out=out, force=not resume, resume=resume, model=start)
 
 
 def main() -> None:
@@ -67,6 +78,8 @@ def main() -> None:
     p.add_argument("--out", default=None, help="run folder (default bench-out/mnist-<objective>-k<k>-e<epochs>)")
     p.add_argument("--results", default="bench-out/mnist_nll.jsonl")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0, help="save the training state every M minutes")
+    p.add_argument("--init-from", type=Path, default=None, help="start from this finished run's weights (e.g. "
+                   "IWAE k = 50 after ELBO training, Burda et al. 2016, section 5.2); the row then counts both stages")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint "
                    "(a long run spread over several sittings; bit-identical on CPU)")
     args = p.parse_args()
@@ -85,7 +98,7 @@ def main() -> None:
         checkpoint_minutes=args.checkpoint_minutes, ema=args.ema, amp=args.amp, compile=args.compile)
     out = Path(args.out or f"bench-out/mnist-{args.objective}-k{args.k}-{args.prior}-e{args.epochs}")
     t0 = time.perf_counter()
-    model = train_or_resume(train, config, out, args.resume)
+    model = train_or_resume(train, config, out, args.resume, args.init_from)
     train_s = time.perf_counter() - t0
 
     x = prepare_eval_data(model, test.x[:args.eval_n] if args.eval_n else test.x)  # fixed-seed bits
@@ -98,7 +111,7 @@ def main() -> None:
         "date": date.today().isoformat(), "model": "784-200-200-50 tanh, Bernoulli", "objective": args.objective, "prior": args.prior,
         "prior_components": config.prior_components, "kl_warmup": args.kl_warmup,
         "train_k": args.k, "epochs": len(model.history.epochs), "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
-        "amp": args.amp, "compile": args.compile,
+        "amp": args.amp, "compile": args.compile, "init_from": str(args.init_from) if args.init_from else None,
         "schedule": "1 epoch warm-up, cosine to 5%", "test_nll": round(res["nll"], 3), "test_nll_se": round(res["nll_se"], 3),
         "test_elbo": round(res["elbo"], 3), "active_units": res["active_units"], "eval_k": args.eval_k, "n": res["n"],
         "final_train_loss": round(last["train_loss"], 3), "train_seconds": round(train_s),
