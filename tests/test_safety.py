@@ -543,6 +543,10 @@ def world(tmp_path_factory, digits):
     (d / "wrongtype.json").write_text('{"hidden": "wide"}')
     (d / "bigseed.json").write_text('{"seed": 1180591620717411303424}')  # 2**70: torch would overflow
     (d / "zero-epochs.json").write_text('{"epochs": 0}')
+    (d / "hidden-text.json").write_text('{"hidden": "16"}')  # would have been read as [1, 6]
+    (d / "hidden-frac.json").write_text('{"hidden": [16.5]}')
+    (d / "mixed.json").write_text('{"likelihood": "mixed"}')
+    (d / "patience-frac.json").write_text('{"patience": 1.5}')
     (d / "deep16").mkdir()
     Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(d / "deep16" / "a.png")
     Image.fromarray(np.full((8, 8), 3.0, np.float32)).save(d / "deep16" / "bad.tiff")
@@ -651,6 +655,13 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (["interpolate", "{d}/trun", "{d}/table.npy", "-o", "{d}/i.png"], "shape (5,), not images; write .npy", 2),
     (["reconstruct", "{d}/trun", "{d}/table.npy", "-o", "{d}/r.png"], "shape (5,), not images; write .npy", 2),
     (["traverse", "{d}/trun", "{d}/table.npy", "-o", "{d}/t.png"], "shape (5,), not images; write .npy", 2),
+    (T + ["digits", "--out", "{d}/o", "--config", "{d}/hidden-text.json"], "hidden='16' has the wrong type: it must be a list", 2),
+    (T + ["digits", "--out", "{d}/o", "--config", "{d}/hidden-frac.json"], "hidden=[16.5] has the wrong type", 2),
+    (T + ["digits", "--out", "{d}/o", "--config", "{d}/mixed.json"], "likelihood=mixed is built from a table", 2),
+    (T + ["digits", "--out", "{d}/o", "--config", "{d}/patience-frac.json"], "patience=1.5 must be an integer", 2),
+    (T + ["digits", "--out", "{d}/o", "--latent-dim", str(10 ** 12)], "out of memory", 1),  # fails at once: > RAM
+    (["sample", R, "-n", "3", "-o", "{d}/s.npy", "--temperature", "1e308"], "makes non-finite samples", 2),
+    (["export", R, "--onnx", "{d}/m.onnx", "--encoder", "{d}/./m.onnx"], "both name", 2),
     (["fly"], "invalid choice: 'fly'", 2),
     ([], "the following arguments are required: COMMAND", 2),
 ]
@@ -694,12 +705,28 @@ def test_api_entry_points_raise_typed_errors(world):
         (lambda: vaekit.fit(torch.rand(8, 3), Config(device="tpu")), ConfigError, "device"),
         (lambda: Config.from_dict({"hidden": "wide"}), ConfigError, "wrong type"),
         (lambda: Config(lr=float("inf")), ConfigError, "finite"),
+        (lambda: Config(hidden="16"), ConfigError, "list of integers"),
+        (lambda: Config(channels=[True]), ConfigError, "list of integers"),
+        (lambda: Config(patience="3"), ConfigError, "patience"),
+        (lambda: model.label_condition(3), ConfigError, "not seen in training"),
+        (lambda: model.sample(2, temperature=1e308), ConfigError, "non-finite samples"),
         (lambda: vaekit.save(model, world / "afile"), OutputExistsError, "is a file"),
         (lambda: load(world / "damaged"), IntegrityError, "model.safetensors"),
     ]:
         with pytest.raises(error) as info:
             call()
         assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_table_scores_refuse_too_few_rows():
+    pd = pytest.importorskip("pandas")
+    from vaekit.table_metrics import evaluate_table
+
+    rng = np.random.default_rng(0)
+    real = pd.DataFrame({"a": rng.normal(size=20), "b": rng.choice(["x", "y"], 20)})
+    for r, s in [(real.head(3), real), (real, real.head(2))]:  # 5-fold detection needs 5 of each
+        with pytest.raises(DataError, match="at least 5 real and 5 synthetic rows"):
+            evaluate_table(s, r)
 
 
 def test_ctrl_c_keeps_checkpoints_and_says_how_to_resume(tmp_path, monkeypatch, capsys):

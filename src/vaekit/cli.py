@@ -344,6 +344,18 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconst
             "snapshot": cmd_snapshot, "demo": cmd_demo}
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, torch's CPU allocator or CUDA out of memory."""
+    text = str(e)
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or \
+        "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0].split("] ")[-1] if text else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -357,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vaekit: error: {e}", file=sys.stderr)
         return e.exit_code
+    except (MemoryError, RuntimeError) as e:  # a model or batch too large to allocate: one line too
+        if args.debug or not _out_of_memory(e):
+            raise
+        print(f"vaekit: error: out of memory ({_first_line(e)}); use smaller sizes (--latent-dim, --hidden, "
+              "--prior-components, --k, --batch-size, -n) or a machine with more memory", file=sys.stderr)
+        return 1
     except OSError as e:  # disk full, permission denied...: the environment, not a bug
         if args.debug:
             raise

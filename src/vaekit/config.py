@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_type_hints
 
@@ -88,18 +89,14 @@ class Config:
             if hints[f.name] is float and (isinstance(value, bool) or not isinstance(value, (int, float))
                                            or not math.isfinite(value)):
                 raise ConfigError(f"{f.name}={value!r} must be a finite number")
-        self.hidden = [int(h) for h in self.hidden]
-        self.channels = [int(c) for c in self.channels]
-        if self.input_shape is not None:
-            self.input_shape = [int(s) for s in self.input_shape]
+        for name in INT_LISTS:
+            _int_list(self, name)
         _positive_int(self, "latent_dim", "--latent-dim")
         _positive_int(self, "epochs", "--epochs", allow_zero=True)
         _positive_int(self, "batch_size", "--batch-size")
         _positive_int(self, "k", "--k")
         if not self.hidden or min(self.hidden) < 1:
             raise ConfigError(f"hidden={self.hidden} must list positive layer widths, e.g. [256, 256]")
-        self.latent_dims = [int(d) for d in self.latent_dims]
-        self.ladder_hidden = [int(h) for h in self.ladder_hidden]
         if self.arch == "ladder":
             if len(self.latent_dims) < 2 or min(self.latent_dims) < 1:
                 raise ConfigError(f"arch=ladder needs two or more stochastic layer sizes, bottom first: "
@@ -111,9 +108,9 @@ class Config:
             self.latent_dim = sum(self.latent_dims)
         if not self.channels or min(self.channels) < 1:
             raise ConfigError(f"channels={self.channels} must list positive channel counts, e.g. [32, 64]")
-        self.groups = [int(g) for g in self.groups]
         _positive_int(self, "latent_channels", "--latent-channels")
         _positive_int(self, "cells", "--cells", allow_zero=True)
+        _positive_int(self, "patience", "--patience", allow_zero=True)
         if self.arch == "hvae":
             if not self.groups:  # one group per scale, two at the coarsest (hvae.default_groups)
                 self.groups = [1] * (len(self.channels) - 1) + [2]
@@ -231,6 +228,22 @@ def preset(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; pick one of {', '.join(PRESETS)}")
     return json.loads(json.dumps(PRESETS[name]))
+
+
+INT_LISTS = ("hidden", "channels", "latent_dims", "ladder_hidden", "groups", "input_shape")
+
+
+def _int_list(cfg: Config, name: str) -> None:
+    """A list of whole numbers, made ints: a string ("16" would be read as [1, 6]), a bool or a
+    fraction is refused, never truncated."""
+    value = getattr(cfg, name)
+    if value is None and name == "input_shape":
+        return
+    if not isinstance(value, (list, tuple)) or any(
+            isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v != int(v)
+            for v in value):
+        raise ConfigError(f"{name}={value!r} has the wrong type: it must be a list of integers, e.g. [256, 256]")
+    setattr(cfg, name, [int(v) for v in value])
 
 
 def _positive_int(cfg: Config, name: str, flag: str, allow_zero: bool = False) -> None:

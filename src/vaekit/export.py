@@ -110,6 +110,9 @@ def export_onnx(model, decoder: str | os.PathLike, encoder: str | os.PathLike | 
     paths = [Path(decoder)] + ([Path(encoder)] if encoder is not None else [])
     for p in paths:
         check_output_path(p, (".onnx",), "an ONNX file name must end in .onnx", ".onnx", flag="path")
+    if len(paths) == 2 and paths[0].resolve() == paths[1].resolve():
+        raise ConfigError(f"--onnx and --encoder both name {paths[0]}; the encoder would replace the decoder: "
+                          "give the encoder its own file, e.g. encoder.onnx")
     if encoder is not None and hasattr(model.prior, "posterior"):
         raise IncompatibleError("this model's q(z|x) is hierarchical (arch=ladder or hvae), not one (mu, sigma); "
                                 "export the decoder only")

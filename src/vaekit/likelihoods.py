@@ -321,5 +321,8 @@ def make_likelihood(name: str, shape: tuple[int, ...]) -> nn.Module:
         case "discretized-logistic":
             return DiscretizedLogistic(shape)
         case "mixed":
-            raise ValueError("likelihood=mixed is built from a table schema: load the run with vaekit.load")
+            from .errors import ConfigError
+
+            raise ConfigError("likelihood=mixed is built from a table schema (train on a .csv/.parquet table); "
+                              "for arrays and images pick auto, bernoulli, gaussian or discretized-logistic")
     raise ValueError(f"likelihood {name!r} must be resolved to bernoulli, gaussian or discretized-logistic first")

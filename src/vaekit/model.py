@@ -153,13 +153,16 @@ class VAE(nn.Module):
                 out = part if len(part) == n else part.new_empty((n, *part.shape[1:]))  # (n, *shape)
             if out is not part:
                 out[i:i + rows] = part
+        if not (torch.isfinite(z).all() and torch.isfinite(out).all()):  # a huge temperature overflows
+            raise ConfigError(f"temperature={temperature:g} makes non-finite samples; nothing was written: "
+                              "use a smaller temperature, e.g. 1")
         return out
 
     def label_condition(self, label) -> torch.Tensor:
         """The one-hot condition (C,) for a class label of a model trained with condition_on=labels."""
         names = (self.config.condition_names if self.config is not None else None) or []
         if str(label) not in names:
-            raise ValueError(f"label {label!r} was not seen in training; the model knows {', '.join(names) or 'none'}")
+            raise ConfigError(f"label {label!r} was not seen in training; the model knows {', '.join(names) or 'none'}")
         return F.one_hot(torch.tensor(names.index(str(label))), len(names)).float().to(self.device)
 
     def _output(self, px: Distribution, mean: bool, generator: torch.Generator | None) -> torch.Tensor:

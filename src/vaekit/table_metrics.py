@@ -17,6 +17,8 @@ import numpy as np
 
 from .tables import Schema, infer_schema, to_numbers
 
+MIN_SCORE_ROWS = 5  # the detection AUC is 5-fold cross-validated: at least one row of each kind per fold
+
 SDTYPES = {"continuous": "numerical", "integer": "numerical", "datetime": "datetime", "boolean": "boolean",
            "categorical": "categorical", "constant": "categorical"}
 
@@ -41,6 +43,13 @@ def evaluate_table(model_or_synthetic, real, n: int | None = None, seed: int = 0
 
         raise IncompatibleError(f"the evaluation table lacks column(s) {missing} that the model generates; "
                                 "evaluate on a table like the training table")
+    small = min(len(real), len(synth))
+    if small < MIN_SCORE_ROWS:
+        from .errors import DataError
+
+        raise DataError(f"scoring a table needs at least {MIN_SCORE_ROWS} real and {MIN_SCORE_ROWS} synthetic rows "
+                        f"(the detection score is {MIN_SCORE_ROWS}-fold cross-validated); got {len(real)} real and "
+                        f"{len(synth)} synthetic: pass a larger table, or a larger -n / --rows")
     real = real[schema.names]
     synth = synth[schema.names]
     result = {"rows_real": len(real), "rows_synthetic": len(synth)}
