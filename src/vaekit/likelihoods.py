@@ -15,6 +15,8 @@ from torch import nn
 from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Distribution, Independent, Normal
 
+from .errors import ConfigError
+
 
 class Bernoulli(nn.Module):
     """Independent Bernoulli per value, from logits: binary (or binarised) data."""
@@ -321,8 +323,6 @@ def make_likelihood(name: str, shape: tuple[int, ...]) -> nn.Module:
         case "discretized-logistic":
             return DiscretizedLogistic(shape)
         case "mixed":
-            from .errors import ConfigError
-
             raise ConfigError("likelihood=mixed is built from a table schema (train on a .csv/.parquet table); "
                               "for arrays and images pick auto, bernoulli, gaussian or discretized-logistic")
     raise ValueError(f"likelihood {name!r} must be resolved to bernoulli, gaussian or discretized-logistic first")

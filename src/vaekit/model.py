@@ -153,7 +153,7 @@ class VAE(nn.Module):
                 out = part if len(part) == n else part.new_empty((n, *part.shape[1:]))  # (n, *shape)
             if out is not part:
                 out[i:i + rows] = part
-        if not (torch.isfinite(z).all() and torch.isfinite(out).all()):  # a huge temperature overflows
+        if not torch.isfinite(out).all():  # a huge temperature overflows z, and that reaches every output
             raise ConfigError(f"temperature={temperature:g} makes non-finite samples; nothing was written: "
                               "use a smaller temperature, e.g. 1")
         return out

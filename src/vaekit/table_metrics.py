@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DataError
 from .tables import Schema, infer_schema, to_numbers
 
 MIN_SCORE_ROWS = 5  # the detection AUC is 5-fold cross-validated: at least one row of each kind per fold
@@ -45,8 +46,6 @@ def evaluate_table(model_or_synthetic, real, n: int | None = None, seed: int = 0
                                 "evaluate on a table like the training table")
     small = min(len(real), len(synth))
     if small < MIN_SCORE_ROWS:
-        from .errors import DataError
-
         raise DataError(f"scoring a table needs at least {MIN_SCORE_ROWS} real and {MIN_SCORE_ROWS} synthetic rows "
                         f"(the detection score is {MIN_SCORE_ROWS}-fold cross-validated); got {len(real)} real and "
                         f"{len(synth)} synthetic: pass a larger table, or a larger -n / --rows")
