@@ -54,6 +54,11 @@ def test_export_refuses_bad_paths_ladder_encoders_and_mismatches(tmp_path, capsy
                  "--encoder", str(tmp_path / "e.onnx")]) == 2
     assert "hierarchical" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "run"), "--onnx", str(tmp_path / "d.onnx")]) == 0  # decoder alone works
+    (tmp_path / "d.onnx").write_bytes(b"stale")
+    assert main(["export", str(tmp_path / "run"), "--onnx", str(tmp_path / "d.onnx")]) == 2  # never overwritten...
+    assert "pass --force" in capsys.readouterr().err and (tmp_path / "d.onnx").read_bytes() == b"stale"
+    assert main(["export", str(tmp_path / "run"), "--onnx", str(tmp_path / "d.onnx"), "--force"]) == 0  # ...unless asked
+    assert _session(tmp_path / "d.onnx").get_inputs()[0].name == "z"
     (tmp_path / "d.onnx").unlink()
     monkeypatch.setattr(export, "CHECK_ATOL", -1.0)  # every graph now "differs": nothing may be written
     assert main(["export", str(tmp_path / "run"), "--onnx", str(tmp_path / "d.onnx")]) == 2

@@ -158,6 +158,15 @@ def test_report_refuses_bad_input_before_work(run, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.npy"]
 
 
+def test_report_replaces_a_file_only_with_force(run, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    out.write_text("stale")
+    assert main(["report", str(run), "-o", str(out), "--k", "2", "-n", "20"]) == 2
+    assert "pass --force" in capsys.readouterr().err and out.read_text() == "stale"
+    assert main(["report", str(run), "-o", str(out), "--k", "2", "-n", "20", "--force"]) == 0
+    assert out.read_text().startswith("<!DOCTYPE html>")
+
+
 def test_report_without_matplotlib_names_the_fix(run, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
     assert main(["report", str(run), "digits", "-o", str(tmp_path / "r.html")]) == 2

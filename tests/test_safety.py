@@ -537,6 +537,8 @@ def world(tmp_path_factory, digits):
     (d / "full").mkdir()
     (d / "full" / "keep.txt").write_text("precious")
     (d / "exists.npy").write_bytes(b"old output")
+    (d / "exists.html").write_bytes(b"old report")
+    (d / "exists.onnx").write_bytes(b"old graph")
     (d / "unknown.json").write_text('{"latent_dimz": 3}')
     (d / "list.json").write_text("[1, 2]")
     (d / "pickle.json").write_bytes(pickle.dumps({"a": 1}))
@@ -662,6 +664,9 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (T + ["digits", "--out", "{d}/o", "--latent-dim", str(10 ** 12)], "out of memory", 1),  # fails at once: > RAM
     (["sample", R, "-n", "3", "-o", "{d}/s.npy", "--temperature", "1e308"], "makes non-finite samples", 2),
     (["export", R, "--onnx", "{d}/m.onnx", "--encoder", "{d}/./m.onnx"], "both name", 2),
+    (["export", R, "--onnx", "{d}/exists.onnx"], "choose another --onnx or pass --force", 2),
+    (["export", R, "--onnx", "{d}/m.onnx", "--encoder", "{d}/exists.onnx"], "choose another --encoder or pass", 2),
+    (["report", R, "-o", "{d}/exists.html"], "exists; choose another -o or pass --force", 2),
     (["fly"], "invalid choice: 'fly'", 2),
     ([], "the following arguments are required: COMMAND", 2),
 ]

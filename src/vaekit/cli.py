@@ -293,18 +293,19 @@ def cmd_report(args) -> int:
 
     positive(args.k, "--k")
     positive(args.n, "-n")
-    check_output_html(args.output)
+    check_output_html(args.output, force=args.force)
     path = report(args.run, args.data, args.output, k=args.k, n=args.n, split=args.split, data_dir=args.data_dir,
-                  seed=args.seed, device=args.device)
+                  seed=args.seed, device=args.device, force=args.force)
     print(f"wrote {path}")
     return 0
 
 
 def cmd_export(args) -> int:
     from .checkpoint import load
-    from .export import export_onnx
+    from .export import check_onnx_paths, export_onnx
 
-    result = export_onnx(load(args.run, device="cpu"), args.onnx, args.encoder)
+    check_onnx_paths(args.onnx, args.encoder, force=args.force)  # before the model is read
+    result = export_onnx(load(args.run, device="cpu"), args.onnx, args.encoder, force=args.force)
     print(f"wrote {result['decoder']} (z -> mean of p(x|z)); onnxruntime matches PyTorch within "
           f"{result['decoder_max_abs_diff']:.2g}")
     if args.encoder:

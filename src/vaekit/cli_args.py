@@ -194,11 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-n", type=int, default=1000, help="examples used, from the start (default 1000)")
     rp.add_argument("--seed", type=seed, default=0)
     rp.add_argument("--device", default="auto")
+    rp.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
     x = sub.add_parser("export", help="write the decoder (and encoder) as ONNX, checked with onnxruntime")
     x.add_argument("run", metavar="RUN")
     x.add_argument("--onnx", required=True, help="decoder file: z (B, d) -> mean of p(x|z) (B, *shape)")
     x.add_argument("--encoder", help="also the encoder: x (B, *shape) -> mu, sigma of q(z|x), each (B, d)")
+    x.add_argument("--force", action="store_true", help="overwrite existing .onnx files")
 
     sn = sub.add_parser("snapshot", help="save the model of a run still training (its latest checkpoint) as a run "
                         "folder, to evaluate, sample or report it meanwhile")

@@ -103,16 +103,25 @@ def _checked(module: nn.Module, data: bytes, inputs: tuple[torch.Tensor, ...], w
     return worst
 
 
-def export_onnx(model, decoder: str | os.PathLike, encoder: str | os.PathLike | None = None,
-                seed: int = 0) -> dict[str, Any]:
-    """Write the decoder (and, with `encoder`, the encoder) of `model` as ONNX files, each
-    checked against onnxruntime first. Returns the paths and the largest differences."""
+def check_onnx_paths(decoder: str | os.PathLike, encoder: str | os.PathLike | None = None,
+                     force: bool = True) -> list[Path]:
+    """Refuse, before any work, a name not ending in .onnx, a missing folder, one file named
+    twice, or (unless `force`) a file that exists. Returns [decoder] or [decoder, encoder]."""
     paths = [Path(decoder)] + ([Path(encoder)] if encoder is not None else [])
-    for p in paths:
-        check_output_path(p, (".onnx",), "an ONNX file name must end in .onnx", ".onnx", flag="path")
+    for p, flag in zip(paths, ("--onnx", "--encoder")):
+        check_output_path(p, (".onnx",), "an ONNX file name must end in .onnx", ".onnx", force=force, flag=flag)
     if len(paths) == 2 and paths[0].resolve() == paths[1].resolve():
         raise ConfigError(f"--onnx and --encoder both name {paths[0]}; the encoder would replace the decoder: "
                           "give the encoder its own file, e.g. encoder.onnx")
+    return paths
+
+
+def export_onnx(model, decoder: str | os.PathLike, encoder: str | os.PathLike | None = None,
+                seed: int = 0, force: bool = True) -> dict[str, Any]:
+    """Write the decoder (and, with `encoder`, the encoder) of `model` as ONNX files, each
+    checked against onnxruntime first; `force=False` refuses existing files (the CLI's
+    default). Returns the paths and the largest differences."""
+    paths = check_onnx_paths(decoder, encoder, force)
     if encoder is not None and hasattr(model.prior, "posterior"):
         raise IncompatibleError("this model's q(z|x) is hierarchical (arch=ladder or hvae), not one (mu, sigma); "
                                 "export the decoder only")

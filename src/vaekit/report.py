@@ -30,26 +30,28 @@ from .table_report import _table_report, associations, table_section  # noqa: F4
 
 
 
-def check_output_html(out: str | os.PathLike) -> Path:
-    """Refuse a bad output path before any work is done."""
+def check_output_html(out: str | os.PathLike, force: bool = True) -> Path:
+    """Refuse a bad output path (or, unless `force`, an existing file) before any work is done."""
     from .checkpoint import check_output_path
 
-    return check_output_path(out, (".html", ".htm"), "the report is HTML; give a file name ending in .html", ".html")
+    return check_output_path(out, (".html", ".htm"), "the report is HTML; give a file name ending in .html", ".html",
+                             force)
 
 
 def report(run_or_model, data: Any = None, out: str | os.PathLike = "report.html", *, k: int = 100,
            n: int = 1000, split: str = "test", data_dir: str | os.PathLike | None = None, seed: int = 0,
-           device: str = "cpu", title: str | None = None, sections: Iterable[str] = ()) -> Path:
+           device: str = "cpu", title: str | None = None, sections: Iterable[str] = (), force: bool = True) -> Path:
     """Write the HTML report of a run folder (or a trained VAE) to `out`, atomically.
 
     `data` (a dataset name or path as for `load_data`, a Dataset, or an array (N, *shape))
     adds reconstructions, interpolations, traversals, the latent space and the evaluation
     (importance-sampled with `k` samples on the first `n` examples). `sections` are extra
-    HTML sections (e.g. from `table_section`) appended before the config. Returns the path."""
+    HTML sections (e.g. from `table_section`) appended before the config. `force=False`
+    refuses an existing `out` (the CLI's default). Returns the path."""
     from .checkpoint import load, read_manifest, read_verified, write_atomic
     from .train import METRICS, resolve_device
 
-    path = check_output_html(out)
+    path = check_output_html(out, force)
     if k < 1 or n < 1:
         raise ConfigError(f"k={k} and n={n} must be >= 1 (--k, -n)")
     plots.require()  # before any work
