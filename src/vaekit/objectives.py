@@ -57,6 +57,27 @@ def elbo(model, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0, c: t
     return Bound(recon - beta * torch.where(low, floor, per).sum(-1), recon, kl)
 
 
+def resolve_kl(model, x: torch.Tensor, c: torch.Tensor | None = None) -> None:
+    """Look up, once and eagerly, torch's closed-form KL for this model's q(z|x) and p(z) (and
+    for their per-dimension parts, as free bits use). torch memoises the lookup, but its first,
+    uncached run cannot be traced (a `min` over a generator) and split a compiled training step
+    into several graphs, each with its own call overhead; cached, the step compiles whole.
+    x (B, *shape) and c (B, C): a few training examples, only encoded."""
+    was = model.training
+    model.eval()  # no batch statistics touched
+    try:
+        with torch.no_grad():
+            q, p = model.encode(x[:2], None if c is None else c[:2]), model.prior_dist()
+        for a, b in ((q, p), (getattr(q, "base_dist", None), getattr(p, "base_dist", None))):
+            if a is not None and b is not None:
+                try:
+                    kl_divergence(a, b)
+                except NotImplementedError:  # no closed form: the objective estimates it
+                    pass
+    finally:
+        model.train(was)
+
+
 def kl_groups(q, p, z: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """KL(q || p) per example in groups (B, G), and the latent dims of each group: per dim in
     closed form for factorised Normals; per stochastic layer for a hierarchy (so free bits keep

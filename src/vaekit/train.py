@@ -26,7 +26,7 @@ from .errors import ConfigError, DataError, NonFiniteError, OutputExistsError
 from .evaluate import log_likelihood
 from .model import VAE, memory_format
 from .monitor import check_tensorboard, live_terms, progress_bar, report_epoch, tensorboard_writer
-from .objectives import Bound, elbo, iwae, wae_mmd
+from .objectives import Bound, elbo, iwae, resolve_kl, wae_mmd
 from .stabilise import (averaged, clip_gradients, ema_start, ema_update, gradient_norm, large_gradient,
                         report_grad_skips)
 from .stream import LazyRows, binarize_once, rows, take
@@ -260,6 +260,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     ema = ema_start(model, config)
     distributed.reseed(ranks, config.seed)
     noise = ranks.noise_generator(gen, config.seed, device)
+    if config.compile:
+        resolve_kl(model, x_train, c_train)
     step_fn = distributed.training_step(model, lambda m, x, beta, c=None: objective(m, x, config, beta=beta, c=c), ranks,
                                         device, amp=config.amp, compile=config.compile)
 
