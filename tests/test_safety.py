@@ -543,6 +543,7 @@ def world(tmp_path_factory, digits):
     (d / "list.json").write_text("[1, 2]")
     (d / "pickle.json").write_bytes(pickle.dumps({"a": 1}))
     (d / "wrongtype.json").write_text('{"hidden": "wide"}')
+    (d / "twice.json").write_text('{"epochs": 1, "lr": 0.01, "epochs": 500}')
     (d / "bigseed.json").write_text('{"seed": 1180591620717411303424}')  # 2**70: torch would overflow
     (d / "zero-epochs.json").write_text('{"epochs": 0}')
     (d / "hidden-text.json").write_text('{"hidden": "16"}')  # would have been read as [1, 6]
@@ -602,6 +603,7 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (T + ["digits", "--out", "{d}/o", "--config", "{d}/list.json"], "must be a JSON object", 2),
     (T + ["digits", "--out", "{d}/o", "--config", "{d}/pickle.json"], "cannot read JSON", 2),
     (T + ["digits", "--out", "{d}/o", "--config", "{d}/wrongtype.json"], "wrong type", 2),
+    (T + ["digits", "--out", "{d}/o", "--config", "{d}/twice.json"], "key(s) ['epochs'] given more than once", 2),
     (T + ["{d}/table.npy", "--out", "{d}/o", "--arch", "conv"], "--arch conv needs images", 2),
     (T + ["{d}/table.npy", "--out", "{d}/o", "--likelihood", "bernoulli"], "needs [0, 1]", 2),
     (["sample", "{d}/norun", "-o", "{d}/s.png"], "not a vaekit run folder", 2),
@@ -693,6 +695,13 @@ def test_bad_input_one_line_exit_code_nothing_changed(world, capsys, argv, fragm
     assert _folder_hash(world) == before
 
 
+def test_out_of_memory_line_names_the_allocation_not_torch_internals(world, capsys):
+    assert main(["train", "digits", "--out", str(world / "o"), "--latent-dim", str(10 ** 12)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vaekit: error: out of memory (") and "enforce fail" not in err and "err ==" not in err, err
+    assert not (world / "o").exists()
+
+
 def test_api_entry_points_raise_typed_errors(world):
     model = load(world / "run")
     x = torch.rand(3, 1, 8, 8)
@@ -709,6 +718,7 @@ def test_api_entry_points_raise_typed_errors(world):
         (lambda: vaekit.fit(torch.ones(4, 2, dtype=torch.complex64)), DataError, "dtype"),
         (lambda: vaekit.fit(torch.rand(8, 3), Config(device="tpu")), ConfigError, "device"),
         (lambda: Config.from_dict({"hidden": "wide"}), ConfigError, "wrong type"),
+        (lambda: Config.from_json('{"beta": 1, "beta": 4}'), ConfigError, "['beta'] given more than once"),
         (lambda: Config(lr=float("inf")), ConfigError, "finite"),
         (lambda: Config(hidden="16"), ConfigError, "list of integers"),
         (lambda: Config(channels=[True]), ConfigError, "list of integers"),

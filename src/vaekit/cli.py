@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -21,19 +22,17 @@ def is_table_path(path: str) -> bool:
 
 
 def cmd_train(args) -> int:
-    from .config import Config
+    from .config import Config, preset, read_json
     from .data import load_data
     from .distributed import is_main
     from .train import fit
 
     base = {}
     if args.preset:
-        from .config import preset
-
         base = preset(args.preset)
     if args.config:
         try:
-            loaded = json.loads(Path(args.config).read_text())
+            loaded = read_json(Path(args.config).read_text())
         except (OSError, ValueError) as e:  # missing, unreadable, not UTF-8, not JSON
             raise ConfigError(f"--config {args.config}: cannot read JSON ({e})") from None
         if not isinstance(loaded, dict):
@@ -353,8 +352,9 @@ def _out_of_memory(e: BaseException) -> bool:
 
 
 def _first_line(e: BaseException) -> str:
+    """The message's first line without torch's "[enforce fail at file:line] err == 0." lead."""
     text = str(e).strip().splitlines()
-    return text[0].split("] ")[-1] if text else type(e).__name__
+    return re.sub(r"^\w+ == \w+\.\s*", "", text[0].split("] ")[-1]) if text else type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

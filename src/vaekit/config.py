@@ -197,8 +197,8 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> "Config":
         try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
+            return cls.from_dict(read_json(text))
+        except ValueError as e:  # not JSON, or a key given twice
             raise ConfigError(f"config is not valid JSON ({e}); rewrite it or train again") from None
 
     @classmethod
@@ -221,6 +221,17 @@ PRESETS: dict[str, dict[str, Any]] = {
                   kl_warmup=10.0, ema=0.999, grad_clip=200.0, grad_skip=10000.0, patience=0, val_fraction=0.05,
                   checkpoint_minutes=10.0),
 }
+
+
+def read_json(text: str) -> Any:
+    """json.loads, refusing an object that names a key twice (json keeps the last silently:
+    `{"epochs": 5, ..., "epochs": 500}` would train for 500 without a word). ValueError."""
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        if twice := sorted({k for k in keys if keys.count(k) > 1}):
+            raise ValueError(f"key(s) {twice} given more than once; keep one of each")
+        return dict(pairs)
+    return json.loads(text, object_pairs_hook=unique)
 
 
 def preset(name: str) -> dict[str, Any]:
