@@ -48,6 +48,29 @@ def test_compiled_training_saves_unwrapped_weights_identical_to_eager(small, tmp
     assert vaekit.load(tmp_path / "compiled").config.compile is True
 
 
+@pytest.mark.parametrize("free_bits", [0.0, 0.5])  # the KL as a whole, and per dimension
+def test_compiled_step_is_one_graph(small, monkeypatch, free_bits):
+    # torch's KL lookup, run uncached inside the compiled step, cannot be traced and split it
+    # into several graphs; fit resolves it eagerly first. The eager backend: capture only.
+    from torch._dynamo.utils import counters
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: real(module, backend="eager", **kw))
+
+    def breaks(**patch):
+        monkeypatch.setattr(torch.distributions.kl, "_KL_MEMOIZE", {})  # as in a fresh process
+        for name, value in patch.items():
+            monkeypatch.setattr(vaekit.train, name, value)
+        torch._dynamo.reset()
+        counters.clear()
+        vaekit.fit(small[:120], _config(device="cpu", compile=True, batch_size=60, epochs=1, val_fraction=0.0,
+                                        free_bits=free_bits))
+        return sum(counters["graph_break"].values())
+
+    assert breaks() == 0
+    assert breaks(resolve_kl=lambda *a, **kw: None) > 0  # the break this guards against
+
+
 def test_amp_on_a_cpu_without_native_bf16_is_a_clear_error(small, tmp_path, capsys, monkeypatch):
     # emulated bf16 is slower than float32: a CPU without AMX / AVX512-BF16 gets an error, not a slow run
     monkeypatch.setattr(vaekit.distributed, "cpu_bf16", lambda: False)

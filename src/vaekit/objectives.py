@@ -62,12 +62,12 @@ def resolve_kl(model, x: torch.Tensor, c: torch.Tensor | None = None) -> None:
     for their per-dimension parts, as free bits use). torch memoises the lookup, but its first,
     uncached run cannot be traced (a `min` over a generator) and split a compiled training step
     into several graphs, each with its own call overhead; cached, the step compiles whole.
-    x (B, *shape) and c (B, C): a few training examples, only encoded."""
+    x (B, *shape) and c (B, C) or None: a few training examples, only encoded."""
     was = model.training
     model.eval()  # no batch statistics touched
     try:
         with torch.no_grad():
-            q, p = model.encode(x[:2], None if c is None else c[:2]), model.prior_dist()
+            q, p = model.encode(x, c), model.prior_dist()
         for a, b in ((q, p), (getattr(q, "base_dist", None), getattr(p, "base_dist", None))):
             if a is not None and b is not None:
                 try:

@@ -260,8 +260,9 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     ema = ema_start(model, config)
     distributed.reseed(ranks, config.seed)
     noise = ranks.noise_generator(gen, config.seed, device)
-    if config.compile:
-        resolve_kl(model, x_train, c_train)
+    if config.compile:  # two examples, fetched as the loop fetches its batches
+        first = torch.arange(min(2, len(x_train)), device=device)
+        resolve_kl(model, rows(x_train, first), None if c_train is None else rows(c_train, first))
     step_fn = distributed.training_step(model, lambda m, x, beta, c=None: objective(m, x, config, beta=beta, c=c), ranks,
                                         device, amp=config.amp, compile=config.compile)
 
