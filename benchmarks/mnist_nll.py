@@ -45,13 +45,9 @@ def train_or_resume(train, config: vaekit.Config, out: Path, resume: bool, init:
         model.history = History(rows)
         return model
     start = None
-    if init is not None:
+    if init is not None:  # fit() refuses a model of another architecture
         start = vaekit.load(init, device=device)
-        mine, theirs = config.to_dict(), start.config.to_dict()
-        arch = ("latent_dim", "hidden", "activation", "likelihood", "prior", "prior_components")
-        if any(mine[key] != theirs[key] for key in arch):
-            raise SystemExit(f"--init-from {init}: its model ({', '.join(f'{k}={theirs[k]}' for k in arch)}) "
-                             f"is not this one ({', '.join(f'{k}={mine[k]}' for k in arch)})")
+        config = config.replace(init_from=str(init))
     return vaekit.fit(train, config, out=out, force=not resume, resume=resume, model=start)
 
 

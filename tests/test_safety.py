@@ -669,6 +669,11 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (["export", R, "--onnx", "{d}/exists.onnx"], "choose another --onnx or pass --force", 2),
     (["export", R, "--onnx", "{d}/m.onnx", "--encoder", "{d}/exists.onnx"], "choose another --encoder or pass", 2),
     (["report", R, "-o", "{d}/exists.html"], "exists; choose another -o or pass --force", 2),
+    (T + ["digits", "--out", "{d}/o", "--init-from", "{d}/norun"], "not a vaekit run folder", 2),
+    (T + ["digits", "--out", "{d}/o", "--init-from", "{d}/damaged"], "does not match its sha256", 2),
+    (T + ["digits", "--out", "{d}/o", "--init-from", R, "--hidden", "7"], "hidden: [16] in the model, [7] here", 2),
+    (T + ["digits", "--out", "{d}/o", "--init-from", "{d}/trun"], "input_shape: [5] in the model, [1, 8, 8] here", 2),
+    (T + ["digits", "--out", "{d}/run", "--init-from", R], "exists and is not empty", 2),  # never over its source
     (["fly"], "invalid choice: 'fly'", 2),
     ([], "the following arguments are required: COMMAND", 2),
 ]

@@ -22,7 +22,7 @@ def is_table_path(path: str) -> bool:
 
 
 def cmd_train(args) -> int:
-    from .config import Config, preset, read_json
+    from .config import Config, architecture, preset, read_json
     from .data import load_data
     from .distributed import is_main
     from .train import fit
@@ -30,6 +30,15 @@ def cmd_train(args) -> int:
     base = {}
     if args.preset:
         base = preset(args.preset)
+    start = None
+    if args.init_from:  # the model is that run's (over a preset); how to train it is this command's
+        from .checkpoint import load
+
+        if is_table_path(args.data):
+            raise ConfigError("--init-from applies to array and image runs; a table run trains from scratch")
+        start = load(args.init_from, device="cpu")
+        model_fields = {**architecture(start.config), "condition_on": start.config.condition_on}
+        base.update({k: v for k, v in model_fields.items() if k not in ("input_shape", "condition_dim")})
     if args.config:
         try:
             loaded = read_json(Path(args.config).read_text())
@@ -48,6 +57,8 @@ def cmd_train(args) -> int:
         overrides["progress"] = False
     if args.tensorboard:
         overrides["tensorboard"] = True
+    if start is not None:
+        overrides["init_from"] = str(args.init_from)
     settings = {**base, **overrides}
     if settings.get("epochs") == 0:  # fit(epochs=0) builds an untrained model; a saved run is trained
         positive(0, "--epochs")
@@ -61,12 +72,13 @@ def cmd_train(args) -> int:
         raise ConfigError("--column-kind and --condition-columns apply to tables; pass a .csv or .parquet file")
     config = Config.from_dict(settings)
     ds = load_data(args.data, args.split, args.data_dir, args.download, stream=args.stream)
-    model = fit(ds, config, out=args.out, force=args.force, resume=args.resume)
+    model = fit(ds, config, out=args.out, force=args.force, resume=args.resume, model=start)
     h = model.history
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
     loss = last.get("val_loss", last.get("train_loss", float("nan")))
     if is_main():  # under torchrun, rank 0 speaks for all
-        print(f"trained {epochs_text(h)} on {ds.name} ({len(ds.x)} examples); best epoch {h.best_epoch}, "
+        print(f"trained {epochs_text(h)} on {ds.name} ({len(ds.x)} examples)"
+              f"{f' from {args.init_from}' if start is not None else ''}; best epoch {h.best_epoch}, "
               f"loss {loss:.4f}; saved {args.out}")
     return 0
 

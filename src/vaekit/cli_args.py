@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save the training state every EPOCHS epochs (default 1; 0 = off)")
     t.add_argument("--checkpoint-minutes", type=float, metavar="M",
                    help="also save it every M minutes, mid-epoch if need be (default off)")
+    t.add_argument("--init-from", metavar="RUN",
+                   help="start from this trained run's weights instead of a fresh model (e.g. --objective iwae "
+                        "after ELBO training, or more data); its architecture is kept, the training settings are "
+                        "this command's")
     t.add_argument("--skip-nonfinite", type=int, nargs="?", const=10, metavar="N",
                    help="skip batches with a NaN/Inf loss or gradient, at most N in a row (default 10) "
                         "instead of stopping at the first")

@@ -78,6 +78,7 @@ class Config:
     condition_on: str | None = None  # conditional VAE: "labels" (class labels of the data), "columns" (tables)
     condition_dim: int = 0  # size of the condition vector c given to encoder and decoder; fit() records it
     condition_names: list[str] | None = None  # condition_on=labels: the class names, in one-hot order
+    init_from: str | None = None  # the run whose weights training started from (--init-from), for the record
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))
@@ -221,6 +222,19 @@ PRESETS: dict[str, dict[str, Any]] = {
                   kl_warmup=10.0, ema=0.999, grad_clip=200.0, grad_skip=10000.0, patience=0, val_fraction=0.05,
                   checkpoint_minutes=10.0),
 }
+
+
+def architecture(config: Config) -> dict[str, Any]:
+    """The fields that decide what a model of `config`'s arch is (its networks' shapes and what
+    they compute, its prior and likelihood, its input); all other fields say how it is trained.
+    Two configs with equal architectures describe models whose weights are interchangeable."""
+    names = ["arch", "input_shape", "condition_dim", "activation", "likelihood", "prior"]
+    names += {"mlp": ["latent_dim", "hidden"], "conv": ["latent_dim", "channels"],
+              "ladder": ["latent_dims", "hidden", "ladder_hidden"],
+              "hvae": ["channels", "groups", "latent_channels", "cells"]}[config.arch]
+    if config.prior in ("vamp", "mog"):
+        names.append("prior_components")
+    return {name: getattr(config, name) for name in names}
 
 
 def read_json(text: str) -> Any:

@@ -42,8 +42,9 @@ NAME = re.compile(r"e\d{4,}-s\d{6,}")
 # Config fields a resumed run may change: they steer the loop, not the model, the data split
 # or the random draws (e.g. a lower --lr after a NaN). Changing the lr, schedule, clipping,
 # epochs, patience or gradient skipping makes the run differ from an uninterrupted one; the others do not.
+# init_from only names where the first weights came from: a checkpoint's weights replace them.
 MAY_CHANGE = {"progress", "checkpoint_every", "checkpoint_minutes", "skip_nonfinite", "epochs", "patience",
-              "lr", "lr_schedule", "lr_warmup", "lr_final", "grad_clip", "grad_skip"}
+              "lr", "lr_schedule", "lr_warmup", "lr_final", "grad_clip", "grad_skip", "init_from"}
 
 
 @dataclass

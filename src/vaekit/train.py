@@ -20,9 +20,9 @@ import torch
 
 from . import checkpoint, distributed
 from . import resume as resuming
-from .config import Config
+from .config import Config, architecture
 from .data import Dataset, array_dataset, binarize_dynamic, check_finite, is_binary, on_8bit_grid
-from .errors import ConfigError, DataError, NonFiniteError, OutputExistsError
+from .errors import ConfigError, DataError, IncompatibleError, NonFiniteError, OutputExistsError
 from .evaluate import log_likelihood
 from .model import VAE, memory_format
 from .monitor import check_tensorboard, live_terms, progress_bar, report_epoch, tensorboard_writer
@@ -203,6 +203,18 @@ def nonfinite_message(what: str, epoch: int, step: int, last: Path | None = None
             "raise --grad-clip protection, check the data for extreme values or pass --skip-nonfinite")
 
 
+def check_start_model(model: VAE, config: Config) -> None:
+    """fit(model=...) continues training a model: it must be the model `config` and the data
+    describe (the same architecture, input and condition), only the training may differ."""
+    have = architecture(getattr(model, "config", None) or Config())
+    want = architecture(config)
+    differ = [k for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k)]
+    if differ:
+        pairs = "; ".join(f"{k}: {have.get(k)} in the model, {want.get(k)} here" for k in differ)
+        raise IncompatibleError(f"the starting model (--init-from / model=) is not the model this run describes "
+                                f"({pairs}); drop the flags that change the architecture, or train a fresh model")
+
+
 def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None = None, *,
         force: bool = False, model: VAE | None = None, condition: Any = None, resume: bool = False) -> VAE:
     """Train a VAE on `data` (Dataset, tensor or array (N, *shape)) and return it, best
@@ -211,7 +223,9 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     training checkpoints go to `<out>.partial/checkpoints`, and `resume=True` continues
     from the latest one (bit-identical on CPU to a run that was never interrupted).
     A conditional VAE: `config.condition_on="labels"` (the data's class labels), or
-    `condition` (N, C), one condition vector per example."""
+    `condition` (N, C), one condition vector per example. `model`: train this model further
+    instead of a fresh one (a second stage, e.g. IWAE after ELBO training, or new data): its
+    architecture must be `config`'s (IncompatibleError otherwise); Adam starts afresh."""
     config = config or Config()
     ds = as_dataset(data)
     config = resolve_config(config, ds)
@@ -244,6 +258,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         x_val = binarize_once(x_val, config.seed + 1, device)
 
     fresh = model is None
+    if not fresh:
+        check_start_model(model, config)
     model = VAE.from_config(config) if fresh else model
     model.config = config
     if hasattr(model.likelihood, "set_data_stats"):
