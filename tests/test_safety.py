@@ -137,6 +137,9 @@ def test_snapshot_of_a_run_in_progress_is_its_best_weights_so_far(digits, tmp_pa
     monkeypatch.undo()
     partial = tmp_path / "r.partial"
     folder = resume.latest(partial)
+    for unfinished in (tmp_path / "r", partial):  # loading it as a run points to the snapshot
+        with pytest.raises(IntegrityError, match=f"`vaekit snapshot {partial} -o FOLDER`"):
+            load(unfinished)
     before = {p: p.read_bytes() for p in sorted(partial.rglob("*")) if p.is_file()}
     path, loop = vaekit.snapshot(tmp_path / "r", tmp_path / "snap")  # the --out or the .partial folder
     assert (loop.epoch, loop.step) == (2, 0) and loop.best_epoch in (1, 2)

@@ -168,10 +168,15 @@ def read_manifest(folder: Path, fmt: str = FORMAT, version: int = FORMAT_VERSION
     """The parsed manifest of `folder`, refused unless it is exactly the bytes vaekit writes
     for its content (so even a whitespace edit is caught) with a known format and version."""
     path = folder / MANIFEST
+    # a run still training (or interrupted) lives in <out>.partial: its model so far is a snapshot away
+    partial = folder if folder.name.endswith(".partial") else folder.with_name(folder.name + ".partial")
+    unfinished = (f"; {partial} holds a run still training or interrupted: `vaekit snapshot {partial} -o FOLDER` "
+                  "writes its latest checkpoint as a run folder") if (partial / "checkpoints").is_dir() else ""
     if not folder.is_dir():
-        raise IntegrityError(f"{folder} is not a vaekit run folder (no such folder); pass the --out folder of `vaekit train`")
+        raise IntegrityError(f"{folder} is not a vaekit run folder (no such folder)"
+                             f"{unfinished or '; pass the --out folder of `vaekit train`'}")
     if not path.is_file():
-        raise IntegrityError(f"{path} is missing; {folder} is not a complete vaekit run folder")
+        raise IntegrityError(f"{path} is missing; {folder} is not a complete vaekit run folder{unfinished}")
     if path.stat().st_size > MAX_JSON_BYTES:
         raise IntegrityError(f"{path} is too large to be a vaekit manifest")
     raw = path.read_bytes()
