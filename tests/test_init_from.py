@@ -3,6 +3,7 @@ run's architecture is kept, its weights are the start, the training settings are
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,3 +62,64 @@ def test_api_refuses_a_model_of_another_architecture(first):
                    model=start)
     with pytest.raises(IncompatibleError, match="activation: tanh in the model, relu here"):
         vaekit.fit(vaekit.load_data("digits"), start.config.replace(activation="relu"), model=start)
+
+
+def test_a_model_built_from_parts_still_trains(tmp_path):
+    # no config to compare: only its input is checked (and a wrong one refused)
+    import torch.nn as nn
+
+    from vaekit.likelihoods import make_likelihood
+    from vaekit.priors import make_prior
+
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))  # (B, 2d)
+    decoder = nn.Sequential(nn.Linear(2, 64), nn.Unflatten(1, (1, 1, 8, 8)))  # (B, P=1, 1, 8, 8)
+    model = vaekit.VAE(encoder, decoder, make_prior("normal", 2, (1, 8, 8), 1), make_likelihood("bernoulli", (1, 8, 8)),
+                       2, (1, 8, 8))
+    data = vaekit.load_data("digits")
+    vaekit.fit(data, vaekit.Config(epochs=1, progress=False), model=model)
+    with pytest.raises(IncompatibleError, match=r"input_shape: \[1, 8, 8\] in the model, \[5\] here"):
+        vaekit.fit(torch.randn(50, 5), vaekit.Config(epochs=1, progress=False), model=model)
+
+
+def test_gaussian_model_keeps_its_standardisation(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 6, generator=gen) * 3 + 5  # real-valued data: Gaussian likelihood, standardised
+    b = torch.randn(300, 6, generator=gen) * 0.5 - 2  # new data of the same shape, other scale
+    config = vaekit.Config(latent_dim=2, hidden=[16], epochs=2, progress=False)
+    start = vaekit.fit(a, config)
+    shift = start.likelihood.shift.clone()
+    torch.manual_seed(1)
+    before = vaekit.log_likelihood(start, b, k=5)
+    after_model = vaekit.fit(b, config.replace(epochs=1, lr=1e-9), model=start)
+    assert torch.equal(after_model.likelihood.shift, shift)  # the trained model's, not b's
+    torch.manual_seed(1)
+    after = vaekit.log_likelihood(after_model, b, k=5)
+    assert torch.allclose(before, after, atol=1e-3)  # lr 1e-9: still the start model
+
+
+def test_conditional_run_continues_on_a_subset_of_its_classes(tmp_path):
+    data = vaekit.load_data("digits")
+    assert main(["train", "digits", "--out", str(tmp_path / "c"), "--condition-on", "labels", "--epochs", "1",
+                 "--hidden", "16", "--latent-dim", "2", *FAST]) == 0
+    keep = data.labels >= 5
+    np.savez(tmp_path / "late.npz", x=data.x[keep].numpy(), labels=data.labels[keep].numpy())
+    assert main(["train", str(tmp_path / "late.npz"), "--out", str(tmp_path / "c2"), "--init-from",
+                 str(tmp_path / "c"), "--epochs", "1", *FAST]) == 0
+    names = json.loads((tmp_path / "c" / "config.json").read_text())["condition_names"]
+    assert json.loads((tmp_path / "c2" / "config.json").read_text())["condition_names"] == names  # all 10 kept
+
+
+def test_table_runs_and_recorded_starts(tmp_path, capsys):
+    import pandas as pd
+
+    rng = torch.Generator().manual_seed(0)
+    pd.DataFrame({"a": torch.randn(60, generator=rng).numpy(), "b": ["x", "y", "z"] * 20}).to_csv(tmp_path / "t.csv",
+                                                                                                  index=False)
+    assert main(["train", str(tmp_path / "t.csv"), "--out", str(tmp_path / "trun"), "--epochs", "1", *FAST]) == 0
+    assert main(["train", "digits", "--out", str(tmp_path / "o"), "--init-from", str(tmp_path / "trun"), *FAST]) == 2
+    assert "is a table run" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    # a start is recorded only when there is one: an init_from in a --config file is not a start
+    (tmp_path / "c.json").write_text(json.dumps({"init_from": "runs/elsewhere", "epochs": 1}))
+    assert main(["train", "digits", "--out", str(tmp_path / "p"), "--config", str(tmp_path / "c.json"),
+                 "--hidden", "8", "--latent-dim", "2", *FAST]) == 0
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["init_from"] is None

@@ -727,6 +727,7 @@ def test_api_entry_points_raise_typed_errors(world):
         (lambda: vaekit.fit(torch.rand(8, 3), Config(device="tpu")), ConfigError, "device"),
         (lambda: Config.from_dict({"hidden": "wide"}), ConfigError, "wrong type"),
         (lambda: Config.from_json('{"beta": 1, "beta": 4}'), ConfigError, "['beta'] given more than once"),
+        (lambda: Config.from_json('{"latent_dimz": 3}'), ConfigError, "unknown config field(s) ['latent_dimz']"),
         (lambda: Config(lr=float("inf")), ConfigError, "finite"),
         (lambda: Config(hidden="16"), ConfigError, "list of integers"),
         (lambda: Config(channels=[True]), ConfigError, "list of integers"),

@@ -37,6 +37,9 @@ def cmd_train(args) -> int:
         if is_table_path(args.data):
             raise ConfigError("--init-from applies to array and image runs; a table run trains from scratch")
         start = load(args.init_from, device="cpu")
+        if getattr(start, "schema", None) is not None:
+            raise ConfigError(f"--init-from {args.init_from} is a table run; it trains on the table it was made "
+                              "from (vaekit train TABLE.csv), not on arrays")
         model_fields = {**architecture(start.config), "condition_on": start.config.condition_on}
         base.update({k: v for k, v in model_fields.items() if k not in ("input_shape", "condition_dim")})
     if args.config:
@@ -57,8 +60,7 @@ def cmd_train(args) -> int:
         overrides["progress"] = False
     if args.tensorboard:
         overrides["tensorboard"] = True
-    if start is not None:
-        overrides["init_from"] = str(args.init_from)
+    overrides["init_from"] = str(args.init_from) if start is not None else None  # the record follows the flag
     settings = {**base, **overrides}
     if settings.get("epochs") == 0:  # fit(epochs=0) builds an untrained model; a saved run is trained
         positive(0, "--epochs")

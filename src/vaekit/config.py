@@ -198,9 +198,10 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> "Config":
         try:
-            return cls.from_dict(read_json(text))
+            d = read_json(text)
         except ValueError as e:  # not JSON, or a key given twice
             raise ConfigError(f"config is not valid JSON ({e}); rewrite it or train again") from None
+        return cls.from_dict(d)
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> "Config":

@@ -206,8 +206,12 @@ def nonfinite_message(what: str, epoch: int, step: int, last: Path | None = None
 def check_start_model(model: VAE, config: Config) -> None:
     """fit(model=...) continues training a model: it must be the model `config` and the data
     describe (the same architecture, input and condition), only the training may differ."""
-    have = architecture(getattr(model, "config", None) or Config())
     want = architecture(config)
+    if getattr(model, "config", None) is None:  # built by hand from parts: only its input can be checked
+        have = {"input_shape": list(model.input_shape), "condition_dim": model.condition_dim}
+        want = {k: want[k] for k in have}
+    else:
+        have = architecture(model.config)
     differ = [k for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k)]
     if differ:
         pairs = "; ".join(f"{k}: {have.get(k)} in the model, {want.get(k)} here" for k in differ)
@@ -229,6 +233,9 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     config = config or Config()
     ds = as_dataset(data)
     config = resolve_config(config, ds)
+    if model is not None and config.condition_on == "labels" and not config.condition_names:
+        # continuing a conditional model: its classes keep their one-hot positions
+        config = config.replace(condition_names=getattr(model.config, "condition_names", None))
     c_all, config = build_condition(ds, config, condition)
     target = Path(out) if out is not None else None
     if config.tensorboard:
@@ -262,8 +269,8 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         check_start_model(model, config)
     model = VAE.from_config(config) if fresh else model
     model.config = config
-    if hasattr(model.likelihood, "set_data_stats"):
-        model.likelihood.set_data_stats(x_train)
+    if hasattr(model.likelihood, "set_data_stats") and not model.likelihood.has_data_stats():
+        model.likelihood.set_data_stats(x_train)  # a model trained further keeps its standardisation
     if fresh and hasattr(model.prior, "init_from_data"):
         model.prior.init_from_data(x_train, torch.Generator().manual_seed(config.seed))
     layout = memory_format(config)  # conv models: channels-last weights, and batches to match
