@@ -123,3 +123,27 @@ def test_table_runs_and_recorded_starts(tmp_path, capsys):
     assert main(["train", "digits", "--out", str(tmp_path / "p"), "--config", str(tmp_path / "c.json"),
                  "--hidden", "8", "--latent-dim", "2", *FAST]) == 0
     assert json.loads((tmp_path / "p" / "config.json").read_text())["init_from"] is None
+
+
+def test_a_resumed_run_keeps_the_record_of_its_checkpoint(tmp_path, monkeypatch):
+    # interrupted, then resumed by a call that names a start: the checkpoint's weights continue,
+    # so the run's record stays the checkpoint's (a fresh start, here)
+    import vaekit.train as train
+
+    data = vaekit.load_data("digits").x[:600]
+    config = vaekit.Config(latent_dim=2, hidden=[16], epochs=2, progress=False)
+    real, calls = train.objective, {"n": 0}
+
+    def crash_at_6(model, x, cfg, *args, **kw):
+        calls["n"] += model.training
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(model, x, cfg, *args, **kw)
+
+    monkeypatch.setattr(train, "objective", crash_at_6)
+    with pytest.raises(KeyboardInterrupt):
+        vaekit.fit(data, config, out=tmp_path / "r")
+    monkeypatch.undo()
+    model = vaekit.fit(data, config.replace(init_from="runs/other"), out=tmp_path / "r", resume=True)
+    assert model.config.init_from is None
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["init_from"] is None

@@ -170,10 +170,12 @@ def save(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generator,
 
 def restore(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generator, config: Config,
             fingerprint: str, ema: dict[str, torch.Tensor] | None = None
-            ) -> tuple[LoopState, dict[str, torch.Tensor] | None, torch.Tensor | None, torch.Tensor | None] | None:
+            ) -> tuple[LoopState, dict[str, torch.Tensor] | None, torch.Tensor | None, torch.Tensor | None,
+                       str | None] | None:
     """Load the latest checkpoint into model, optimizer and generators. Returns (loop state,
-    best weights, the epoch's batch order, its partial sums), or None when there is no
-    checkpoint. Every byte is checked against the manifest before anything is parsed. `ema`
+    best weights, the epoch's batch order, its partial sums, the run's recorded start
+    `init_from`: the checkpoint's, whatever the resuming call says, since the checkpoint's
+    weights are what continues), or None when there is no checkpoint. Every byte is checked against the manifest before anything is parsed. `ema`
     (--ema), if given, receives the saved weight average in place."""
     folder = latest(run_dir)
     if folder is None:
@@ -208,7 +210,7 @@ def restore(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generat
         best = {k: v.to(device) for k, v in best.items()}
     perm = tensors["loop.perm"].to(device) if "loop.perm" in tensors else None
     sums = tensors["loop.sums"].to(device) if "loop.sums" in tensors else None
-    return loop, best, perm, sums
+    return loop, best, perm, sums, saved.init_from
 
 
 def _read(folder: Path) -> tuple[dict[str, Any], LoopState, Config, dict[str, torch.Tensor]]:

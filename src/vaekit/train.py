@@ -296,7 +296,9 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         resuming.prepare(run_dir, resume, force)
         fingerprint = resuming.data_fingerprint(ds.x)
         if resume and (restored := resuming.restore(run_dir, model, opt, gen, config, fingerprint, ema)):
-            loop, best_state, perm, sums = restored
+            loop, best_state, perm, sums, started = restored
+            if started != config.init_from:  # a record, not a setting: the checkpoint's start holds
+                config = model.config = config.replace(init_from=started)
             saves.saved(resuming.latest(run_dir))
             # metrics.jsonl holds exactly the epochs the checkpoint has seen
             checkpoint.write_atomic(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in loop.history).encode())
