@@ -147,3 +147,14 @@ def test_a_resumed_run_keeps_the_record_of_its_checkpoint(tmp_path, monkeypatch)
     model = vaekit.fit(data, config.replace(init_from="runs/other"), out=tmp_path / "r", resume=True)
     assert model.config.init_from is None
     assert json.loads((tmp_path / "r" / "config.json").read_text())["init_from"] is None
+
+
+def test_a_preset_gives_way_to_the_run(first, tmp_path):
+    # --preset mnist is an hvae recipe; from an MLP run only its training settings remain
+    assert main(["train", "digits", "--out", str(tmp_path / "p"), "--init-from", str(first), "--preset", "mnist",
+                 "--epochs", "1", *FAST]) == 0
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    preset = vaekit.Config.preset("mnist")
+    assert (config["arch"], config["hidden"], config["activation"]) == ("mlp", [24, 12], "tanh")  # the run's
+    assert config["groups"] == vaekit.Config().groups != preset.groups  # not the preset's hvae latent groups
+    assert (config["lr_schedule"], config["ema"]) == (preset.lr_schedule, preset.ema)  # its training, kept

@@ -22,7 +22,7 @@ def is_table_path(path: str) -> bool:
 
 
 def cmd_train(args) -> int:
-    from .config import Config, architecture, preset, read_json
+    from .config import ARCH_FIELDS, Config, architecture, preset, read_json
     from .data import load_data
     from .distributed import is_main
     from .train import fit
@@ -41,6 +41,8 @@ def cmd_train(args) -> int:
             raise ConfigError(f"--init-from {args.init_from} is a table run; it trains on the table it was made "
                               "from (vaekit train TABLE.csv), not on arrays")
         model_fields = {**architecture(start.config), "condition_on": start.config.condition_on}
+        # a preset's architecture fields give way to the run's, those of other archs included
+        base = {k: v for k, v in base.items() if k not in ARCH_FIELDS}
         base.update({k: v for k, v in model_fields.items() if k not in ("input_shape", "condition_dim")})
     if args.config:
         try:

@@ -225,6 +225,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# every field that architecture() may name, over all archs and priors
+ARCH_FIELDS = ("arch", "input_shape", "condition_dim", "activation", "likelihood", "prior", "latent_dim", "hidden",
+               "channels", "latent_dims", "ladder_hidden", "groups", "latent_channels", "cells", "prior_components")
+
+
 def architecture(config: Config) -> dict[str, Any]:
     """The fields that decide what a model of `config`'s arch is (its networks' shapes and what
     they compute, its prior and likelihood, its input); all other fields say how it is trained.
