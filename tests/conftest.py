@@ -30,3 +30,22 @@ def mnist_dir():
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip("shared MNIST files not present")
     return MNIST_DIR
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch):
+    """interrupt_at(n): the n-th training batch of the next fit() raises KeyboardInterrupt, as
+    Ctrl-C would (validation batches are not counted); monkeypatch.undo() disarms it."""
+    import vaekit.train as train
+
+    def arm(n: int) -> None:
+        real, calls = train.objective, {"n": 0}
+
+        def objective(model, x, config, *args, **kw):
+            calls["n"] += model.training
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return real(model, x, config, *args, **kw)
+
+        monkeypatch.setattr(train, "objective", objective)
+    return arm

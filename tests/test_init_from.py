@@ -125,22 +125,12 @@ def test_table_runs_and_recorded_starts(tmp_path, capsys):
     assert json.loads((tmp_path / "p" / "config.json").read_text())["init_from"] is None
 
 
-def test_a_resumed_run_keeps_the_record_of_its_checkpoint(tmp_path, monkeypatch):
+def test_a_resumed_run_keeps_the_record_of_its_checkpoint(tmp_path, monkeypatch, interrupt_at):
     # interrupted, then resumed by a call that names a start: the checkpoint's weights continue,
     # so the run's record stays the checkpoint's (a fresh start, here)
-    import vaekit.train as train
-
     data = vaekit.load_data("digits").x[:600]
     config = vaekit.Config(latent_dim=2, hidden=[16], epochs=2, progress=False)
-    real, calls = train.objective, {"n": 0}
-
-    def crash_at_6(model, x, cfg, *args, **kw):
-        calls["n"] += model.training
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(model, x, cfg, *args, **kw)
-
-    monkeypatch.setattr(train, "objective", crash_at_6)
+    interrupt_at(6)  # epoch 2's first batch: the checkpoint of epoch 1 is on disk
     with pytest.raises(KeyboardInterrupt):
         vaekit.fit(data, config, out=tmp_path / "r")
     monkeypatch.undo()
