@@ -282,3 +282,17 @@ def test_progress_bar_shows_the_objectives_terms(monkeypatch, objective, second)
     text = term.getvalue()
     assert re.search(rf"loss=-?[0-9.]+, recon=-?[0-9.]+, {second}=-?[0-9.]+", text), text[-500:]
     assert re.search(rf"epoch 1/1: loss .*\(recon .*, {second} ", text)
+
+
+def test_evaluate_shows_its_progress_on_a_terminal_only(run, monkeypatch, capsys):
+    # k = 5000 on MNIST is minutes (hours for a deep model): a terminal sees how far it is
+    argv = ["evaluate", str(run), "digits", "--k", "3", "-n", "150", "--batch-size", "50", "--json"]
+    assert main(argv) == 0
+    plain = capsys.readouterr()
+    assert plain.err == ""  # not a terminal (a log, a pipe): no bar
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert main(argv) == 0
+    assert "log p(x), k = 3:" in term.getvalue() and "/150 [" in term.getvalue()  # examples done of all (it
+    # redraws at most every 0.5 s, and clears its line at the end)
+    assert capsys.readouterr().out == plain.out  # the same numbers either way

@@ -277,7 +277,7 @@ def cmd_evaluate(args) -> int:
         return table_cli.evaluate(args, model)
     x, ds, c = _eval_data(args, model, args.n)
     torch.manual_seed(args.seed)
-    result = evaluate(model, x, k=args.k, batch_size=args.batch_size, compile=args.compile, c=c)
+    result = evaluate(model, x, k=args.k, batch_size=args.batch_size, compile=args.compile, c=c, progress=True)
     if args.json:
         print(strict_json(result))
         return 0

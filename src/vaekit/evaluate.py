@@ -17,6 +17,7 @@ from torch.distributions import Independent, MixtureSameFamily, Normal, kl_diver
 
 from .data import MNIST_TEST_BINARIZE_SEED, binarize_fixed, check_finite
 from .errors import ConfigError, IncompatibleError
+from .monitor import work_bar
 from .objectives import log_weights
 
 ACTIVE = 0.01  # Burda et al. 2016: a unit is active when Cov_x(E_q[z_u|x]) > 0.01
@@ -56,7 +57,7 @@ def prepare_eval_data(model, x: torch.Tensor, seed: int = MNIST_TEST_BINARIZE_SE
 @torch.no_grad()
 def log_likelihood(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
                    chunk: int | None = None, noise=None, compile: bool = False,
-                   c: torch.Tensor | None = None) -> torch.Tensor:
+                   c: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
     """Importance-sampled log p(x) per example: x (N, *shape) -> (N,) float64, in nats.
 
     Vectorised over (k, batch); the k samples are drawn `chunk` at a time (default: as many
@@ -66,6 +67,7 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     `compile=True` runs full-sized chunks through `torch.compile` (fusing the likelihood's
     element-wise work; about 1.4x on CPU, after a compile of 10-20 s): for large N x k.
     A conditional model takes the conditions `c` (N, C): then this is log p(x|c).
+    `progress=True` shows a bar (examples done, rate, time left) on a terminal.
     """
     if k < 1:
         raise ConfigError(f"k={k} must be >= 1")
@@ -74,26 +76,38 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     chunk = chunk or max(1, min(k, (1 << 21) // max(1, batch_size * values)))
     compiled = torch.compile(_log_w_from_noise, dynamic=False) if compile else None
     out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]  # (B, *shape)
-        cb = None if c is None else c[i:i + batch_size]  # (B, C)
-        q = model.encode(xb, cb)  # once per batch, shared by every chunk of samples
-        factorised = isinstance(q, Independent) and isinstance(q.base_dist, Normal)
-        parts = []
-        for j in range(0, k, chunk):
-            n_k = min(chunk, k - j)
-            if not factorised:  # e.g. hierarchical posteriors draw layer by layer
-                if noise is not None:
-                    raise ValueError("noise can be given only for a factorised Normal q(z|x)")
-                parts.append(log_weights(model, xb, n_k, None, q, cb)[0])
-                continue
-            eps = noise((n_k, len(xb), model.latent_dim)) if noise is not None else \
-                torch.randn(n_k, len(xb), model.latent_dim, device=xb.device)  # (n_k, B, d)
-            full = compiled is not None and n_k == chunk and len(xb) == batch_size  # one static shape
-            parts.append((compiled if full else _log_w_from_noise)(model, xb, eps, q.mean, q.stddev, cb))
-        log_w = torch.cat([p.double() for p in parts])  # (k, B)
-        out.append(torch.logsumexp(log_w, dim=0) - math.log(k))  # (B,)
+    bar = work_bar(len(x), f"log p(x), k = {k}") if progress else None
+    try:
+        for i in range(0, len(x), batch_size):
+            out.append(_batch_log_likelihood(model, x[i:i + batch_size], None if c is None else c[i:i + batch_size],
+                                              k, chunk, noise, compiled, batch_size))
+            if bar is not None:
+                bar.update(len(out[-1]))
+    finally:
+        if bar is not None:
+            bar.close()
     return torch.cat(out)
+
+
+def _batch_log_likelihood(model, xb: torch.Tensor, cb: torch.Tensor | None, k: int, chunk: int, noise, compiled,
+                          batch_size: int) -> torch.Tensor:
+    """log p(x) of one batch xb (B, *shape) (conditions cb (B, C)): k samples, `chunk` at a time -> (B,)."""
+    q = model.encode(xb, cb)  # once per batch, shared by every chunk of samples
+    factorised = isinstance(q, Independent) and isinstance(q.base_dist, Normal)
+    parts = []
+    for j in range(0, k, chunk):
+        n_k = min(chunk, k - j)
+        if not factorised:  # e.g. hierarchical posteriors draw layer by layer
+            if noise is not None:
+                raise ValueError("noise can be given only for a factorised Normal q(z|x)")
+            parts.append(log_weights(model, xb, n_k, None, q, cb)[0])
+            continue
+        eps = noise((n_k, len(xb), model.latent_dim)) if noise is not None else \
+            torch.randn(n_k, len(xb), model.latent_dim, device=xb.device)  # (n_k, B, d)
+        full = compiled is not None and n_k == chunk and len(xb) == batch_size  # one static shape
+        parts.append((compiled if full else _log_w_from_noise)(model, xb, eps, q.mean, q.stddev, cb))
+    log_w = torch.cat([p.double() for p in parts])  # (k, B)
+    return torch.logsumexp(log_w, dim=0) - math.log(k)  # (B,)
 
 
 def _log_w_from_noise(model, xb: torch.Tensor, eps: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
@@ -106,11 +120,13 @@ def _log_w_from_noise(model, xb: torch.Tensor, eps: torch.Tensor, mu: torch.Tens
 
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
-             chunk: int | None = None, compile: bool = False, c: torch.Tensor | None = None) -> dict[str, Any]:
+             chunk: int | None = None, compile: bool = False, c: torch.Tensor | None = None,
+             progress: bool = False) -> dict[str, Any]:
     """Everything `vaekit evaluate` prints, for data x (N, *shape) already prepared (and the
-    conditions c (N, C) of a conditional model)."""
+    conditions c (N, C) of a conditional model); `progress`: a bar on a terminal."""
     model.eval()
-    ll = log_likelihood(model, x, k=k, batch_size=batch_size, chunk=chunk, compile=compile, c=c)  # (N,)
+    ll = log_likelihood(model, x, k=k, batch_size=batch_size, chunk=chunk, compile=compile, c=c,
+                        progress=progress)  # (N,)
     n = len(x)
     recon_sum, kl_sum, kl_dims, means = 0.0, 0.0, torch.zeros(model.latent_dim, dtype=torch.float64), []
     kl_layers = None

@@ -66,6 +66,16 @@ def report_epoch(row: dict[str, Any], config: Config) -> None:
           f"{second_term(config)} {row['train_kl']:.3f}){val} [{row['seconds']:.1f}s]", file=sys.stderr, flush=True)
 
 
+def work_bar(total: int, desc: str, unit: str = "ex"):
+    """A live bar for long work outside training (the importance-sampled evaluation: minutes
+    to hours at k = 5000), only on a terminal; None elsewhere."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=0.5)
+
+
 def progress_bar(total: int, epoch: int, config: Config):
     """A live bar with the running loss, only on a terminal (logs get one line per epoch)."""
     if not config.progress or not sys.stderr.isatty():
