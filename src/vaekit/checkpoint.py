@@ -164,19 +164,25 @@ def read_verified(folder: Path, name: str, manifest: dict) -> bytes:
     return data
 
 
+def _unfinished(folder: Path) -> str:
+    """For the message on a folder that is not a run: a run still training (or interrupted)
+    lives in <out>.partial, and its model so far is a snapshot away."""
+    partial = folder if folder.name.endswith(".partial") else folder.with_name(folder.name + ".partial")
+    if not (partial / "checkpoints").is_dir():
+        return ""
+    return (f"; {partial} holds a run still training or interrupted: `vaekit snapshot {partial} -o FOLDER` "
+            "writes its latest checkpoint as a run folder")
+
+
 def read_manifest(folder: Path, fmt: str = FORMAT, version: int = FORMAT_VERSION) -> dict:
     """The parsed manifest of `folder`, refused unless it is exactly the bytes vaekit writes
     for its content (so even a whitespace edit is caught) with a known format and version."""
     path = folder / MANIFEST
-    # a run still training (or interrupted) lives in <out>.partial: its model so far is a snapshot away
-    partial = folder if folder.name.endswith(".partial") else folder.with_name(folder.name + ".partial")
-    unfinished = (f"; {partial} holds a run still training or interrupted: `vaekit snapshot {partial} -o FOLDER` "
-                  "writes its latest checkpoint as a run folder") if (partial / "checkpoints").is_dir() else ""
     if not folder.is_dir():
         raise IntegrityError(f"{folder} is not a vaekit run folder (no such folder)"
-                             f"{unfinished or '; pass the --out folder of `vaekit train`'}")
+                             f"{_unfinished(folder) or '; pass the --out folder of `vaekit train`'}")
     if not path.is_file():
-        raise IntegrityError(f"{path} is missing; {folder} is not a complete vaekit run folder{unfinished}")
+        raise IntegrityError(f"{path} is missing; {folder} is not a complete vaekit run folder{_unfinished(folder)}")
     if path.stat().st_size > MAX_JSON_BYTES:
         raise IntegrityError(f"{path} is too large to be a vaekit manifest")
     raw = path.read_bytes()

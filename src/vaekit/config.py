@@ -225,21 +225,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+_ARCH_COMMON = ("arch", "input_shape", "condition_dim", "activation", "likelihood", "prior")
+_ARCH_OWN = {"mlp": ("latent_dim", "hidden"), "conv": ("latent_dim", "channels"),
+             "ladder": ("latent_dims", "hidden", "ladder_hidden"),
+             "hvae": ("channels", "groups", "latent_channels", "cells")}
+_MIXTURE = ("prior_components",)  # the learned priors' size (vamp, mog)
 # every field that architecture() may name, over all archs and priors
-ARCH_FIELDS = ("arch", "input_shape", "condition_dim", "activation", "likelihood", "prior", "latent_dim", "hidden",
-               "channels", "latent_dims", "ladder_hidden", "groups", "latent_channels", "cells", "prior_components")
+ARCH_FIELDS = tuple(dict.fromkeys([*_ARCH_COMMON, *(f for own in _ARCH_OWN.values() for f in own), *_MIXTURE]))
 
 
 def architecture(config: Config) -> dict[str, Any]:
     """The fields that decide what a model of `config`'s arch is (its networks' shapes and what
     they compute, its prior and likelihood, its input); all other fields say how it is trained.
     Two configs with equal architectures describe models whose weights are interchangeable."""
-    names = ["arch", "input_shape", "condition_dim", "activation", "likelihood", "prior"]
-    names += {"mlp": ["latent_dim", "hidden"], "conv": ["latent_dim", "channels"],
-              "ladder": ["latent_dims", "hidden", "ladder_hidden"],
-              "hvae": ["channels", "groups", "latent_channels", "cells"]}[config.arch]
-    if config.prior in ("vamp", "mog"):
-        names.append("prior_components")
+    names = [*_ARCH_COMMON, *_ARCH_OWN[config.arch], *(_MIXTURE if config.prior in ("vamp", "mog") else ())]
     return {name: getattr(config, name) for name in names}
 
 

@@ -175,8 +175,9 @@ def restore(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generat
     """Load the latest checkpoint into model, optimizer and generators. Returns (loop state,
     best weights, the epoch's batch order, its partial sums, the run's recorded start
     `init_from`: the checkpoint's, whatever the resuming call says, since the checkpoint's
-    weights are what continues), or None when there is no checkpoint. Every byte is checked against the manifest before anything is parsed. `ema`
-    (--ema), if given, receives the saved weight average in place."""
+    weights are what continues), or None when there is no checkpoint. Every byte is checked
+    against the manifest before anything is parsed. `ema` (--ema), if given, receives the
+    saved weight average in place."""
     folder = latest(run_dir)
     if folder is None:
         return None
