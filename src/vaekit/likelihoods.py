@@ -28,11 +28,6 @@ class Bernoulli(nn.Module):
         super().__init__()
         self.shape = tuple(shape)
 
-    def has_data_stats(self) -> bool:
-        """Whether set_data_stats ran (or a trained model's were loaded): the buffers moved from
-        their start (shift 0, scale 1; data whose stats are exactly those gets the same again)."""
-        return bool((self.shift != 0).any() or (self.scale != 1).any())
-
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         return x  # probabilities in [0, 1] already suit the encoder
 
@@ -115,11 +110,6 @@ class DiscretizedLogistic(nn.Module):
     def __init__(self, shape: tuple[int, ...]):
         super().__init__()
         self.shape = tuple(shape)
-
-    def has_data_stats(self) -> bool:
-        """Whether set_data_stats ran (or a trained model's were loaded): the buffers moved from
-        their start (shift 0, scale 1; data whose stats are exactly those gets the same again)."""
-        return bool((self.shift != 0).any() or (self.scale != 1).any())
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -321,11 +311,6 @@ class MixedLikelihood(nn.Module):
 
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp().clamp(self.min_scale, self.max_scale)  # (n_normal,)
-
-    def has_data_stats(self) -> bool:
-        """Whether set_data_stats ran (or a trained model's were loaded): the buffers moved from
-        their start (shift 0, scale 1; data whose stats are exactly those gets the same again)."""
-        return bool((self.shift != 0).any() or (self.scale != 1).any())
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         return x  # the table encoding is already on a unit scale
