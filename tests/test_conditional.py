@@ -101,6 +101,11 @@ def test_cli_condition_on_labels(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["n"] == 30
     assert main(["reconstruct", str(run), "digits", "-n", "4", "-o", str(tmp_path / "r.npy")]) == 0
     assert main(["interpolate", str(run), "digits", "--pairs", "2", "-o", str(tmp_path / "i.npy")]) == 0
+    # the report takes the conditions from the data's labels, and samples the classes in turn
+    pytest.importorskip("matplotlib")
+    assert main(["report", str(run), "-o", str(tmp_path / "r0.html")]) == 0
+    assert main(["report", str(run), "digits", "-n", "30", "--k", "2", "-o", str(tmp_path / "r1.html")]) == 0
+    assert "the classes 0, 1, 2" in (tmp_path / "r1.html").read_text()
 
 
 def test_class_names_from_sub_folders_and_string_labels(tmp_path, capsys):
@@ -123,6 +128,14 @@ def test_class_names_from_sub_folders_and_string_labels(tmp_path, capsys):
     assert model.config.condition_names == ["cats", "dogs"]
     assert main(["sample", str(run), "-n", "3", "--condition", "dogs", "-o", str(tmp_path / "d.npy")]) == 0
     assert torch.equal(model.label_condition("dogs"), torch.tensor([0.0, 1.0]))
+    # a folder holding one of the classes is that class (one sub-folder is a label, not no labels)
+    (tmp_path / "some" / "dogs").mkdir(parents=True)
+    for f in (tmp_path / "imgs" / "dogs").iterdir():
+        (tmp_path / "some" / "dogs" / f.name).write_bytes(f.read_bytes())
+    assert load_data(str(tmp_path / "some")).classes == ["dogs"]
+    capsys.readouterr()
+    assert main(["evaluate", str(run), str(tmp_path / "some"), "--k", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 8
 
     x = rng.random((9, 4)).astype(np.float32)
     np.savez(tmp_path / "s.npz", x=x, labels=np.array(["eel", "cat", "dog"] * 3))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
+import vaekit
 from vaekit import VAE, Config, elbo, iwae, log_likelihood
 from vaekit.likelihoods import Bernoulli, DiscretizedLogistic, Gaussian
 from vaekit.objectives import kl_term
@@ -219,3 +220,30 @@ def test_discretized_logistic_draws_land_on_the_grid_with_the_bin_probabilities(
     assert float((freq - p).abs().max()) < 5 * math.sqrt(float(p.max()) / n)  # within sampling noise
     mean = lk(torch.tensor([0.2, -2.0]).reshape(1, 2, 1)).mean  # the location on the [0, 1] scale
     assert float(mean) == pytest.approx(0.6) and float(mean) == pytest.approx(float(x.mean()), abs=0.01)
+
+
+def test_gaussian_density_is_exact_and_stays_finite_for_data_in_huge_units():
+    """Data near 1e20 (finite in float32, but its square is not): the per-value scale is found in
+    float64 and the log-density standardises before it squares, so log p(x) is the standardised
+    density minus log(scale), finite, and training does not stop at step 0."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 3) * 1e20  # (N, 3)
+    lik = Gaussian((3,))
+    lik.set_data_stats(x)
+    assert torch.isfinite(lik.scale).all() and torch.allclose(lik.scale.double(), x.double().std(0, unbiased=False),
+                                                                rtol=1e-5)
+    params = torch.randn(64, 2, 3)  # (N, [loc, raw scale], 3)
+    px = lik(params)
+    lp = px.log_prob(x)  # (N,)
+    loc, sd = params[:, 0], torch.nn.functional.softplus(params[:, 1]) + lik.min_scale
+    u = (x.double() - lik.shift.double()) / lik.scale.double()  # standard units, in float64
+    want = (Normal(loc.double(), sd.double()).log_prob(u) - lik.scale.double().log()).sum(-1)
+    assert torch.isfinite(lp).all() and torch.allclose(lp.double(), want, rtol=1e-5, atol=1e-3)
+    # the same density as torch's own Normal where that one does not overflow
+    small = Gaussian((3,))
+    small.set_data_stats(x / 1e20)
+    assert torch.allclose(small(params).log_prob(x / 1e20),
+                          Independent(Normal(small.shift + small.scale * loc, small.scale * sd), 1).log_prob(x / 1e20),
+                          atol=1e-5)
+    model = vaekit.fit(x, Config(latent_dim=2, hidden=[8], epochs=2, val_fraction=0.0, patience=0, progress=False))
+    assert math.isfinite(model.history.epochs[-1]["train_loss"])

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 import vaekit
 from vaekit import resume, train
@@ -553,6 +554,23 @@ def world(tmp_path_factory, digits):
     (d / "hidden-frac.json").write_text('{"hidden": [16.5]}')
     (d / "mixed.json").write_text('{"likelihood": "mixed"}')
     (d / "patience-frac.json").write_text('{"patience": 1.5}')
+    np.save(d / "f64big.npy", np.full((4, 3), 1e300))  # finite, but not in float32
+    for name, change in (("nanweights", "weights"), ("negshape", "config")):  # altered, manifest re-vouched
+        folder = d / name
+        folder.mkdir()
+        for f in (d / "run").iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+        if change == "weights":
+            tensors = load_file(folder / "model.safetensors")
+            first = sorted(tensors)[0]
+            tensors[first] = torch.full_like(tensors[first], float("nan"))
+            save_file(tensors, folder / "model.safetensors")
+            _rehash(folder / "model.safetensors")
+        else:
+            cfg = json.loads((folder / "config.json").read_text())
+            cfg["input_shape"] = [-1]
+            (folder / "config.json").write_text(json.dumps(cfg))
+            _rehash(folder / "config.json")
     (d / "deep16").mkdir()
     Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(d / "deep16" / "a.png")
     Image.fromarray(np.full((8, 8), 3.0, np.float32)).save(d / "deep16" / "bad.tiff")
@@ -627,6 +645,12 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (T + ["digits", "--out", "{d}/o", "--seed", str(2 ** 70)], "is outside 0 .. 2**63 - 1", 2),
     (T + ["digits", "--out", "{d}/o", "--config", "{d}/bigseed.json"], "seed=1180591620717411303424 must be", 2),
     (T + ["{d}/deep16", "--out", "{d}/o"], "bad.tiff has float pixels outside [0, 1]", 2),
+    (T + ["{d}/f64big.npy", "--out", "{d}/o"], "12 values beyond float32's range", 2),
+    (T + ["{d}/f64big.npy", "--out", "{d}/o", "--stream"], "values beyond float32's range", 2),
+    (T + ["{d}/complex.npy", "--out", "{d}/o", "--stream"], "must be real numbers", 2),
+    (["sample", "{d}/nanweights", "-o", "{d}/s.npy"], "holds NaN or Inf, which vaekit never saves", 2),
+    (["evaluate", "{d}/nanweights", "digits"], "holds NaN or Inf, which vaekit never saves", 2),
+    (["sample", "{d}/negshape", "-o", "{d}/s.npy"], "input_shape=[-1] must list positive sizes", 2),
     (["reconstruct", R, "{d}/wrong.npy", "-o", "{d}/r.npy"], "but the model expects (1, 8, 8)", 2),
     (["reconstruct", "{d}/trun", "digits", "-o", "{d}/r.npy"], "but the model expects (5,)", 2),
     (["reconstruct", R, "{d}/big.npy", "-o", "{d}/r.npy"], "bernoulli likelihood needs [0, 1]", 2),
@@ -675,7 +699,7 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (T + ["digits", "--out", "{d}/o", "--init-from", "{d}/norun"], "not a vaekit run folder", 2),
     (T + ["digits", "--out", "{d}/o", "--init-from", "{d}/damaged"], "does not match its sha256", 2),
     (T + ["digits", "--out", "{d}/o", "--init-from", R, "--hidden", "7"], "hidden: [16] in the model, [7] here", 2),
-    (T + ["digits", "--out", "{d}/o", "--init-from", "{d}/trun"], "input_shape: [5] in the model, [1, 8, 8] here", 2),
+    (T + ["digits", "--out", "{d}/o", "--init-from", "{d}/trun"], "the data does not fit the starting model (--init-from / model=) (input_shape: [5] in the model, [1, 8, 8] here", 2),
     (T + ["digits", "--out", "{d}/run", "--init-from", R], "exists and is not empty", 2),  # never over its source
     (["fly"], "invalid choice: 'fly'", 2),
     ([], "the following arguments are required: COMMAND", 2),
@@ -740,6 +764,28 @@ def test_api_entry_points_raise_typed_errors(world):
         with pytest.raises(error) as info:
             call()
         assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_evaluation_refuses_data_or_weights_it_cannot_score_honestly():
+    """A discretized-logistic model scores 8-bit pixels only (training refuses other data, so
+    must evaluation); a NaN weight is a typed error, never "NLL: nan" printed as a result."""
+    from vaekit.evaluate import evaluate
+
+    x8 = torch.randint(0, 256, (24, 1, 4, 4)).float() / 255  # 8-bit pixels in [0, 1]
+    model = vaekit.fit(x8, Config(likelihood="discretized-logistic", latent_dim=2, hidden=[8], epochs=1,
+                                  progress=False))
+    assert torch.isfinite(vaekit.log_likelihood(model, x8[:4], k=2)).all()
+    with pytest.raises(IncompatibleError, match="not 8-bit"):
+        vaekit.log_likelihood(model, torch.rand(4, 1, 4, 4), k=2)
+    with pytest.raises(IncompatibleError, match="not 8-bit"):
+        evaluate(model, torch.rand(4, 1, 4, 4), k=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="log p.x. is NaN for 4 of 4"):
+        evaluate(model, x8[:4], k=2)
+    with pytest.raises(NonFiniteError, match="weights hold NaN"):
+        model.sample(3)
 
 
 def test_table_scores_refuse_too_few_rows():

@@ -251,5 +251,10 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None):
         model.load_state_dict(tensors, strict=True)
     except (SafetensorError, RuntimeError, ValueError) as e:
         raise IntegrityError(f"{folder / 'model.safetensors'} does not fit its config.json: {e}") from None
+    # save() never writes NaN or Inf, so such weights were put there after it: refuse, as any damage
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise IntegrityError(f"{folder / 'model.safetensors'}: weight {bad} holds NaN or Inf, which vaekit never "
+                             "saves; the file was altered: train again or restore a good copy")
     model.to(device=device, memory_format=memory_format(config))  # conv models: channels-last, as in training
     return model.eval()

@@ -127,8 +127,6 @@ def cmd_sample(args) -> int:
 
 def _sample_condition(model, values: list[str] | None, n: int):
     """The conditions (n, C) for `sample`: the asked class, or every class in turn."""
-    import torch
-
     names = model.config.condition_names if model.config is not None else None
     if not model.condition_dim:
         if values:
@@ -143,7 +141,7 @@ def _sample_condition(model, values: list[str] | None, n: int):
         if values[0] not in names:
             raise ConfigError(f"--condition {values[0]}: the run knows the classes {', '.join(names)}; pick one")
         return model.label_condition(values[0])
-    return torch.eye(len(names), device=model.device)[torch.arange(n) % len(names)]  # (n, C): classes in turn
+    return model.class_conditions(n)  # (n, C): classes in turn
 
 
 def _eval_data(args, model, n: int | None):
@@ -151,17 +149,12 @@ def _eval_data(args, model, n: int | None):
     the conditions (N, C) a conditional model needs (from the data's labels)."""
     from .data import load_data
     from .evaluate import prepare_eval_data
-    from .train import build_condition
+    from .train import data_conditions
 
     ds = load_data(args.data, args.split, args.data_dir, args.download)
     x = prepare_eval_data(model, ds.x[:n] if n else ds.x)
-    c = None
-    if model.condition_dim:
-        if model.config.condition_on != "labels":
-            raise ConfigError("this run is conditioned on columns, not labels; use it through the table commands")
-        c, _ = build_condition(ds, model.config, None)
-        c = c[:len(x)].to(model.device)
-    return x, ds, c
+    c = data_conditions(model, ds)
+    return x, ds, None if c is None else c[:len(x)]
 
 
 def _check_array_output(args, model) -> None:

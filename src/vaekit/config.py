@@ -96,6 +96,8 @@ class Config:
         _positive_int(self, "epochs", "--epochs", allow_zero=True)
         _positive_int(self, "batch_size", "--batch-size")
         _positive_int(self, "k", "--k")
+        if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1):
+            raise ConfigError(f"input_shape={self.input_shape} must list positive sizes (fit records it from the data)")
         if not self.hidden or min(self.hidden) < 1:
             raise ConfigError(f"hidden={self.hidden} must list positive layer widths, e.g. [256, 256]")
         if self.arch == "ladder":

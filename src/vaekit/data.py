@@ -208,13 +208,33 @@ def load_array(path: Path) -> Dataset:
     return array_dataset(arr, path, labels)
 
 
+def check_real_dtype(dtype: np.dtype, path: Path | str) -> None:
+    """Refuse what is not real numbers: objects (never unpickled), strings, complex values."""
+    if dtype == object or np.issubdtype(dtype, np.complexfloating) \
+            or not (np.issubdtype(dtype, np.number) or dtype == bool):
+        raise DataError(f"{path} has dtype {dtype}; it must be real numbers (float, int or bool)")
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_range(a: np.ndarray, path: Path | str) -> None:
+    """Models compute in float32: finite values beyond its range (float64 above 3.4e38) would turn
+    into Inf on the way in, and be reported as Inf the file does not hold."""
+    if not (np.issubdtype(a.dtype, np.floating) and a.dtype.itemsize > 4):
+        return
+    with np.errstate(invalid="ignore"):
+        big = np.count_nonzero(np.isfinite(a) & (np.abs(a) > F32_MAX))
+    if big:
+        raise DataError(f"{path} has {big} values beyond float32's range (|x| > 3.4e38), which vaekit computes in; "
+                        "rescale the data (e.g. divide by a power of ten) first")
+
+
 def array_dataset(arr: np.ndarray, path: Path | str, labels: np.ndarray | None = None) -> Dataset:
     """A numpy array (N, ...) read as `vaekit train file.npy` reads it: integer 0..255 arrays of
     3 or 4 dims are images scaled to [0, 1], (N, H, W) gains a channel axis, (N, H, W, C) is
     made channels first (the layout is recorded for outputs). `path` names it in errors."""
-    if arr.dtype == object or np.issubdtype(arr.dtype, np.complexfloating) \
-            or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise DataError(f"{path} has dtype {arr.dtype}; it must be real numbers (float, int or bool)")
+    check_real_dtype(arr.dtype, path)
     if arr.ndim < 2 or arr.shape[0] == 0 or arr.size == 0:
         empty = " (empty)" if arr.size == 0 else ""
         raise DataError(f"{path} has shape {arr.shape}{empty}; need (N, features...) with N >= 1 examples"
@@ -222,6 +242,7 @@ def array_dataset(arr: np.ndarray, path: Path | str, labels: np.ndarray | None =
     image, layout = False, "NCHW"
     if np.issubdtype(arr.dtype, np.integer) and arr.ndim in (3, 4) and arr.min() >= 0 and arr.max() <= 255:
         arr, image = arr.astype(np.float32) / 255.0, True  # uint8-style images
+    check_float32_range(arr, path)
     x = torch.from_numpy(np.array(arr, dtype=np.float32))  # a copy: the file may be memory-mapped
     if x.ndim == 3:  # (N, H, W) greyscale images
         x, image, layout = x.unsqueeze(1), True, "NHW"
@@ -302,7 +323,7 @@ def pixels(im, mode: str, path: Path) -> np.ndarray:
 def _folder_labels(path: Path, files: list[Path]) -> tuple[torch.Tensor | None, list[str] | None]:
     """Labels (N,) from the sub-folders, and the sub-folder names in label order."""
     groups = [f.parent.relative_to(path).as_posix() for f in files]
-    if len(set(groups)) <= 1:
+    if set(groups) == {"."}:  # all in the folder itself: no classes (one sub-folder is one class)
         return None, None
     names = sorted(set(groups))
     return torch.tensor([names.index(g) for g in groups]), names

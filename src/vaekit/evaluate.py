@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch.distributions import Independent, MixtureSameFamily, Normal, kl_divergence
 
-from .data import MNIST_TEST_BINARIZE_SEED, binarize_fixed, check_finite
-from .errors import ConfigError, IncompatibleError
+from .data import MNIST_TEST_BINARIZE_SEED, binarize_fixed, check_finite, on_8bit_grid
+from .errors import ConfigError, IncompatibleError, NonFiniteError
 from .monitor import work_bar
 from .objectives import log_weights
 
@@ -35,19 +35,36 @@ def activity(mu: torch.Tensor) -> torch.Tensor:
     return mu.var(0, unbiased=False) if len(mu) > 1 else torch.zeros(mu.shape[1], dtype=mu.dtype)
 
 
-def prepare_eval_data(model, x: torch.Tensor, seed: int = MNIST_TEST_BINARIZE_SEED) -> torch.Tensor:
-    """Check x fits the model; binarise it once with a fixed seed if the model trained on
-    dynamically binarised data, so every model is scored on the same bits."""
+def check_eval_data(model, x: torch.Tensor) -> None:
+    """Refuse data the model's likelihood gives no honest number for: another shape, NaN/Inf,
+    values outside [0, 1] for a Bernoulli or discretized-logistic model, values off the 8-bit
+    grid for the latter (training refuses the same data)."""
     shape = tuple(model.input_shape)
     if tuple(x.shape[1:]) != shape:
         raise IncompatibleError(f"the data's examples have shape {tuple(x.shape[1:])} but the model expects "
                                 f"{shape}; evaluate it on data like its training data")
     check_finite(x, "the evaluation data")
     config = getattr(model, "config", None)
-    if config is not None and config.likelihood in ("bernoulli", "discretized-logistic") \
-            and not (bool(x.min() >= 0) and bool(x.max() <= 1)):
-        raise IncompatibleError(f"the data has values in {float(x.min()):.3g}..{float(x.max()):.3g} but this model's "
+    if config is None or config.likelihood not in ("bernoulli", "discretized-logistic"):
+        return
+    if isinstance(x, torch.Tensor):
+        lo, hi = float(x.min()), float(x.max())
+    else:  # a streamed source: its one chunked pass
+        lo, hi = x.summary().lo, x.summary().hi
+    if not (lo >= 0 and hi <= 1):
+        raise IncompatibleError(f"the data has values in {lo:.3g}..{hi:.3g} but this model's "
                                 f"{config.likelihood} likelihood needs [0, 1]; use data scaled like its training data")
+    if config.likelihood == "discretized-logistic" and not on_8bit_grid(x):
+        raise IncompatibleError("the data is not 8-bit (values k/255) but this model's discretized-logistic "
+                                "likelihood is a probability of 8-bit pixels; evaluate it on 8-bit data scaled "
+                                "to [0, 1], like its training data")
+
+
+def prepare_eval_data(model, x: torch.Tensor, seed: int = MNIST_TEST_BINARIZE_SEED) -> torch.Tensor:
+    """Check x fits the model; binarise it once with a fixed seed if the model trained on
+    dynamically binarised data, so every model is scored on the same bits."""
+    check_eval_data(model, x)
+    config = getattr(model, "config", None)
     x = x.to(model.device, torch.float32)
     if config is not None and config.binarize == "dynamic":
         x = binarize_fixed(x, seed)
@@ -71,6 +88,7 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     """
     if k < 1:
         raise ConfigError(f"k={k} must be >= 1")
+    check_eval_data(model, x)
     model.eval()
     values = math.prod(model.input_shape)
     chunk = chunk or max(1, min(k, (1 << 21) // max(1, batch_size * values)))
@@ -127,6 +145,9 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     model.eval()
     ll = log_likelihood(model, x, k=k, batch_size=batch_size, chunk=chunk, compile=compile, c=c,
                         progress=progress)  # (N,)
+    if bool(torch.isnan(ll).any()):  # a NaN mean would print as a result
+        raise NonFiniteError(f"log p(x) is NaN for {int(torch.isnan(ll).sum())} of {len(ll)} examples: the "
+                             "model's weights hold NaN or Inf (check them with torch.isfinite); train again")
     n = len(x)
     recon_sum, kl_sum, kl_dims, means = 0.0, 0.0, torch.zeros(model.latent_dim, dtype=torch.float64), []
     kl_layers = None

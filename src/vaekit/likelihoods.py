@@ -72,9 +72,10 @@ class Gaussian(nn.Module):
     def set_data_stats(self, x: torch.Tensor) -> None:
         """Record the per-value mean and std of training data x (N, *shape), a tensor or a
         lazy source (streamed data: one chunked pass)."""
-        if isinstance(x, torch.Tensor):
-            mean = x.mean(0)
-            std = x.std(0, unbiased=False) if len(x) > 1 else torch.ones_like(self.scale)
+        if isinstance(x, torch.Tensor):  # float64 sums: the variance of values near 1e20 overflows float32
+            mean = x.mean(0, dtype=torch.float64)  # (*shape)
+            m2 = sum(((rows.double() - mean) ** 2).sum(0) for rows in x.split(4096))  # (*shape), chunked
+            std = (m2 / len(x)).sqrt() if len(x) > 1 else torch.ones_like(self.scale)
         else:
             mean, std = x.moments()
         self.shift.copy_(mean)
@@ -91,8 +92,18 @@ class Gaussian(nn.Module):
     def forward(self, params: torch.Tensor) -> Distribution:
         loc, raw = params.unbind(-len(self.shape) - 1)  # each (..., *shape)
         sd = F.softplus(raw) + self.min_scale
-        return Independent(Normal(self.shift + self.scale * loc, self.scale * sd, validate_args=False), len(self.shape),
-                           validate_args=False)
+        return Independent(StandardisedNormal(self.shift + self.scale * loc, self.scale * sd, validate_args=False),
+                           len(self.shape), validate_args=False)
+
+
+class StandardisedNormal(Normal):
+    """A Normal whose log-density standardises before it squares: Normal.log_prob squares x - loc
+    and the scale, which overflow float32 for data in units near 1e19 and above (a per-value scale
+    of 1e20 is fine after standardising). The same density: log N(x; m, s) = log N((x - m) / s; 0, 1) - log s."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        u = (value - self.loc) / self.scale  # standard units
+        return Normal(u.new_zeros(()), u.new_ones(()), validate_args=False).log_prob(u) - self.scale.log()
 
 
 class DiscretizedLogistic(nn.Module):

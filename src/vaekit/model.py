@@ -20,7 +20,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
 from .config import Config
-from .errors import ConfigError, IncompatibleError
+from .errors import ConfigError, IncompatibleError, NonFiniteError
 from .hvae import HVAEDecoder, HVAEEncoder, HVAEPrior
 from .ladder import LadderEncoder, LadderPrior, TakeBottom
 from .likelihoods import make_likelihood
@@ -154,8 +154,11 @@ class VAE(nn.Module):
             if out is not part:
                 out[i:i + rows] = part
         if not torch.isfinite(out).all():  # a huge temperature overflows z, and that reaches every output
-            raise ConfigError(f"temperature={temperature:g} makes non-finite samples; nothing was written: "
-                              "use a smaller temperature, e.g. 1")
+            if temperature > 1:
+                raise ConfigError(f"temperature={temperature:g} makes non-finite samples; nothing was written: "
+                                  "use a smaller temperature, e.g. 1")
+            raise NonFiniteError(f"the model makes non-finite samples at temperature={temperature:g}; nothing was "
+                                 "written: its weights hold NaN or Inf (check them with torch.isfinite), train again")
         return out
 
     def label_condition(self, label) -> torch.Tensor:
@@ -164,6 +167,17 @@ class VAE(nn.Module):
         if str(label) not in names:
             raise ConfigError(f"label {label!r} was not seen in training; the model knows {', '.join(names) or 'none'}")
         return F.one_hot(torch.tensor(names.index(str(label))), len(names)).float().to(self.device)
+
+    def class_conditions(self, n: int) -> torch.Tensor | None:
+        """Conditions (n, C) taking a label-conditioned model's classes in turn (None for an
+        unconditional model): what `sample` and the report draw when no class is asked for."""
+        if not self.condition_dim:
+            return None
+        names = self.config.condition_names if self.config is not None else None
+        if not names:
+            raise ConfigError("this model is conditioned on the caller's own vectors, not on class labels: "
+                              "pass condition=C (n, C) yourself")
+        return torch.eye(len(names), device=self.device)[torch.arange(n) % len(names)]  # (n, C)
 
     def _output(self, px: Distribution, mean: bool, generator: torch.Generator | None) -> torch.Tensor:
         if mean:

@@ -123,11 +123,14 @@ def _dataset(data: Any, split: str, data_dir):
 
 
 def _samples(model, ds, gen: torch.Generator, image: bool) -> str:
+    names = model.config.condition_names if model.condition_dim else None
+    classes = f" A conditional model: the classes {', '.join(map(_e, names))} in turn." if names else ""
     if image:
-        x = model.sample(64, generator=gen)  # (64, C, H, W) likelihood means
-        return _img(_grid(x, 16), "prior samples", grid=True) + "<p class=note>64 draws z ~ p(z), decoded " \
-            "(the likelihood's mean).</p>"
-    x = _flat(model.sample(1000, mean=False, generator=gen))  # draws, not means: marginals keep their spread
+        rows = 16 if not names else len(names) * max(1, 16 // len(names))  # each column one class
+        x = model.sample(64, generator=gen, condition=model.class_conditions(64))  # (64, C, H, W) means
+        return _img(_grid(x, min(rows, 64)), "prior samples", grid=True) + "<p class=note>64 draws z ~ p(z), " \
+            f"decoded (the likelihood's mean).{classes}</p>"
+    x = _flat(model.sample(1000, mean=False, generator=gen, condition=model.class_conditions(1000)))  # draws, not means
     real = _flat(ds.x[:2000]) if ds is not None else None
     return (_img(plots.heatmaps([("generated", x[:32])] + ([("real", real[:32])] if real is not None else [])),
                  "samples as heat maps")
@@ -139,18 +142,21 @@ def _samples(model, ds, gen: torch.Generator, image: bool) -> str:
 def _data_sections(model, ds, n: int, k: int, image: bool) -> list[str]:
     """Evaluation first, then reconstructions, interpolations, traversals, latent space."""
     from .evaluate import evaluate, prepare_eval_data
+    from .train import data_conditions
 
     x = prepare_eval_data(model, ds.x[:n])  # shape checked; binarised as the model was evaluated
     raw = ds.x[:n].to(model.device, torch.float32)
-    result = evaluate(model, x, k=k, batch_size=100)
+    c = data_conditions(model, ds)  # (N, C) from the labels, or None
+    c = None if c is None else c[:len(x)]
+    result = evaluate(model, x, k=k, batch_size=100, c=c)
     out = [_section("Evaluation", _table({key: v for key, v in result.items() if key != "kl_per_dim"})
                     + f"<p class=note>On the first {result['n']} examples of {_e(ds.name)}; NLL importance-"
                     f"sampled with k = {k} (a stochastic lower bound on log p(x), tighter with larger k).</p>")]
-    mu = posterior_means(model, raw)  # (N, d)
+    mu = posterior_means(model, raw, c)  # (N, d)
     spread = activity(mu).numpy()  # (d,)
     active = (spread > ACTIVE).tolist()
     m = min(16, len(raw))
-    recon = model.reconstruct(raw[:m])
+    recon = model.reconstruct(raw[:m], c=None if c is None else c[:m])
     if image:
         pics = _img(_grid(torch.cat([raw[:m], recon]), m), "inputs and reconstructions", grid=True)
         note = f"top row: {m} inputs; bottom row: the decoded posterior means."
@@ -160,7 +166,8 @@ def _data_sections(model, ds, n: int, k: int, image: bool) -> list[str]:
     out.append(_section("Reconstructions", pics + f"<p class=note>{note}</p>"))
     if len(raw) >= 2:
         pairs = min(4, len(raw) // 2)
-        path = model.interpolate(raw[0:2 * pairs:2], raw[1:2 * pairs:2], steps=10)  # (10, pairs, *shape)
+        c1, c2 = (None, None) if c is None else (c[0:2 * pairs:2], c[1:2 * pairs:2])
+        path = model.interpolate(raw[0:2 * pairs:2], raw[1:2 * pairs:2], steps=10, c1=c1, c2=c2)  # (10, pairs, *shape)
         if image:
             pics = _img(_grid(path.transpose(0, 1).reshape(-1, *path.shape[2:]), 10), "interpolations", grid=True)
         else:
@@ -172,7 +179,7 @@ def _data_sections(model, ds, n: int, k: int, image: bool) -> list[str]:
     # most KL first; ties (a hierarchical model's KL is split evenly) by the spread of the means
     ranked = [int(i) for i in np.lexsort((-spread, -kl))]
     top = ([d for d in ranked if active[d]] or ranked[:1])[:6]  # collapsed units would show no change
-    walks = [model.traverse(raw[0], d, span=3.0, steps=9) for d in top]  # each (9, *shape)
+    walks = [model.traverse(raw[0], d, span=3.0, steps=9, c=None if c is None else c[0]) for d in top]  # (9, *shape)
     if image:
         pics = _img(_grid(torch.cat(walks), 9), "traversals", grid=True)
     else:

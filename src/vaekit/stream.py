@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .data import check_float32_range, check_real_dtype
 from .errors import DataError
 
 AUTO_STREAM_BYTES = 1 << 30  # load_data(stream=None) streams data whose float32 copy exceeds 1 GiB
@@ -143,8 +144,7 @@ class NpyRows(LazyRows):
         except (ValueError, OSError, EOFError) as e:
             from .data import unreadable_array
             raise unreadable_array(path, e) from None
-        if header.dtype == object or not (np.issubdtype(header.dtype, np.number) or header.dtype == bool):
-            raise DataError(f"{path} has dtype {header.dtype}; it must be numeric")
+        check_real_dtype(header.dtype, path)
         if header.ndim < 2 or header.shape[0] == 0 or header.size == 0:
             raise DataError(f"{path} has shape {header.shape}; need (N, features...) with N >= 1 examples"
                             + (" (one value per example: save a.reshape(-1, 1))" if len(header.shape) == 1 else ""))
@@ -204,7 +204,9 @@ class NpyRows(LazyRows):
         return lo, hi
 
     def _read(self, idx: np.ndarray) -> np.ndarray:
-        rows = self._raw(idx).astype(np.float32, copy=False)  # (B, ...)
+        raw = self._raw(idx)  # (B, *raw_shape)
+        check_float32_range(raw, self.path)
+        rows = raw.astype(np.float32, copy=False)  # (B, ...)
         if self.divisor != 1.0:
             rows = rows / np.float32(self.divisor)  # as load_array scales, bit for bit
         if self.layout == "NHWC":

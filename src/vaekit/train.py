@@ -144,6 +144,22 @@ def build_condition(ds: Dataset, config: Config, condition: Any) -> tuple[torch.
     return c, config.replace(condition_dim=len(names), condition_names=names)
 
 
+def data_conditions(model: VAE, ds: Dataset) -> torch.Tensor | None:
+    """The conditions (N, C) of a trained label-conditioned model for the labelled data `ds`
+    (its classes keep the model's one-hot positions; a subset of them is fine), None for an
+    unconditional model."""
+    if not model.condition_dim:
+        return None
+    if model.config is None or model.config.condition_on != "labels":
+        raise ConfigError("this model is conditioned on columns or the caller's own vectors, not on class labels; "
+                          "pass its conditions yourself (tables: use the table commands)")
+    if ds.labels is None:
+        raise DataError(f"{ds.name} has no labels, and this model is conditioned on them; give labelled data "
+                        "(an .npz with 'labels', sub-folders of images, digits, MNIST)")
+    c, _ = build_condition(ds, model.config, None)
+    return c.to(model.device)
+
+
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = int(round(n * val_fraction)) if n > 1 else 0
@@ -215,6 +231,10 @@ def check_start_model(model: VAE, config: Config) -> None:
     differ = [k for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k)]
     if differ:
         pairs = "; ".join(f"{k}: {have.get(k)} in the model, {want.get(k)} here" for k in differ)
+        if {"input_shape", "condition_dim"} & set(differ):  # what the data decides, not a flag
+            raise IncompatibleError(f"the data does not fit the starting model (--init-from / model=) ({pairs}); "
+                                    "train it on data like its own (the same example shape and classes), "
+                                    "or train a fresh model")
         raise IncompatibleError(f"the starting model (--init-from / model=) is not the model this run describes "
                                 f"({pairs}); drop the flags that change the architecture, or train a fresh model")
 
