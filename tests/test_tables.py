@@ -553,3 +553,67 @@ def test_a_one_row_table_is_refused_as_one_row(tmp_path, stream):
     pd.DataFrame({"a": [1.5], "b": ["x"]}).to_csv(tmp_path / "one.csv", index=False)
     with pytest.raises(DataError, match="the table has 1 row"):
         fit_table(tmp_path / "one.csv", table_config(epochs=1), stream=stream)
+
+
+def test_inputs_found_by_an_adversarial_pass(tmp_path):
+    """Each was a traceback, a wrong message or a silent change; now a result or a typed error
+    naming the column."""
+    import warnings
+
+    from vaekit.errors import IncompatibleError
+    from vaekit.table_metrics import features
+    from vaekit.tabular import reconstruct_table
+
+    rng = np.random.default_rng(0)
+    quick = table_config(epochs=1, hidden=[8], latent_dim=2, progress=False)
+    n = 60
+    # dates pandas cannot hold (sentinels such as 9999-12-31), in memory and streamed; text declared dates
+    days = ["2020-05-%02d" % d for d in rng.integers(1, 28, n - 3)]
+    pd.DataFrame({"d": ["1500-01-01"] * 3 + days, "x": rng.normal(size=n)}).to_csv(tmp_path / "old.csv", index=False)
+    for stream in (False, True):
+        with pytest.raises(DataError, match=r"column 'd' has 3 value\(s\) that are not dates.*'1500-01-01'"):
+            fit_table(tmp_path / "old.csv", quick, stream=stream)
+    words = pd.DataFrame({"s": rng.choice(["a", "b"], n), "x": rng.normal(size=n)})
+    with pytest.raises(DataError, match="column 's' has 60 value.s. that are not dates"):
+        fit_table(words, quick, kinds={"s": "datetime"})
+    # infinite values declared continuous
+    inf = pd.DataFrame({"a": np.r_[np.inf, -np.inf, rng.normal(size=n - 2)], "x": rng.normal(size=n)})
+    with pytest.raises(DataError, match="column 'a' holds infinite values .e.g. inf."):
+        fit_table(inf, quick, kinds={"a": "continuous"})
+    # a DataFrame made from an array: its names are 0, 1, ...
+    model = fit_table(pd.DataFrame(rng.normal(size=(n, 2))), quick)
+    assert list(sample_table(model, 3).columns) == ["0", "1"]
+    # a date-only column comes back as dates, in memory and streamed (the same schema)
+    dates = pd.to_datetime("2020-01-01") + pd.to_timedelta(rng.integers(0, 900, n), unit="D")
+    df = pd.DataFrame({"d": dates.strftime("%Y-%m-%d"), "x": rng.normal(size=n), "k": rng.integers(0, 500, n)})
+    df.to_csv(tmp_path / "dates.csv", index=False)
+    for stream in (False, True):
+        model = fit_table(tmp_path / "dates.csv", quick, stream=stream, condition_columns=["k"])
+        assert model.schema.column("d").step == 86400
+        out = sample_table(model, 50)
+        assert (out["d"] == out["d"].dt.normalize()).all()
+    with pytest.raises(ConfigError, match="k=40.5: column 'k' holds whole numbers"):
+        sample_table(model, 3, conditions=["k=40.5"])
+    # a numeric gap where training had none is refused, as a categorical one is
+    gap = df.head(5).copy()
+    gap.loc[0, "x"] = np.nan
+    with pytest.raises(DataError, match="column 'x' has missing values but had none in training"):
+        reconstruct_table(model, gap)
+    # a header cell with no name would come back as 'Unnamed: 1'
+    (tmp_path / "blank.csv").write_text("a,,b\n1.5,2.5,x\n2.5,3.5,y\n")
+    with pytest.raises(DataError, match=r"column\(s\) \[2\] of the header have no name"):
+        fit_table(tmp_path / "blank.csv", quick)
+    # conditioning on nothing but a constant
+    with pytest.raises(DataError, match="'k' hold one value each"):
+        fit_table(pd.DataFrame({"k": ["z"] * n, "x": rng.normal(size=n)}), quick, condition_columns=["k"])
+    # magnitudes near float64's limit: the detection/privacy features stay informative, no overflow
+    huge = pd.DataFrame({"h": rng.normal(size=n) * 1e300, "x": rng.normal(size=n)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        f = features(huge, infer_schema(huge), huge)
+    assert np.isfinite(f).all() and f[:, 0].std() == pytest.approx(1.0, rel=1e-6)
+    # a report against a table without the run's columns
+    pytest.importorskip("matplotlib")
+    with pytest.raises(IncompatibleError, match="the real table lacks column"):
+        vaekit.report(model, pd.DataFrame({"other": rng.normal(size=n)}), tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()

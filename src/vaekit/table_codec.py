@@ -45,6 +45,8 @@ def encode(schema: Schema, df, columns: list[Column] | None = None) -> np.ndarra
         s = df[col.name]
         miss = s.isna().to_numpy()
         if col.numeric:
+            if miss.any() and col.missing_rate == 0:
+                raise DataError(f"column {col.name!r} has missing values but had none in training; fill them")
             x = to_numbers(col, s)
             x = np.where(miss, np.nan_to_num(np.median(col.quantiles)), x)
             if col.means:
@@ -105,7 +107,9 @@ def decode(schema: Schema, x: np.ndarray, columns: list[Column] | None = None) -
             else:
                 v = _degaussianise(col, block[:, 0].astype(np.float64))
             v = np.clip(v, col.min, col.max)
-            if col.kind != "continuous":
+            if col.kind == "datetime" and col.step:  # dates stay dates (min and max are multiples too)
+                v = np.round(v / col.step) * col.step
+            elif col.kind != "continuous":
                 v = np.round(v)
             out[col.name] = numeric_series(col, v, miss)
             continue

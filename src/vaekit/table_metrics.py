@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
-from .tables import Schema, infer_schema, to_numbers
+from .tables import Schema, infer_schema, require_columns, str_columns, to_numbers
 
 MIN_SCORE_ROWS = 5  # the detection AUC is 5-fold cross-validated: at least one row of each kind per fold
 
@@ -30,20 +30,16 @@ def evaluate_table(model_or_synthetic, real, n: int | None = None, seed: int = 0
     as `real`) or of a synthetic DataFrame, against the real (training) DataFrame."""
     import pandas as pd
 
+    real = str_columns(real)
     if isinstance(model_or_synthetic, pd.DataFrame):
-        synth = model_or_synthetic
+        synth = str_columns(model_or_synthetic)
         schema = schema or infer_schema(real)
     else:
         from .tabular import sample_table, table_schema
 
         schema = table_schema(model_or_synthetic)
         synth = sample_table(model_or_synthetic, n or len(real), seed=seed)
-    missing = [c for c in schema.names if c not in real.columns]
-    if missing:
-        from .errors import IncompatibleError
-
-        raise IncompatibleError(f"the evaluation table lacks column(s) {missing} that the model generates; "
-                                "evaluate on a table like the training table")
+    require_columns(schema, real, "the evaluation table")
     small = min(len(real), len(synth))
     if small < MIN_SCORE_ROWS:
         raise DataError(f"scoring a table needs at least {MIN_SCORE_ROWS} real and {MIN_SCORE_ROWS} synthetic rows "
@@ -123,6 +119,9 @@ def features(df, schema: Schema, ref) -> np.ndarray:
             continue
         if c.numeric:
             x, r = to_numbers(c, df[c.name]), to_numbers(c, ref[c.name])
+            # divided by the largest magnitude first: the variance of values near 1e300 overflows float64
+            big = float(np.nanmax(np.abs(r))) if not np.isnan(r).all() else 0.0
+            x, r = (x / big, r / big) if big > 0 else (x, r)
             sd = np.nanstd(r) or 1.0
             z = (x - np.nanmean(r)) / sd
             cols += [np.nan_to_num(z)[:, None], np.isnan(x)[:, None].astype(float)]

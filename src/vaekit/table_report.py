@@ -19,7 +19,7 @@ def _table_report(model, data: Any, n: int, seed: int) -> str:
     import pandas as pd
 
     from .table_metrics import evaluate_table
-    from .tables import read_table
+    from .tables import read_table, require_columns, str_columns
     from .tabular import sample_table
 
     if data is None:
@@ -31,6 +31,8 @@ def _table_report(model, data: Any, n: int, seed: int) -> str:
         real = read_table(data)
     else:
         raise ConfigError("a table model's report needs the real table: a .csv/.parquet path or a DataFrame")
+    real = str_columns(real)
+    require_columns(model.schema, real, "the real table")
     real = real.iloc[:n]
     synth = sample_table(model, len(real), seed=seed)
     scores = evaluate_table(synth, real[model.schema.names], schema=model.schema, seed=seed)

@@ -27,8 +27,9 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 from .table_codec import encode
-from .tables import (ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, ZONED, ZONED_DTYPE, Column, Schema,
-                     _fit_gmm, check_request, check_trainable, condition_values, csv_layout, plain, to_numbers, unreadable)
+from .tables import (ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED, ZONED_DTYPE,
+                     Column, Schema, _fit_gmm, check_request, check_trainable, condition_values, csv_layout, plain,
+                     time_step, to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
 CHUNK_BYTES = 4 << 20  # CSV text per chunk (its DataFrame is a few times larger)
@@ -114,6 +115,7 @@ class ColumnStats:
         self.not_numbers, self.bad_example, self.iso = 0, None, True  # text cells that are not numbers; all ISO dates
         self.zoned = False  # some ISO datetime text carries a UTC offset
         self.nonfinite, self.whole, self.numbers = False, True, True
+        self.step: float | None = TIME_STEPS[0]  # as tables.time_step, over every chunk
         self.lo, self.hi, self.values = np.inf, -np.inf, np.empty(0)  # values: the reservoir (R,)
         self.sample = Reservoir(RESERVOIR, seed)
 
@@ -164,6 +166,9 @@ class ColumnStats:
             return
         self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
         self.whole = self.whole and bool(np.all(x == np.round(x)))
+        if self.step is not None:  # the steps divide each other: the finest chunk's decides
+            step = time_step(x)
+            self.step = None if step is None else min(self.step, step)
         append, slot, item = self.sample.place(len(x))
         self.values = np.concatenate([self.values, x[:append]]) if append else self.values
         self.values[slot] = x[item]  # repeated slots: the later item wins, as in the sequential algorithm
@@ -215,6 +220,8 @@ class ColumnStats:
             raise DataError(f"column {name!r} has values that are not numbers but is {kind}; "
                             f"use --column-kind {name}=categorical")
         col.min, col.max = self.lo, self.hi
+        if kind == "datetime":
+            col.step = self.step
         if kind == "integer" and not self.whole:
             raise DataError(f"column {name!r} has fractions but was declared integer; "
                             f"use --column-kind {name}=continuous")

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, IncompatibleError
 
 KINDS = ("continuous", "integer", "boolean", "categorical", "datetime", "constant")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
@@ -53,6 +53,7 @@ class Column:
     min: float | None = None  # numeric: smallest seen value (decoded values are clipped to it)
     max: float | None = None  # numeric: largest seen value
     value: Any = None  # constant: the one value
+    step: float | None = None  # datetime: seconds every seen value is a whole multiple of (86400: dates only)
 
     @property
     def numeric(self) -> bool:
@@ -130,12 +131,35 @@ class Schema:
         return cls(**d)
 
 
+def str_columns(df):
+    """df with its column names as text (a schema's names are text; pandas.DataFrame(array) has
+    0, 1, ...): the frame itself when they are text already."""
+    if all(isinstance(name, str) for name in df.columns):
+        return df
+    renamed = df.rename(columns=str)
+    if len(set(renamed.columns)) != len(renamed.columns):
+        raise DataError("the table's column names repeat once written as text (e.g. 1 and '1'); rename them")
+    return renamed
+
+
+def require_columns(schema: Schema, df, what: str) -> None:
+    """Refuse a table that lacks columns the model generates (before any indexing or sampling)."""
+    missing = [name for name in schema.names if name not in df.columns]
+    if missing:
+        raise IncompatibleError(f"{what} lacks column(s) {missing} that the model was trained on; "
+                                "give a table like the training table")
+
+
 def check_trainable(schema: Schema, rows: int) -> None:
     """Refuse, before any encoding, a table a model cannot learn from."""
     if rows < 2:
         raise DataError(f"the table has {rows} row; a model learns from many rows: pass the whole table")
     if not any(c.width() for c in schema.modelled):
         raise DataError("every modelled column is constant; there is nothing to learn: add columns that vary")
+    if schema.conditions and not any(c.width() for c in schema.conditions):
+        names = ", ".join(repr(c.name) for c in schema.conditions)
+        raise DataError(f"the condition column(s) {names} hold one value each, so there is nothing to condition "
+                        "on: drop them from --condition-columns, or condition on a column that varies")
 
 
 def _json_value(v: Any) -> Any:
@@ -198,7 +222,12 @@ def csv_layout(p: Path, sep: str | None) -> tuple[str, int | None]:
     repeated = sorted({name for name in header if name and header.count(name) > 1})
     if repeated:
         raise DataError(f"{p}: the header repeats the column name(s) {repeated}; give each column its own name")
-    return sep, (0 if len(header) > 1 and header[0] == "" else None)
+    index = len(header) > 1 and header[0] == ""
+    blank = [i + 1 for i, name in enumerate(header) if name == "" and not (i == 0 and index)]
+    if blank:  # pandas would call it 'Unnamed: N', and the synthetic table's header would say so
+        raise DataError(f"{p}: column(s) {blank} of the header have no name; give every column a name "
+                        "(a trailing separator on the header line makes an empty one)")
+    return sep, (0 if index else None)
 
 
 def unreadable(p: Path, e: Exception) -> DataError:
@@ -238,9 +267,10 @@ def infer_schema(df, kinds: dict[str, str] | None = None, encoding: str = "quant
         raise ConfigError(f"encoding={encoding!r} must be quantile or gmm")
     if len(df) == 0 or df.shape[1] == 0:
         raise DataError("the table is empty; pass a table with a header and at least one row")
-    names = [str(n) for n in df.columns]
+    df = str_columns(df)
+    names = list(df.columns)
     kinds, conds = check_request(names, kinds, condition_columns)
-    columns = [_infer_column(str(name), df[name], kinds.get(str(name)), encoding, seed) for name in df.columns]
+    columns = [_infer_column(name, df[name], kinds.get(name), encoding, seed) for name in names]
     schema = Schema(columns, encoding, conds)
     for name in conds:
         schema.condition_rows[name] = condition_values(schema.column(name), df[name])
@@ -327,6 +357,8 @@ def _infer_column(name: str, s, kind: str | None, encoding: str, seed: int) -> C
     col.min, col.max = float(x.min()), float(x.max())
     if kind == "integer" and not np.all(x == np.round(x)):
         raise DataError(f"column {name!r} has fractions but was declared integer; use --column-kind {name}=continuous")
+    if kind == "datetime":
+        col.step = time_step(x)
     n_q = min(N_QUANTILES, len(x))
     col.quantiles = np.quantile(x, np.linspace(0, 1, n_q)).tolist()
     if encoding == "gmm":
@@ -371,8 +403,35 @@ def _guess_kind(name: str, values) -> str:
     return "categorical"
 
 
+TIME_STEPS = (86400.0, 3600.0, 60.0, 1.0)  # a day, an hour, a minute, a second: each divides the one before
+
+
+def time_step(x: np.ndarray) -> float | None:
+    """The coarsest of TIME_STEPS that every time x (seconds since 1970) is a multiple of: a
+    column of dates comes back as dates, not at random times of day. None: finer than seconds."""
+    x = x[~np.isnan(x)]
+    return next((step for step in TIME_STEPS if np.all(np.mod(x, step) == 0)), None)
+
+
 def to_numbers(col: Column, s) -> np.ndarray:
-    """A numeric column as float64 (datetimes as seconds since 1970, durations in seconds); NaN where missing."""
+    """A numeric column as float64 (datetimes as seconds since 1970, durations in seconds); NaN
+    where missing. A value that is there but gives no finite number is a DataError naming it."""
+    x = _numbers(col, s)
+    bad = ~np.isfinite(x) & ~s.isna().to_numpy()
+    if bad.any():
+        example = s[bad].iloc[0]
+        if col.kind == "datetime":
+            raise DataError(f"column {col.name!r} has {int(bad.sum())} value(s) that are not dates vaekit can read "
+                            f"(e.g. {example!r}; dates are ISO text within the years 1678..2261): fix or blank them, "
+                            f"or pass --column-kind {col.name}=categorical")
+        raise DataError(f"column {col.name!r} holds infinite values (e.g. {plain(example)!r}); replace them with "
+                        "numbers or blanks")
+    return x
+
+
+def _numbers(col: Column, s) -> np.ndarray:
+    import warnings
+
     import pandas as pd
 
     if pd.api.types.is_timedelta64_dtype(s):
@@ -380,7 +439,9 @@ def to_numbers(col: Column, s) -> np.ndarray:
     if col.kind == "datetime" and pd.api.types.is_numeric_dtype(s):
         return s.to_numpy(dtype=np.float64)  # already seconds (drawn condition rows)
     if col.kind == "datetime":
-        t = pd.to_datetime(s, errors="coerce", utc=True)  # offsets (even mixed ones) to UTC; naive read as UTC
+        with warnings.catch_warnings():  # pandas warns when it parses value by value; unparsed ones are refused
+            warnings.simplefilter("ignore", UserWarning)
+            t = pd.to_datetime(s, errors="coerce", utc=True)  # offsets (even mixed ones) to UTC; naive as UTC
         ns = t.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
         return np.where(t.isna().to_numpy(), np.nan, ns / 1e9)
     try:

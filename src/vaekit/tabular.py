@@ -14,6 +14,7 @@ sample's condition values are drawn from the training rows that satisfy the pred
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -27,7 +28,7 @@ from .errors import ConfigError, DataError
 from .likelihoods import MixedLikelihood
 from .model import VAE
 from .table_codec import assemble, decode, encode, label_key, label_series, numeric_series
-from .tables import Schema, check_trainable, infer_schema, read_table
+from .tables import Schema, check_trainable, infer_schema, read_table, require_columns, str_columns
 
 CONDITION = re.compile(r"^\s*(.+?)\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*$")
 
@@ -66,6 +67,7 @@ def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | 
     if type(df).__name__ != "DataFrame":
         raise DataError(f"fit_table needs a pandas DataFrame or a .csv/.parquet path, not {type(df).__name__}; "
                         "wrap an array as pandas.DataFrame(a, columns=[...]), or use vaekit.fit for arrays")
+    df = str_columns(df)
     schema = infer_schema(df, kinds, encoding, condition_columns, seed=config.seed)
     check_trainable(schema, len(df))
     x = torch.from_numpy(encode(schema, df))  # (N, D_enc)
@@ -127,13 +129,9 @@ def reconstruct_table(model, df):
     sees them (numbers from the likelihood's mean, the most probable label, missing where the
     indicator's probability passes 0.5). A conditional model's condition columns are the
     rows' own, kept as they are. Returns a DataFrame with the training table's columns."""
-    from .errors import IncompatibleError
-
     schema = table_schema(model)
-    missing = [name for name in schema.names if name not in df.columns]
-    if missing:
-        raise IncompatibleError(f"the table lacks column(s) {missing} that the model was trained on; "
-                                "pass rows like the training table's")
+    df = str_columns(df)
+    require_columns(schema, df, "the table")
     x = torch.from_numpy(encode(schema, df)).to(model.device)  # (N, D_enc)
     c = None
     if schema.condition_columns:
@@ -174,6 +172,9 @@ def parse_conditions(schema: Schema, conditions) -> list[tuple[str, str, Any]]:
             continue
         if col.numeric:
             value = _number(col, value)
+            if col.kind == "integer" and op == "=" and value != round(value):
+                raise ConfigError(f"condition {name}={value:g}: column {name!r} holds whole numbers; give a whole "
+                                  f"number, or a range such as {name}>{math.floor(value)}")
         elif op not in ("=", "!="):
             raise ConfigError(f"condition {name}{op}{value}: {name!r} is {col.kind}; use {name}=VALUE or {name}!=VALUE")
         else:
