@@ -22,3 +22,15 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
     for block in blocks:
         exec(compile(block, str(README), "exec"), {})
     assert (tmp_path / "runs" / "api-demo" / "manifest.json").is_file()
+
+
+def test_variant_table_names_are_top_level_api():
+    """The Python column of the variants table calls these as `vaekit.NAME`; each must exist."""
+    import vaekit
+
+    table = README.read_text().split("## Variants")[1].split("\n## ")[0]
+    python = [row.split("|")[3] for row in table.splitlines() if row.startswith("| ") and row.count("|") >= 4]
+    names = {m for cell in python for m in re.findall(r"`([A-Za-z_]+)\(", cell)}
+    assert {"elbo", "iwae", "wae_mmd", "Config", "fit"} <= names
+    missing = [n for n in sorted(names) if not hasattr(vaekit, n)]
+    assert not missing, missing

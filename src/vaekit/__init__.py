@@ -32,6 +32,7 @@ _EXPORTS = {
     "Bound": "objectives",
     "elbo": "objectives",
     "iwae": "objectives",
+    "wae_mmd": "objectives",
     "fit": "train",
     "History": "train",
     "save": "checkpoint",
