@@ -603,6 +603,12 @@ def test_inputs_found_by_an_adversarial_pass(tmp_path):
     (tmp_path / "blank.csv").write_text("a,,b\n1.5,2.5,x\n2.5,3.5,y\n")
     with pytest.raises(DataError, match=r"column\(s\) \[2\] of the header have no name"):
         fit_table(tmp_path / "blank.csv", quick)
+    # a semicolon CSV with decimal commas: the message says so (it was "an identifier or free text?")
+    euro = pd.DataFrame({"a": [f"{v:.3f}".replace(".", ",") for v in rng.random(n)], "b": ["x"] * n})
+    euro.to_csv(tmp_path / "euro.csv", sep=";", index=False)
+    for stream in (False, True):
+        with pytest.raises(DataError, match="column 'a' holds numbers with decimal commas"):
+            fit_table(tmp_path / "euro.csv", quick, stream=stream)
     # conditioning on nothing but a constant
     with pytest.raises(DataError, match="'k' hold one value each"):
         fit_table(pd.DataFrame({"k": ["z"] * n, "x": rng.normal(size=n)}), quick, condition_columns=["k"])

@@ -27,9 +27,9 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 from .table_codec import encode
-from .tables import (ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED, ZONED_DTYPE,
-                     Column, Schema, _fit_gmm, check_request, check_trainable, condition_values, csv_layout, plain,
-                     time_step, to_numbers, unreadable)
+from .tables import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED,
+                     ZONED_DTYPE, Column, Schema, _fit_gmm, check_request, check_trainable, condition_values,
+                     csv_layout, decimal_comma, plain, time_step, to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
 CHUNK_BYTES = 4 << 20  # CSV text per chunk (its DataFrame is a few times larger)
@@ -261,6 +261,9 @@ class ColumnStats:
         if labels is None:
             raise DataError(f"column {name!r} has more than {MAX_DISTINCT} distinct labels (an identifier or free "
                             "text?); drop it, or read the table into memory (--no-stream) to model it anyway")
+        if self.types <= {str} and len(labels) > MAX_CATEGORIES and pd.Series(list(labels), dtype=object).str.fullmatch(
+                DECIMAL_COMMA).all():
+            raise decimal_comma(name, next(iter(labels)))
         if len(labels) > MAX_CATEGORIES and len(labels) > 0.5 * n:
             raise DataError(f"column {name!r} has {len(labels)} distinct labels in {n} rows (an identifier or "
                             f"free text?); drop it, or pass --column-kind {name}=categorical to model it anyway")

@@ -35,6 +35,7 @@ ZONE = r"(Z|[+-]\d{2}:?\d{2})"  # a UTC offset, as pandas and ISO 8601 write it
 ISO_DATE = rf"\d{{4}}-\d{{1,2}}-\d{{1,2}}([ T]\d{{1,2}}:\d{{2}}(:\d{{2}}(\.\d+)?)?{ZONE}?)?"  # text read as a datetime
 ZONED = rf".*:\d{{2}}(\.\d+)?{ZONE}"  # an ISO datetime with an offset: kept time-zone aware (UTC)
 ZONED_DTYPE = "datetime64[ns, UTC]"
+DECIMAL_COMMA = r"[+-]?\d+,\d+"  # 0,751: a number written with a decimal comma
 N_QUANTILES = 1000  # quantile grid per numeric column (fewer with fewer rows)
 U_CLIP = 1e-4  # uniform levels clipped to [U_CLIP, 1 - U_CLIP]: Gaussianised values within +-3.7
 
@@ -397,6 +398,8 @@ def _guess_kind(name: str, values) -> str:
         if values.str.fullmatch(ISO_DATE).all():
             return "datetime"
     distinct = values.nunique()
+    if types <= {str} and distinct > MAX_CATEGORIES and values.str.fullmatch(DECIMAL_COMMA).all():
+        raise decimal_comma(name, values.iloc[0])
     if distinct > MAX_CATEGORIES and distinct > 0.5 * len(values):
         raise DataError(f"column {name!r} has {distinct} distinct labels in {len(values)} rows (an identifier or "
                         f"free text?); drop it, or pass --column-kind {name}=categorical to model it anyway")
@@ -411,6 +414,12 @@ def time_step(x: np.ndarray) -> float | None:
     column of dates comes back as dates, not at random times of day. None: finer than seconds."""
     x = x[~np.isnan(x)]
     return next((step for step in TIME_STEPS if np.all(np.mod(x, step) == 0)), None)
+
+
+def decimal_comma(name: str, example: Any) -> DataError:
+    return DataError(f"column {name!r} holds numbers with decimal commas (e.g. {example!r}), which vaekit reads as "
+                     "text; write them with decimal points (pandas: read_csv(path, sep=';', decimal=',') then "
+                     f"to_csv), or pass --column-kind {name}=categorical to treat them as labels")
 
 
 def to_numbers(col: Column, s) -> np.ndarray:
