@@ -47,10 +47,7 @@ def check_eval_data(model, x: torch.Tensor) -> None:
     config = getattr(model, "config", None)
     if config is None or config.likelihood not in ("bernoulli", "discretized-logistic"):
         return
-    if isinstance(x, torch.Tensor):
-        lo, hi = float(x.min()), float(x.max())
-    else:  # a streamed source: its one chunked pass
-        lo, hi = x.summary().lo, x.summary().hi
+    lo, hi = (float(x.min()), float(x.max())) if isinstance(x, torch.Tensor) else x.summary()[:2]  # streamed: one pass
     if not (lo >= 0 and hi <= 1):
         raise IncompatibleError(f"the data has values in {lo:.3g}..{hi:.3g} but this model's "
                                 f"{config.likelihood} likelihood needs [0, 1]; use data scaled like its training data")

@@ -123,7 +123,7 @@ def _dataset(data: Any, split: str, data_dir):
 
 
 def _samples(model, ds, gen: torch.Generator, image: bool) -> str:
-    names = model.config.condition_names if model.condition_dim else None
+    names = model.config.condition_names if model.condition_dim and model.config is not None else None
     classes = f" A conditional model: the classes {', '.join(map(_e, names))} in turn." if names else ""
     if image:
         rows = 16 if not names else len(names) * max(1, 16 // len(names))  # each column one class

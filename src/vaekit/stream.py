@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .data import check_float32_range, check_real_dtype
+from .data import check_float32_range, check_real_dtype, folder_mode, pixels, unreadable_array
 from .errors import DataError
 
 AUTO_STREAM_BYTES = 1 << 30  # load_data(stream=None) streams data whose float32 copy exceeds 1 GiB
@@ -142,7 +142,6 @@ class NpyRows(LazyRows):
         try:
             header = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
-            from .data import unreadable_array
             raise unreadable_array(path, e) from None
         check_real_dtype(header.dtype, path)
         if header.ndim < 2 or header.shape[0] == 0 or header.size == 0:
@@ -224,8 +223,6 @@ class ImageFiles(LazyRows):
 
     def _read(self, idx: np.ndarray) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
-
-        from .data import pixels
 
         out = np.empty((len(idx), *self.row_shape), dtype=np.float32)
         for j, i in enumerate(idx):
@@ -330,8 +327,6 @@ def open_image_folder(files: list[Path], name: str) -> ImageFiles:
     if len(sizes) > 1:
         (a, fa), (b, fb) = list(sizes.items())[:2]
         raise DataError(f"{fb} is {b[0]}x{b[1]} but {fa} is {a[0]}x{a[1]}; resize all images to one size")
-    from .data import folder_mode
-
     return ImageFiles(files, folder_mode(modes), next(iter(sizes)), name)
 
 
