@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, help="override the preset's epochs (the cosine schedule follows it)")
     p.add_argument("--kl-warmup", type=float, help="override the preset's KL warm-up epochs")
     p.add_argument("--eval-k", type=int, default=5000)
+    p.add_argument("--train-n", type=int, default=None, help="train on the first N training images only (a smoke run)")
     p.add_argument("--eval-n", type=int, default=None, help="score only the first N test images (iterating)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
@@ -65,6 +66,8 @@ def main() -> None:
         model = vaekit.load(out, device=args.device if args.device != "auto" else None)
     else:
         train = vaekit.load_data("mnist", "train", args.data_dir)
+        if args.train_n:
+            train = train.x[:args.train_n]
         t0 = time.perf_counter()
         model = vaekit.fit(train, config, out=out, force=not args.resume, resume=args.resume)
         train_s = time.perf_counter() - t0
@@ -82,7 +85,7 @@ def main() -> None:
 
     c = model.config
     row = {
-        "date": date.today().isoformat(), "model": "hvae", "preset": "mnist", "overrides": changes,
+        "date": date.today().isoformat(), "model": "hvae", "preset": "mnist", "overrides": changes, "train_n": args.train_n,
         "channels": c.channels, "groups": c.groups, "latent_channels": c.latent_channels, "cells": c.cells,
         "latent_dim": model.latent_dim, "params": model.num_parameters(), "epochs": len(epochs),
         "batch_size": c.batch_size, "lr": c.lr, "ema": c.ema, "kl_warmup": c.kl_warmup, "grad_skip": c.grad_skip, "amp": c.amp,
@@ -132,7 +135,7 @@ def _speed(args) -> None:
     per_step = model.history.epochs[0]["seconds"] / steps
     row = {"date": date.today().isoformat(), "what": "hvae preset training speed", "images": args.speed,
            "steps": steps, "seconds_per_step": round(per_step, 4),
-           "seconds_per_mnist_epoch": round(per_step * -(-57000 // config.batch_size)),
+           "seconds_per_mnist_epoch": round(per_step * -(-57000 // config.batch_size), 1),
            "gflop_per_step": round(flops.get_total_flops() / 1e9, 2), "grad_norms": [round(n) for n in norms], "preset_grad_skip": vaekit.Config.preset("mnist").grad_skip,
            "params": model.num_parameters(), "threads": torch.get_num_threads(), "device": str(model.device),
            "channels_last": config.channels_last, "amp": config.amp,
