@@ -34,7 +34,7 @@ def test_samples_of_class_c_are_classified_as_c(digits_cvae):
     hits = []
     for c in range(10):
         x = model.sample(40, generator=g, condition=model.label_condition(c))  # (40, 1, 8, 8)
-        hits.append(float((clf.predict(x.flatten(1).numpy()) == c).mean()))
+        hits.append(float((clf.predict(x.flatten(1).cpu().numpy()) == c).mean()))  # samples: on the model's device
     # chance is 0.1; a model that ignored c would score about that
     assert np.mean(hits) > 0.8 and min(hits) > 0.4, hits
 

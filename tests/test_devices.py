@@ -143,3 +143,26 @@ def test_gpu_streamed_batches_use_pinned_non_blocking_copies(tmp_path):
     rows = vaekit.stream.take(vaekit.load_data(str(tmp_path / "x.npy"), stream=True).x, torch.arange(10),
                               torch.device("cuda"))
     assert rows[torch.arange(4)].device.type == "cuda"
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, gpu])])
+@pytest.mark.parametrize("arch", ["mlp", "hvae", "conditional"])
+def test_model_takes_cpu_data_in_every_api_call(arch, device):
+    # found on the first GPU lease: evaluate/log_likelihood/reconstruct/elbo with a CPU tensor on a
+    # CUDA model raised a device-mismatch RuntimeError; data may live anywhere, results follow x
+    x = vaekit.load_data("digits").x[:120]  # (120, 1, 8, 8) on the CPU
+    extra = {"mlp": {}, "hvae": {"arch": "hvae", "channels": [8, 16], "latent_channels": 2},
+             "conditional": {"condition_on": "labels"}}[arch]
+    data = vaekit.load_data("digits") if arch == "conditional" else x
+    model = vaekit.fit(data, _config(device=device, likelihood="bernoulli", **extra))
+    assert model.device.type == device
+    c = model.label_condition(3).cpu().expand(len(x), -1) if arch == "conditional" else None
+    ll = vaekit.log_likelihood(model, x, k=8, c=c)
+    assert ll.device.type == "cpu" and torch.isfinite(ll).all()
+    assert np.isfinite(evaluate(model, x, k=8, c=c)["nll"])
+    assert vaekit.elbo(model, x, c=None if c is None else c).bound.isfinite().all()
+    assert vaekit.iwae(model, x, k=3, c=c).bound.isfinite().all()
+    assert model.reconstruct(x[:4], c=None if c is None else c[:4]).device.type == "cpu"
+    if arch != "conditional":
+        assert model.interpolate(x[0], x[1], steps=3).device.type == "cpu"
+        assert model.traverse(x[0], 0, steps=3).shape == (3, 1, 8, 8)

@@ -72,7 +72,8 @@ def prepare_eval_data(model, x: torch.Tensor, seed: int = MNIST_TEST_BINARIZE_SE
 def log_likelihood(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
                    chunk: int | None = None, noise=None, compile: bool = False,
                    c: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
-    """Importance-sampled log p(x) per example: x (N, *shape) -> (N,) float64, in nats.
+    """Importance-sampled log p(x) per example: x (N, *shape) -> (N,) float64, in nats, on x's
+    device (x may live anywhere: each batch is moved to the model's device in turn).
 
     Vectorised over (k, batch); the k samples are drawn `chunk` at a time (default: as many
     as keep each chunk near 2^21 decoded values, cache-sized), so memory is bounded for any k;
@@ -94,8 +95,9 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     bar = work_bar(len(x), f"log p(x), k = {k}") if progress else None
     try:
         for i in range(0, len(x), batch_size):
-            out.append(_batch_log_likelihood(model, x[i:i + batch_size], None if c is None else c[i:i + batch_size],
-                                              k, chunk, noise, compiled, batch_size))
+            xb = x[i:i + batch_size].to(model.device)  # (B, *shape)
+            cb = None if c is None else torch.as_tensor(c[i:i + batch_size]).to(model.device)  # (B, C)
+            out.append(_batch_log_likelihood(model, xb, cb, k, chunk, noise, compiled, batch_size).to(x.device))
             if bar is not None:
                 bar.update(len(out[-1]))
     finally:
@@ -117,7 +119,7 @@ def _batch_log_likelihood(model, xb: torch.Tensor, cb: torch.Tensor | None, k: i
                 raise ValueError("noise can be given only for a factorised Normal q(z|x)")
             parts.append(log_weights(model, xb, n_k, None, q, cb)[0])
             continue
-        eps = noise((n_k, len(xb), model.latent_dim)) if noise is not None else \
+        eps = noise((n_k, len(xb), model.latent_dim)).to(xb.device) if noise is not None else \
             torch.randn(n_k, len(xb), model.latent_dim, device=xb.device)  # (n_k, B, d)
         full = compiled is not None and n_k == chunk and len(xb) == batch_size  # one static shape
         parts.append((compiled if full else _log_w_from_noise)(model, xb, eps, q.mean, q.stddev, cb))
@@ -150,8 +152,8 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     kl_layers = None
     prior = model.prior_dist()
     for i in range(0, n, batch_size):
-        xb = x[i:i + batch_size]
-        cb = None if c is None else c[i:i + batch_size]  # (B, C)
+        xb = x[i:i + batch_size].to(model.device)  # (B, *shape)
+        cb = None if c is None else torch.as_tensor(c[i:i + batch_size]).to(model.device)  # (B, C)
         q = model.encode(xb, cb)
         z = q.rsample()  # (B, d)
         recon_sum += float(model.decode(z, cb).log_prob(xb).double().sum())

@@ -101,6 +101,7 @@ class VAE(nn.Module):
         if tuple(x.shape[1:]) != self.input_shape:  # a clear message, not a matmul error deep inside
             raise IncompatibleError(f"x has shape {tuple(x.shape)} but this model takes (B, *{self.input_shape}); "
                                     "pass data shaped like its training data")
+        x = x.to(self.device)  # data may live anywhere (a CPU tensor for a CUDA model); a no-op in training
         xs = self.likelihood.standardize(x)
         c = self.check_condition(c, len(x))
         if c is not None and isinstance(self.encoder, ConvEncoder):
@@ -192,15 +193,16 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, mean: bool = True, c: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode the posterior mean of x (B, *shape) (with its condition c (B, C)); returns (B, *shape)."""
-        return self._output(self.decode(self.encode(x, c).mean, c), mean, None)
+        """Decode the posterior mean of x (B, *shape) (with its condition c (B, C)); returns (B, *shape)
+        on x's device."""
+        return self._output(self.decode(self.encode(x, c).mean, c), mean, None).to(x.device)
 
     @torch.no_grad()
     def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8,
                     c1: torch.Tensor | None = None, c2: torch.Tensor | None = None) -> torch.Tensor:
         """Decode points on the line between the posterior means of x1 and x2 (each (*shape)
-        or (B, *shape)); returns (steps, B, *shape) of likelihood means. A conditional model
-        interpolates the conditions c1 -> c2 along with z."""
+        or (B, *shape)); returns (steps, B, *shape) of likelihood means, on x1's device. A
+        conditional model interpolates the conditions c1 -> c2 along with z."""
         if steps < 2:
             raise ConfigError(f"steps={steps} must be >= 2")
         one = x1.dim() == len(self.input_shape)
@@ -209,17 +211,18 @@ class VAE(nn.Module):
         z1, z2 = self.encode(x1, c1).mean, self.encode(x2, c2).mean  # (B, d)
         t = torch.linspace(0, 1, steps, device=z1.device).view(steps, 1, 1)
         c = None if c1 is None else (1 - t) * c1 + t * c2  # (steps, B, C)
-        out = self._decode_lead((1 - t) * z1 + t * z2, c).mean  # (steps, B, *shape)
+        out = self._decode_lead((1 - t) * z1 + t * z2, c).mean.to(x1.device)  # (steps, B, *shape)
         return out[:, 0] if one else out
 
     @torch.no_grad()
     def traverse(self, x: torch.Tensor, dim: int, span: float = 3.0, steps: int = 9,
                  c: torch.Tensor | None = None) -> torch.Tensor:
-        """Vary latent `dim` of x's posterior mean over [-span, span]; returns (steps, *shape)."""
+        """Vary latent `dim` of x's posterior mean over [-span, span]; returns (steps, *shape) on
+        x's device."""
         c = self.check_condition(c, 1)  # (1, C): x's condition, (C,) or (1, C)
         z = self.encode(x.unsqueeze(0), c).mean.repeat(steps, 1)  # (steps, d)
         z[:, dim] = torch.linspace(-span, span, steps, device=z.device)
-        return self.decode(z, None if c is None else c.expand(steps, -1)).mean
+        return self.decode(z, None if c is None else c.expand(steps, -1)).mean.to(x.device)
 
     def _decode_lead(self, z: torch.Tensor, c: torch.Tensor | None) -> Distribution:
         """decode() where c already has z's leading shape (*lead, C), not just (B, C)."""

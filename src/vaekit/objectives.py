@@ -41,6 +41,7 @@ def elbo(model, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0, c: t
     of its (one-sample) KL. The returned `kl` stays the true KL; only `bound` changes.
     `c` (B, C): the condition of a conditional model (None otherwise), as in every objective.
     """
+    x = x.to(model.device)  # the caller's data may live elsewhere (no-op in training)
     q = model.encode(x, c)
     z = q.rsample()  # (B, d), reparameterised: gradients reach the encoder
     recon = model.decode(z, c).log_prob(x)  # (B,)
@@ -102,6 +103,7 @@ def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None,
     `q`, if given, is q(z|x) already computed (evaluation reuses it across chunks of k).
     Returns (log_w, log_px_z, log_ratio), each (k, B); log_ratio = log q(z_i|x) - log p(z_i).
     """
+    x = x.to(model.device)  # the caller's data may live elsewhere (no-op in training)
     q = model.encode(x, c) if q is None else q
     if eps is None:
         z = q.rsample((k,))  # (k, B, d)
@@ -150,6 +152,7 @@ def wae_mmd(model, x: torch.Tensor, weight: float = 10.0, kernel: str = "imq",
             deterministic: bool = True, c: torch.Tensor | None = None) -> Bound:
     """WAE-MMD: reconstruct through the encoder's code and match the aggregate of codes to
     the prior with an MMD penalty. `bound` is the per-example objective (B,)."""
+    x = x.to(model.device)  # the caller's data may live elsewhere (no-op in training)
     q = model.encode(x, c)
     z = q.mean if deterministic else q.rsample()  # (B, d)
     recon = model.decode(z, c).log_prob(x)  # (B,)
