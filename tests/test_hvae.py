@@ -133,7 +133,7 @@ def test_fit_learns_and_the_bounds_are_consistent(digits, tmp_path):
             for (a, b), layer in zip(zip(starts, starts[1:]), dist.layer_log_probs(z)):
                 assert torch.allclose(per[:, a:b].sum(-1), layer, atol=1e-3)
     # save/load round trip: the same numbers from the same draws
-    loaded = vaekit.load(tmp_path / "run")
+    loaded = vaekit.load(tmp_path / "run", device=str(model.device))  # the same device: the same kernels
     z = torch.randn(5, model.latent_dim)
     assert torch.equal(loaded.decode(z).mean, model.decode(z).mean)
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)

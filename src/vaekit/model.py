@@ -120,6 +120,7 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Distribution:
         """p(x|z[, c]) for z (*lead, d) and c (B, C) with lead ending in B: batch shape `lead`,
         event shape the example's shape."""
+        z = z.to(self.device)  # a latent from anywhere (no-op in training)
         lead = z.shape[:-1]
         if self.condition_dim:
             c = self.check_condition(c, lead[-1] if lead else 1)
