@@ -15,7 +15,7 @@
 #                         --compile, streamed .npy; the MLP and the conv model, batch 128 and 1024
 #             hvae-speed  benchmarks/mnist_hvae.py --speed: the --preset mnist model's step and epoch,
 #                         float32 and --amp
-#             hvae-train  the --preset mnist model trained (--amp where it ran) for as many epochs as fit in
+#             hvae-train  the --preset mnist model trained (float32 or --amp, the faster) for as many epochs as fit in
 #                         what is left of BUDGET_S (from hvae-speed's epoch time; at most the preset's
 #                         100, KL warm-up scaled with them), scored at k = 1000 on the first 1,000 test
 #                         images; run folder in OUT_DIR/hvae-run
@@ -78,8 +78,8 @@ for p in "${PARTS[@]}"; do
             done ;;
         hvae-train)
             # the epochs that fit: what is left of the budget less scoring and start-up, over the
-            # measured epoch time (--amp's where it ran) with a margin for validation and the first
-            # epoch's tuning
+            # measured epoch time of the faster way (float32 or --amp) with a margin for validation
+            # and the first epoch's tuning
             read -r epochs warmup amp < <($PY - "$OUT" $((BUDGET - SECONDS)) <<'EOF'
 import json, sys
 def row(name):
@@ -87,7 +87,8 @@ def row(name):
         return [json.loads(t) for t in open(f"{sys.argv[1]}/{name}.log") if t.startswith("{")][-1]
     except (OSError, IndexError):
         return None
-r = row("hvae_speed_amp") or row("hvae_speed")
+rows = [r for r in (row("hvae_speed"), row("hvae_speed_amp")) if r]  # train the faster way
+r = min(rows, key=lambda r: r["seconds_per_step"])
 epochs = max(1, min(100, int((float(sys.argv[2]) - 75) / (r["seconds_per_mnist_epoch"] * 1.2 + 2))))
 print(epochs, max(1.0, round(epochs / 10, 1)), "--amp" if r["amp"] else "")
 EOF
