@@ -623,3 +623,42 @@ def test_inputs_found_by_an_adversarial_pass(tmp_path):
     with pytest.raises(IncompatibleError, match="the real table lacks column"):
         vaekit.report(model, pd.DataFrame({"other": rng.normal(size=n)}), tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_gaps_written_as_words_are_named_then_read_as_gaps_with_missing(tmp_path, stream, suffix, capsys):
+    # UCI-style files write gaps as "?": a numeric column with them was modelled as 75 labels without a word
+    rng = np.random.default_rng(0)
+    age = rng.integers(17, 92, 300).astype(object)
+    age[rng.random(300) < 0.15] = "?"
+    df = pd.DataFrame({"age": age, "income": rng.normal(50, 10, 300).round(2),
+                       "job": rng.choice(["clerk", "nurse", "?"], 300),
+                       "rating": rng.choice(["1", "2", "3", "unrated"], 300)})  # few whole numbers + a word: labels
+    path = tmp_path / f"t{suffix}"
+    df.to_csv(path, index=False) if suffix == ".csv" else df.assign(age=df.age.astype(str)).to_parquet(path, index=False)
+    small = table_config(epochs=2, hidden=[16], latent_dim=2, progress=False)
+    with pytest.raises(DataError, match=r"column 'age' holds numbers and the text '\?' in 1\d% of its cells.*"
+                                        r"--missing '\?'.*--column-kind age=categorical"):
+        fit_table(path, small, stream=stream)
+    model = fit_table(path, small, out=tmp_path / "run", stream=stream, missing=["?"])
+    cols = {c.name: c for c in model.schema.columns}
+    assert cols["age"].kind == "integer" and 0.1 < cols["age"].missing_rate < 0.2
+    assert cols["job"].categories == ["clerk", "nurse"] and cols["job"].missing_rate > 0.2  # every column's "?"
+    assert cols["rating"].kind == "categorical" and "unrated" in cols["rating"].categories
+    loaded = vaekit.load(tmp_path / "run")
+    assert loaded.schema.missing_tokens == ["?"]
+    # the run reads later files its way and writes its gaps back as the training file did
+    out = tmp_path / "s.csv"
+    assert main(["sample", str(tmp_path / "run"), "-n", "300", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "?" in text and ",," not in text and not text.splitlines()[1].endswith(",")
+    synth = pd.read_csv(out, na_values=["?"])
+    assert synth["age"].isna().mean() > 0.03 and synth["age"].dropna().between(17, 91).all()
+    assert main(["reconstruct", str(tmp_path / "run"), str(path), "-n", "8", "-o", str(tmp_path / "r.csv")]) == 0
+    assert main(["evaluate", str(tmp_path / "run"), str(path), "--json"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["quality"] <= 1
+    with pytest.raises(ConfigError, match="each --missing value is the text of a gap cell"):
+        fit_table(path, small, missing=[""])
+    assert main(["train", "digits", "--out", str(tmp_path / "img"), "--missing", "?"]) == 2  # tables only
+    assert "--missing apply to tables" in capsys.readouterr().err

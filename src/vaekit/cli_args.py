@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--column-kind", action="append", metavar="COL=KIND",
                    help="tables: override a column's kind (continuous, integer, boolean, categorical, datetime)")
     t.add_argument("--condition-columns", help="tables: comma-separated columns to condition on (a conditional VAE)")
+    t.add_argument("--missing", action="append", metavar="TEXT",
+                   help="tables: cells holding TEXT are gaps, like blank cells (e.g. --missing '?'; repeat for more); "
+                        "the run reads later files the same way and writes its gaps back as the first TEXT")
     t.add_argument("--encoding", choices=["quantile", "gmm"], default="quantile",
                    help="tables: numeric columns by quantile transform (default) or Gaussian-mixture modes")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files to RUN/tensorboard")

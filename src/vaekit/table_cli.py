@@ -16,7 +16,7 @@ def train(args, config) -> int:
     model = fit_table(args.data, config, out=args.out, kinds=column_kinds(args.column_kind),
                       condition_columns=args.condition_columns or None,
                       encoding=args.encoding, sep=args.sep, force=args.force, resume=args.resume,
-                      stream=args.stream)
+                      stream=args.stream, missing=args.missing)
     h = model.history
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
     loss = last.get("val_loss", last.get("train_loss", float("nan")))
@@ -32,7 +32,7 @@ def sample(args, model) -> int:
 
     check_table_output(args.output, force=args.force)
     df = sample_table(model, args.n, conditions=args.condition, seed=args.seed, temperature=args.temperature)
-    write_table(df, args.output)
+    write_table(df, args.output, model.schema.missing_tokens)
     print(f"wrote {args.n} rows to {args.output}")
     return 0
 
@@ -43,8 +43,9 @@ def reconstruct(args, model) -> int:
     from .tables import write_table
     from .tabular import reconstruct_table
 
-    rows = next(read_chunks(args.data, args.sep, chunk_rows=args.n))
-    write_table(reconstruct_table(model, rows), args.output)
+    tokens = model.schema.missing_tokens  # the training file's gap texts, read and written alike
+    rows = next(read_chunks(args.data, args.sep, chunk_rows=args.n, missing=tokens))
+    write_table(reconstruct_table(model, rows), args.output, tokens)
     print(f"wrote {len(rows)} reconstructed rows to {args.output}")
     return 0
 
@@ -56,7 +57,7 @@ def evaluate(args, model) -> int:
         positive(args.rows, "--rows")
     if args.n is not None:
         positive(args.n, "-n")
-    real, total = real_rows(args.data, args.n, args.seed, args.sep)  # a large file: a uniform sample
+    real, total = real_rows(args.data, args.n, args.seed, args.sep, model.schema.missing_tokens)  # large: a sample
     r = evaluate_table(model, real, n=args.rows, seed=args.seed)
     if total is not None:
         r["rows_in_file"] = total

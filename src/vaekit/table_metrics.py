@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
-from .tables import Schema, infer_schema, require_columns, str_columns, to_numbers
+from .tables import Schema, infer_schema, require_columns, str_columns, text_gaps, to_numbers
 
 MIN_SCORE_ROWS = 5  # the detection AUC is 5-fold cross-validated: at least one row of each kind per fold
 
@@ -39,6 +39,7 @@ def evaluate_table(model_or_synthetic, real, n: int | None = None, seed: int = 0
 
         schema = table_schema(model_or_synthetic)
         synth = sample_table(model_or_synthetic, n or len(real), seed=seed)
+    real = text_gaps(real, tuple(schema.missing_tokens))  # the run's "?" cells are gaps, as in training
     require_columns(schema, real, "the evaluation table")
     small = min(len(real), len(synth))
     if small < MIN_SCORE_ROWS:
@@ -57,11 +58,12 @@ def evaluate_table(model_or_synthetic, real, n: int | None = None, seed: int = 0
 SCORE_SAMPLE_ROWS = 100_000  # real rows scored from a table too large to read whole
 
 
-def real_rows(path, n: int | None = None, seed: int = 0, sep: str | None = None):
+def real_rows(path, n: int | None = None, seed: int = 0, sep: str | None = None, missing=()):
     """The real rows to score against: the whole table, or its first `n` rows; for a file over
     the streaming threshold (table_stream.AUTO_STREAM_TABLE_BYTES), a seeded uniform sample of
     `n` (default SCORE_SAMPLE_ROWS) rows read in two chunked passes (count, then gather), so
-    memory holds the sample, not the table. Returns (DataFrame, rows in the file or None)."""
+    memory holds the sample, not the table. `missing`: the run's gap texts. Returns (DataFrame,
+    rows in the file or None)."""
     import numpy as np
     import pandas as pd
 
@@ -69,13 +71,13 @@ def real_rows(path, n: int | None = None, seed: int = 0, sep: str | None = None)
     from .tables import read_table
 
     if not should_stream_table(path, None):
-        real = read_table(path, sep)
+        real = read_table(path, sep, missing)
         return (real.iloc[:n] if n else real), None
-    total = sum(len(chunk) for chunk in read_chunks(path, sep))
+    total = sum(len(chunk) for chunk in read_chunks(path, sep, missing=missing))
     take = min(n or SCORE_SAMPLE_ROWS, total)
     chosen = np.sort(np.random.default_rng([seed, 7]).choice(total, size=take, replace=False))  # (take,)
     parts, start = [], 0
-    for chunk in read_chunks(path, sep):
+    for chunk in read_chunks(path, sep, missing=missing):
         lo, hi = np.searchsorted(chosen, [start, start + len(chunk)])
         if hi > lo:
             parts.append(chunk.iloc[chosen[lo:hi] - start])

@@ -19,7 +19,7 @@ def _table_report(model, data: Any, n: int, seed: int) -> str:
     import pandas as pd
 
     from .table_metrics import evaluate_table
-    from .tables import read_table, require_columns, str_columns
+    from .tables import read_table, require_columns, str_columns, text_gaps
     from .tabular import sample_table
 
     if data is None:
@@ -28,10 +28,10 @@ def _table_report(model, data: Any, n: int, seed: int) -> str:
     if isinstance(data, pd.DataFrame):
         real = data
     elif isinstance(data, (str, os.PathLike)):
-        real = read_table(data)
+        real = read_table(data, missing=model.schema.missing_tokens)
     else:
         raise ConfigError("a table model's report needs the real table: a .csv/.parquet path or a DataFrame")
-    real = str_columns(real)
+    real = text_gaps(str_columns(real), tuple(model.schema.missing_tokens))
     require_columns(model.schema, real, "the real table")
     real = real.iloc[:n]
     synth = sample_table(model, len(real), seed=seed)

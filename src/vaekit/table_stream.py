@@ -28,8 +28,9 @@ import numpy as np
 from .errors import ConfigError, DataError
 from .table_codec import encode
 from .tables import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED,
-                     ZONED_DTYPE, Column, Schema, _fit_gmm, check_request, check_trainable, condition_values,
-                     csv_layout, decimal_comma, plain, time_step, to_numbers, unreadable)
+                     ZONED_DTYPE, Column, Schema, _fit_gmm, check_missing, check_request, check_trainable,
+                     condition_values, csv_layout, decimal_comma, placeholder_error, plain, text_gaps, time_step,
+                     to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
 CHUNK_BYTES = 4 << 20  # CSV text per chunk (its DataFrame is a few times larger)
@@ -47,11 +48,13 @@ def should_stream_table(path: str | os.PathLike, stream: bool | None) -> bool:
 
 
 def read_chunks(path: str | os.PathLike, sep: str | None = None, chunk_rows: int | None = None,
-                text: tuple[str, ...] = ()) -> Iterator[Any]:
+                text: tuple[str, ...] = (), missing: list[str] | tuple[str, ...] = ()) -> Iterator[Any]:
     """DataFrames of at most `chunk_rows` rows, in file order (default: about CHUNK_BYTES of
-    CSV text, PARQUET_CHUNK_ROWS rows of Parquet). CSV columns in `text` are read as text."""
+    CSV text, PARQUET_CHUNK_ROWS rows of Parquet). CSV columns in `text` are read as text;
+    cells holding a `missing` text are gaps (as tables.read_table)."""
     import pandas as pd
 
+    missing = check_missing(missing)
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file; pass a .csv or .parquet table")
@@ -67,11 +70,11 @@ def read_chunks(path: str | os.PathLike, sep: str | None = None, chunk_rows: int
             index = (f.schema_arrow.pandas_metadata or {}).get("index_columns", [])
             names = [n for n in f.schema_arrow.names if n not in index]  # a saved pandas index is not data
             for batch in f.iter_batches(batch_size=chunk_rows or PARQUET_CHUNK_ROWS, columns=names):
-                yield batch.to_pandas()
+                yield text_gaps(batch.to_pandas(), missing)
             return
         rows = chunk_rows or _rows_per_chunk(p)
-        with pd.read_csv(p, sep=sep, index_col=index_col, chunksize=rows,
-                         dtype={c: str for c in text} or None) as reader:
+        with pd.read_csv(p, sep=sep, index_col=index_col, chunksize=rows, dtype={c: str for c in text} or None,
+                         na_values=list(missing) or None) as reader:
             yield from reader
     except (UnicodeDecodeError, ValueError, OSError, pd.errors.ParserError) as e:
         raise unreadable(p, e) from None
@@ -258,6 +261,9 @@ class ColumnStats:
                                 f"cells, or pass --column-kind {name}=categorical to treat every value as a label")
             if self.iso:
                 return "datetime"
+            if self.not_numbers and labels is not None and \
+                    (err := placeholder_error(name, labels, self.not_numbers / n)):
+                raise err
         if labels is None:
             raise DataError(f"column {name!r} has more than {MAX_DISTINCT} distinct labels (an identifier or free "
                             "text?); drop it, or read the table into memory (--no-stream) to model it anyway")
@@ -298,7 +304,7 @@ class RowSample:
 
 def infer_schema_chunked(path: str | os.PathLike, kinds: dict[str, str] | None = None, encoding: str = "quantile",
                          condition_columns: list[str] | None = None, seed: int = 0, sep: str | None = None,
-                         chunk_rows: int | None = None) -> tuple[Schema, int, tuple[str, ...]]:
+                         chunk_rows: int | None = None, missing: tuple[str, ...] = ()) -> tuple[Schema, int, tuple[str, ...]]:
     """tables.infer_schema for a table read in chunks, never whole (see the module docstring):
     the schema, the number of rows, and the CSV columns to read as text (numbers in some
     chunks, words in others; read again as text, as pandas reads such a column at once)."""
@@ -309,7 +315,7 @@ def infer_schema_chunked(path: str | os.PathLike, kinds: dict[str, str] | None =
     text: tuple[str, ...] = ()
     while True:
         stats, rows = None, None
-        for chunk in read_chunks(path, sep, chunk_rows, text):
+        for chunk in read_chunks(path, sep, chunk_rows, text, missing):
             if stats is None:
                 names = [str(n) for n in chunk.columns]
                 kinds, conds = check_request(names, kinds, condition_columns)
@@ -324,7 +330,7 @@ def infer_schema_chunked(path: str | os.PathLike, kinds: dict[str, str] | None =
         if not mixed or set(mixed) <= set(text) or Path(path).suffix.lower() in (".parquet", ".pq"):
             break
         text = tuple(sorted(set(text) | set(mixed)))
-    schema = Schema([st.column(encoding, seed) for st in stats], encoding, conds)
+    schema = Schema([st.column(encoding, seed) for st in stats], encoding, conds, missing_tokens=list(missing))
     for name in conds:
         schema.condition_rows[name] = condition_values(schema.column(name), pd.Series(rows.rows[name]))
     return schema, stats[0].rows, text
@@ -333,7 +339,8 @@ def infer_schema_chunked(path: str | os.PathLike, kinds: dict[str, str] | None =
 def write_encoded(schema: Schema, path: str | os.PathLike, folder: Path, rows: int, sep: str | None = None,
                   chunk_rows: int | None = None, text: tuple[str, ...] = ()) -> tuple[Path, Path | None]:
     """Encode the table chunk by chunk into folder/x.npy (N, D_enc) float32 and, with
-    condition columns, folder/c.npy (N, C). Each is written under a temporary name, then renamed."""
+    condition columns, folder/c.npy (N, C). Each is written under a temporary name, then renamed.
+    The schema's missing_tokens are read as gaps, as when it was inferred."""
     targets = {"x": schema.modelled, "c": schema.conditions}
     widths = {k: sum(c.width() for c in cols) for k, cols in targets.items()}
     files = {k: open(folder / f".{k}.npy.tmp", "wb") for k in targets if k == "x" or schema.condition_columns}
@@ -342,7 +349,7 @@ def write_encoded(schema: Schema, path: str | os.PathLike, folder: Path, rows: i
             header = {"descr": "<f4", "fortran_order": False, "shape": (rows, widths[k])}
             np.lib.format.write_array_header_1_0(f, header)
         seen = 0
-        for chunk in read_chunks(path, sep, chunk_rows, text):
+        for chunk in read_chunks(path, sep, chunk_rows, text, schema.missing_tokens):
             seen += len(chunk)
             if seen > rows:
                 break
@@ -364,13 +371,14 @@ def write_encoded(schema: Schema, path: str | os.PathLike, folder: Path, rows: i
 @contextlib.contextmanager
 def encoded_table(path: str | os.PathLike, kinds: dict[str, str] | None = None, encoding: str = "quantile",
                   condition_columns: list[str] | None = None, seed: int = 0, sep: str | None = None,
-                  chunk_rows: int | None = None, near: str | os.PathLike | None = None):
+                  chunk_rows: int | None = None, near: str | os.PathLike | None = None, missing: tuple[str, ...] = ()):
     """(schema, x, c) for training: x (N, D_enc) and c (N, C) (None without condition columns)
     stream.NpyRows on disk. The encoded files live in a temporary folder beside `near` (the run
     folder; default: the system's temporary folder, $TMPDIR), removed on exit."""
     from .stream import NpyRows
 
-    schema, rows, text = infer_schema_chunked(path, kinds, encoding, condition_columns, seed, sep, chunk_rows)
+    schema, rows, text = infer_schema_chunked(path, kinds, encoding, condition_columns, seed, sep, chunk_rows,
+                                              check_missing(missing))
     check_trainable(schema, rows)
     parent = Path(near).resolve().parent if near is not None else None
     with tempfile.TemporaryDirectory(prefix=".vaekit-encoded-", dir=parent) as tmp:

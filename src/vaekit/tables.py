@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import io
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ ISO_DATE = rf"\d{{4}}-\d{{1,2}}-\d{{1,2}}([ T]\d{{1,2}}:\d{{2}}(:\d{{2}}(\.\d+)?
 ZONED = rf".*:\d{{2}}(\.\d+)?{ZONE}"  # an ISO datetime with an offset: kept time-zone aware (UTC)
 ZONED_DTYPE = "datetime64[ns, UTC]"
 DECIMAL_COMMA = r"[+-]?\d+,\d+"  # 0,751: a number written with a decimal comma
+MAX_PLACEHOLDERS = 3  # at most this many distinct words among a column's numbers: gaps written as words ("?")
 N_QUANTILES = 1000  # quantile grid per numeric column (fewer with fewer rows)
 U_CLIP = 1e-4  # uniform levels clipped to [U_CLIP, 1 - U_CLIP]: Gaussianised values within +-3.7
 
@@ -75,6 +77,7 @@ class Schema:
     encoding: str = "quantile"  # numeric columns: "quantile" or "gmm"
     condition_columns: list[str] = field(default_factory=list)  # columns fed to the model as c
     condition_rows: dict[str, list[Any]] = field(default_factory=dict)  # their training values
+    missing_tokens: list[str] = field(default_factory=list)  # cell texts read as gaps (--missing); written back as the first
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -119,7 +122,8 @@ class Schema:
         """One line per column (and per condition column's values): diffable, and short
         enough to read even with a thousand quantiles per column."""
         d = dataclasses.asdict(self)
-        lines = [f" {json.dumps(k)}: {json.dumps(d[k], default=_json_value)}" for k in ("encoding", "condition_columns")]
+        lines = [f" {json.dumps(k)}: {json.dumps(d[k], default=_json_value)}"
+                 for k in ("encoding", "condition_columns", "missing_tokens")]
         cols = ",\n  ".join(json.dumps(c, default=_json_value) for c in d["columns"])
         rows = ",\n  ".join(f"{json.dumps(k)}: {json.dumps(v, default=_json_value)}" for k, v in d["condition_rows"].items())
         lines += [f' "columns": [\n  {cols}\n ]', f' "condition_rows": {{\n  {rows}\n }}' if rows else ' "condition_rows": {}']
@@ -176,11 +180,13 @@ def is_table_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in TABLE_SUFFIXES
 
 
-def read_table(path: str | Path, sep: str | None = None):
+def read_table(path: str | Path, sep: str | None = None, missing: list[str] | tuple[str, ...] = ()):
     """A pandas DataFrame from .csv/.tsv (separator sniffed from the header when not given:
-    ',', ';' or tab) or .parquet. Anything that does not parse as a table is a DataError."""
+    ',', ';' or tab) or .parquet. Cells holding one of the `missing` texts (e.g. "?") are gaps,
+    as blank cells are. Anything that does not parse as a table is a DataError."""
     import pandas as pd
 
+    missing = check_missing(missing)
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file; pass a .csv or .parquet table")
@@ -188,14 +194,63 @@ def read_table(path: str | Path, sep: str | None = None):
     sep, index_col = csv_layout(p, sep) if csv_file else (sep, None)  # its errors are already clear
     try:
         if not csv_file:
-            df = pd.read_parquet(p)
+            df = text_gaps(pd.read_parquet(p), missing)
         else:
-            df = pd.read_csv(p, sep=sep, index_col=index_col)
+            df = pd.read_csv(p, sep=sep, index_col=index_col, na_values=list(missing) or None)
     except (UnicodeDecodeError, ValueError, OSError, pd.errors.ParserError) as e:
         raise unreadable(p, e) from None
     if df.shape[1] == 0 or len(df) == 0:
         raise DataError(f"{p} has no rows (or no columns); a table needs a header and at least one row")
     return df
+
+
+def check_missing(missing) -> tuple[str, ...]:
+    """The --missing texts as a tuple, each a non-empty string (a blank cell is a gap anyway)."""
+    missing = (missing,) if isinstance(missing, str) else tuple(missing or ())
+    bad = [m for m in missing if not isinstance(m, str) or not m]
+    if bad:
+        raise ConfigError(f"missing={bad!r}: each --missing value is the text of a gap cell, e.g. --missing '?' "
+                          "(blank cells are gaps already)")
+    return missing
+
+
+def text_gaps(df, missing: tuple[str, ...]):
+    """df with the `missing` texts of its text columns made gaps, and a text column left holding
+    only numbers made numeric, as pandas' CSV reader does with na_values (Parquet keeps types)."""
+    import pandas as pd
+
+    if not missing:
+        return df
+    df = df.copy(deep=False)  # the caller's frame stays as it was
+    for name in df.columns:
+        s = df[name]
+        if s.dtype == object and s.isin(missing).any():
+            s = s.mask(s.isin(missing))
+            rest = s.dropna()
+            if len(rest) and rest.map(lambda v: isinstance(v, str)).all() and \
+                    pd.to_numeric(rest, errors="coerce").notna().all():
+                s = pd.to_numeric(s)
+            df[name] = s
+    return df
+
+
+def placeholder_error(name: str, labels, share: float) -> DataError | None:
+    """A text column of numbers and at most MAX_PLACEHOLDERS distinct words ("?", "n/a", "-"):
+    gaps written as words, which would turn the numbers into labels without a word. None when
+    the words are more, or the numbers are few whole ones (labels anyway, e.g. ratings 1-5)."""
+    import pandas as pd
+
+    words = pd.Series([str(v) for v in labels], dtype=object)
+    x = pd.to_numeric(words, errors="coerce")
+    tokens, numbers = sorted(words[x.isna()].tolist()), x.dropna()
+    if not 0 < len(tokens) <= MAX_PLACEHOLDERS or len(numbers) == 0:
+        return None
+    if len(numbers) <= MAX_CATEGORY_INTEGERS and bool((numbers == numbers.round()).all()):
+        return None
+    flags = " ".join(f"--missing {shlex.quote(t)}" for t in tokens)
+    return DataError(f"column {name!r} holds numbers and the text {', '.join(map(repr, tokens))} in {share:.0%} of its "
+                     f"cells: gaps written as words? Pass {flags} (fit_table(..., missing={tokens!r})) to read them "
+                     f"as gaps, or --column-kind {name}=categorical to model every value as a label")
 
 
 def csv_separator(p: Path, sep: str | None) -> str:
@@ -237,8 +292,9 @@ def unreadable(p: Path, e: Exception) -> DataError:
                      "line) or a Parquet file")
 
 
-def write_table(df, path: str | Path) -> Path:
-    """Write df as .csv or .parquet, atomically (a temporary name, then renamed)."""
+def write_table(df, path: str | Path, missing: list[str] | tuple[str, ...] = ()) -> Path:
+    """Write df as .csv or .parquet, atomically (a temporary name, then renamed). A CSV writes
+    gaps as `missing`'s first text (the training file's own "?"), else as blank cells."""
     from .checkpoint import write_atomic
 
     p = check_table_output(path)
@@ -247,7 +303,8 @@ def write_table(df, path: str | Path) -> Path:
         df.to_parquet(buf, index=False)
         data = buf.getvalue()
     else:
-        data = df.to_csv(index=False, sep="\t" if p.suffix.lower() == ".tsv" else ",").encode()
+        data = df.to_csv(index=False, sep="\t" if p.suffix.lower() == ".tsv" else ",",
+                         na_rep=missing[0] if missing else "").encode()
     write_atomic(p, data)
     return p
 
@@ -397,6 +454,8 @@ def _guess_kind(name: str, values) -> str:
         # ISO dates only: a looser parser would read month names such as "may" as dates
         if values.str.fullmatch(ISO_DATE).all():
             return "datetime"
+        if bad.any() and (err := placeholder_error(name, values.unique(), float(bad.mean()))):
+            raise err
     distinct = values.nunique()
     if types <= {str} and distinct > MAX_CATEGORIES and values.str.fullmatch(DECIMAL_COMMA).all():
         raise decimal_comma(name, values.iloc[0])
