@@ -32,7 +32,7 @@ def sample(args, model) -> int:
 
     check_table_output(args.output, force=args.force)
     df = sample_table(model, args.n, conditions=args.condition, seed=args.seed, temperature=args.temperature)
-    write_table(df, args.output, model.schema.missing_tokens)
+    write_table(df, args.output, model.schema)
     print(f"wrote {args.n} rows to {args.output}")
     return 0
 
@@ -45,7 +45,7 @@ def reconstruct(args, model) -> int:
 
     tokens = model.schema.missing_tokens  # the training file's gap texts, read and written alike
     rows = next(read_chunks(args.data, args.sep, chunk_rows=args.n, missing=tokens))
-    write_table(reconstruct_table(model, rows), args.output, tokens)
+    write_table(reconstruct_table(model, rows), args.output, model.schema)
     print(f"wrote {len(rows)} reconstructed rows to {args.output}")
     return 0
 

@@ -292,9 +292,11 @@ def unreadable(p: Path, e: Exception) -> DataError:
                      "line) or a Parquet file")
 
 
-def write_table(df, path: str | Path, missing: list[str] | tuple[str, ...] = ()) -> Path:
-    """Write df as .csv or .parquet, atomically (a temporary name, then renamed). A CSV writes
-    gaps as `missing`'s first text (the training file's own "?"), else as blank cells."""
+def write_table(df, path: str | Path, schema: Schema | None = None) -> Path:
+    """Write df as .csv or .parquet, atomically (a temporary name, then renamed). With the run's
+    `schema`, a CSV looks like the training file: gaps as its missing_tokens' first text ("?")
+    if it had one, and whole numbers of an integer column with gaps as 58, not pandas' 58.0
+    (its float64, which gaps force, stays in the DataFrame)."""
     from .checkpoint import write_atomic
 
     p = check_table_output(path)
@@ -303,8 +305,11 @@ def write_table(df, path: str | Path, missing: list[str] | tuple[str, ...] = ())
         df.to_parquet(buf, index=False)
         data = buf.getvalue()
     else:
-        data = df.to_csv(index=False, sep="\t" if p.suffix.lower() == ".tsv" else ",",
-                         na_rep=missing[0] if missing else "").encode()
+        missing = schema.missing_tokens if schema is not None else []
+        whole = {c.name: "Int64" for c in (schema.columns if schema is not None else [])
+                 if c.kind == "integer" and c.name in df and str(df[c.name].dtype).startswith("float")}
+        data = df.astype(whole).to_csv(index=False, sep="\t" if p.suffix.lower() == ".tsv" else ",",
+                                       na_rep=missing[0] if missing else "").encode()
     write_atomic(p, data)
     return p
 
