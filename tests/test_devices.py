@@ -7,11 +7,13 @@ from safetensors.torch import load_file
 
 import vaekit
 import vaekit.distributed
+import vaekit.resume
 import vaekit.stream
 import vaekit.train
 from vaekit.cli import main
-from vaekit.errors import ConfigError
-from vaekit.evaluate import evaluate
+from vaekit.data import binarize_fixed
+from vaekit.errors import ConfigError, IncompatibleError
+from vaekit.evaluate import evaluate, prepare_eval_data
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -166,3 +168,76 @@ def test_model_takes_cpu_data_in_every_api_call(arch, device):
     if arch != "conditional":
         assert model.interpolate(x[0], x[1], steps=3).device.type == "cpu"
         assert model.traverse(x[0], 0, steps=3).shape == (3, 1, 8, 8)
+
+
+def _untrained(device, **kw):
+    config = _config(input_shape=[1, 8, 8], likelihood="bernoulli", **kw)
+    return vaekit.VAE.from_config(config).to(device)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, gpu])])
+def test_evaluation_bits_are_the_same_on_every_device(device):
+    # prepare_eval_data moves the data to the model, and binarize_fixed drew with a generator on the
+    # data's device: a CUDA generator with seed 0 gives other bits, so a model scored on a GPU was
+    # scored on another test set than on the CPU (silently: no error, other numbers)
+    x = vaekit.load_data("digits", "test").x[:50]  # grey levels, on the CPU
+    cpu_bits = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
+    bits = prepare_eval_data(_untrained(device, binarize="dynamic"), x)
+    assert bits.device.type == device and torch.equal(bits.cpu(), cpu_bits)
+    assert torch.equal(binarize_fixed(x.to(device)).cpu(), cpu_bits)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, gpu])])
+def test_onnx_export_leaves_the_model_on_its_device(tmp_path, device):
+    # export traced the caller's model after model.to("cpu"), which moves it in place: a CUDA
+    # model came back from export_onnx living on the CPU
+    pytest.importorskip("onnxruntime")
+    model = _untrained(device)
+    result = vaekit.export_onnx(model, tmp_path / "d.onnx", tmp_path / "e.onnx")
+    assert result["decoder_max_abs_diff"] < 1e-4 and result["encoder_max_abs_diff"] < 1e-4
+    assert model.device.type == device and all(p.device.type == device for p in model.parameters())
+    assert model.sample(2).device.type == device
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, gpu])])
+def test_fit_takes_conditions_on_any_device(device):
+    # fit(condition=C) read C through numpy, which refuses a CUDA tensor (TypeError) while the data
+    # itself may live on the GPU
+    ds = vaekit.load_data("digits")
+    x, c = ds.x[:200].to(device), torch.nn.functional.one_hot(ds.labels[:200], 10).float().to(device)  # (200, 10)
+    model = vaekit.fit(x, _config(device=device, epochs=1), condition=c)
+    assert model.condition_dim == 10 and model.device.type == device
+    assert model.sample(3, condition=c[:3]).device.type == device
+    assert model.reconstruct(x[:4], c=c[:4]).device.type == device
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, gpu])])
+def test_a_gpu_checkpoint_resumed_on_a_cpu_is_refused_by_name(small, tmp_path, monkeypatch, device):
+    # --device auto resolves per machine, so a run checkpointed on a GPU can be resumed on a CPU: its
+    # CUDA generator state cannot seed a CPU generator, and the sound checkpoint was called damaged,
+    # with the advice to discard it. The CPU half stands in for a CUDA checkpoint with the key one has.
+    monkeypatch.setattr(vaekit.train, "resolve_device", lambda name: torch.device(device))
+    if device == "cpu":
+        tensors = vaekit.resume._tensors
+        monkeypatch.setattr(vaekit.resume, "_tensors",
+                            lambda *a: {**tensors(*a), "rng.cuda": torch.zeros(16, dtype=torch.uint8)})
+    objective, steps = vaekit.train.objective, []
+
+    def stopping(model, x, config, *a, **kw):
+        steps.append(model.training)  # validation calls run in eval mode
+        if sum(steps) == 8:  # in epoch 2 of 6 steps: epoch 1 is checkpointed
+            raise _Stop
+        return objective(model, x, config, *a, **kw)
+
+    monkeypatch.setattr(vaekit.train, "objective", stopping)
+    with pytest.raises(_Stop):
+        vaekit.fit(small, _config(), out=tmp_path / "r")
+    monkeypatch.undo()
+    monkeypatch.setattr(vaekit.train, "resolve_device", lambda name: torch.device("cpu"))
+    with pytest.raises(IncompatibleError, match="made on a CUDA GPU.*--device"):
+        vaekit.fit(small, _config(), out=tmp_path / "r", resume=True)
+    assert vaekit.resume.latest(tmp_path / "r.partial") is not None  # kept for a resume on a GPU

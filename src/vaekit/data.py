@@ -183,8 +183,11 @@ def binarize_dynamic(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 
 def binarize_fixed(x: torch.Tensor, seed: int = MNIST_TEST_BINARIZE_SEED) -> torch.Tensor:
-    """Draw each pixel once as Bernoulli(intensity) with a fixed seed: the evaluation bits."""
-    return torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(seed))
+    """Draw each pixel once as Bernoulli(intensity) with a fixed seed: the evaluation bits,
+    the same on any device (returned on x's)."""
+    # drawn on the CPU: a CUDA generator with the same seed gives other bits, and a model scored
+    # on a GPU would be scored on another test set than the same model on a CPU
+    return torch.bernoulli(x.cpu(), generator=torch.Generator().manual_seed(seed)).to(x.device)
 
 
 def load_array(path: Path) -> Dataset:

@@ -15,6 +15,7 @@ torch.export-based default of torch >= 2.9 also needs `onnxscript`.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import warnings
@@ -126,7 +127,8 @@ def export_onnx(model, decoder: str | os.PathLike, encoder: str | os.PathLike | 
         raise IncompatibleError("this model's q(z|x) is hierarchical (arch=ladder or hvae), not one (mu, sigma); "
                                 "export the decoder only")
     _require_onnx()
-    model = getattr(model, "_orig_mod", model).to("cpu").eval()
+    # a CPU copy to trace: Module.to works in place, and would leave the caller's CUDA model on the CPU
+    model = copy.deepcopy(getattr(model, "_orig_mod", model)).to("cpu").eval()
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(CHECK_BATCH, model.latent_dim, generator=gen)  # (B, d)
     cond = getattr(model, "condition_dim", 0)

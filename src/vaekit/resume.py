@@ -189,6 +189,12 @@ def restore(run_dir: Path, model, opt: torch.optim.Optimizer, gen: torch.Generat
     if diff:
         was = ", ".join(f"{k}={saved.to_dict().get(k)!r} (now {getattr(config, k)!r})" for k in diff[:4])
         raise IncompatibleError(f"{folder} was made with {was}; pass the same options as the interrupted run")
+    if ("rng.cuda" in tensors) != (model.device.type == "cuda"):
+        # --device auto on another machine: a CUDA generator's state (seed, offset) cannot seed a CPU one
+        # or the reverse, and the checkpoint is sound, so not the "damaged" error below
+        made = "a CUDA GPU" if "rng.cuda" in tensors else "a CPU"
+        raise IncompatibleError(f"{folder} was made on {made}, and this run is on {model.device}; resume it on the "
+                                "kind of device it trained on (--device)")
     try:
         model.load_state_dict(_prefixed(tensors, "model."), strict=True)
         _load_optimizer(opt, tensors)

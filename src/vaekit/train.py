@@ -118,7 +118,12 @@ def build_condition(ds: Dataset, config: Config, condition: Any) -> tuple[torch.
     """The condition vectors c (N, C) of a conditional VAE, and the config recording them:
     one-hot class labels for condition_on="labels", or the caller's own array (N, C)."""
     if condition is not None:
-        c = condition if isinstance(condition, LazyRows) else torch.as_tensor(np.asarray(condition, dtype=np.float32))
+        if isinstance(condition, torch.Tensor):  # on any device: numpy reads only the CPU's
+            c = condition.detach().float()
+        elif isinstance(condition, LazyRows):
+            c = condition
+        else:
+            c = torch.as_tensor(np.asarray(condition, dtype=np.float32))
         if c.ndim == 1:
             c = c.unsqueeze(1)
         if c.ndim != 2 or len(c) != len(ds.x):
