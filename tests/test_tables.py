@@ -3,6 +3,7 @@ conditional sampling, CLI and the bad-input list."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -607,8 +608,18 @@ def test_inputs_found_by_an_adversarial_pass(tmp_path):
     euro = pd.DataFrame({"a": [f"{v:.3f}".replace(".", ",") for v in rng.random(n)], "b": ["x"] * n})
     euro.to_csv(tmp_path / "euro.csv", sep=";", index=False)
     for stream in (False, True):
-        with pytest.raises(DataError, match="column 'a' holds numbers with decimal commas"):
+        with pytest.raises(DataError, match="column 'a' holds numbers with decimal commas.*pass --decimal ,"):
             fit_table(tmp_path / "euro.csv", quick, stream=stream)
+        model = fit_table(tmp_path / "euro.csv", quick, stream=stream, decimal=",", out=tmp_path / f"euro{stream}")
+        assert model.schema.column("a").kind == "continuous" and vaekit.load(tmp_path / f"euro{stream}").schema.decimal == ","
+    # written back as it came: ';' between fields, decimal commas; read again the run's way
+    assert main(["sample", str(tmp_path / "euroFalse"), "-n", "5", "-o", str(tmp_path / "es.csv")]) == 0
+    lines = (tmp_path / "es.csv").read_text().splitlines()
+    assert lines[0] == "a;b" and all(re.fullmatch(r"0,\d+;x", line) for line in lines[1:]), lines
+    assert main(["reconstruct", str(tmp_path / "euroFalse"), str(tmp_path / "euro.csv"), "-n", "3",
+                 "-o", str(tmp_path / "er.csv")]) == 0
+    with pytest.raises(ConfigError, match="must be '.' or ','"):
+        fit_table(tmp_path / "euro.csv", quick, decimal=";")
     # conditioning on nothing but a constant
     with pytest.raises(DataError, match="'k' hold one value each"):
         fit_table(pd.DataFrame({"k": ["z"] * n, "x": rng.normal(size=n)}), quick, condition_columns=["k"])
@@ -663,4 +674,4 @@ def test_gaps_written_as_words_are_named_then_read_as_gaps_with_missing(tmp_path
     with pytest.raises(ConfigError, match="each --missing value is the text of a gap cell"):
         fit_table(path, small, missing=[""])
     assert main(["train", "digits", "--out", str(tmp_path / "img"), "--missing", "?"]) == 2  # tables only
-    assert "--missing apply to tables" in capsys.readouterr().err
+    assert "--missing and --decimal apply to tables" in capsys.readouterr().err

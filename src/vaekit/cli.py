@@ -72,9 +72,9 @@ def cmd_train(args) -> int:
         from . import table_cli
 
         return table_cli.train(args, table_config(**settings))
-    if args.column_kind or args.condition_columns or args.missing:
-        raise ConfigError("--column-kind, --condition-columns and --missing apply to tables; pass a .csv or "
-                          ".parquet file")
+    if args.column_kind or args.condition_columns or args.missing or args.decimal:
+        raise ConfigError("--column-kind, --condition-columns, --missing and --decimal apply to tables; pass a "
+                          ".csv or .parquet file")
     config = Config.from_dict(settings)
     ds = load_data(args.data, args.split, args.data_dir, args.download, stream=args.stream)
     model = fit(ds, config, out=args.out, force=args.force, resume=args.resume, model=start)

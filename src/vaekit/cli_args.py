@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--missing", action="append", metavar="TEXT",
                    help="tables: cells holding TEXT are gaps, like blank cells (e.g. --missing '?'; repeat for more); "
                         "the run reads later files the same way and writes its gaps back as the first TEXT")
+    t.add_argument("--decimal", choices=[".", ","],
+                   help="tables: the CSV's decimal mark (default '.'; ',' for 0,75, usually with ';' between fields); "
+                        "the run reads later files the same way and writes CSVs with ',' and ';'")
     t.add_argument("--encoding", choices=["quantile", "gmm"], default="quantile",
                    help="tables: numeric columns by quantile transform (default) or Gaussian-mixture modes")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files to RUN/tensorboard")

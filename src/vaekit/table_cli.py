@@ -16,7 +16,7 @@ def train(args, config) -> int:
     model = fit_table(args.data, config, out=args.out, kinds=column_kinds(args.column_kind),
                       condition_columns=args.condition_columns or None,
                       encoding=args.encoding, sep=args.sep, force=args.force, resume=args.resume,
-                      stream=args.stream, missing=args.missing)
+                      stream=args.stream, missing=args.missing, decimal=args.decimal or ".")
     h = model.history
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
     loss = last.get("val_loss", last.get("train_loss", float("nan")))
@@ -44,7 +44,7 @@ def reconstruct(args, model) -> int:
     from .tabular import reconstruct_table
 
     tokens = model.schema.missing_tokens  # the training file's gap texts, read and written alike
-    rows = next(read_chunks(args.data, args.sep, chunk_rows=args.n, missing=tokens))
+    rows = next(read_chunks(args.data, args.sep, chunk_rows=args.n, missing=tokens, decimal=model.schema.decimal))
     write_table(reconstruct_table(model, rows), args.output, model.schema)
     print(f"wrote {len(rows)} reconstructed rows to {args.output}")
     return 0
@@ -57,7 +57,8 @@ def evaluate(args, model) -> int:
         positive(args.rows, "--rows")
     if args.n is not None:
         positive(args.n, "-n")
-    real, total = real_rows(args.data, args.n, args.seed, args.sep, model.schema.missing_tokens)  # large: a sample
+    real, total = real_rows(args.data, args.n, args.seed, args.sep, model.schema.missing_tokens,  # large: a sample
+                            model.schema.decimal)
     r = evaluate_table(model, real, n=args.rows, seed=args.seed)
     if total is not None:
         r["rows_in_file"] = total

@@ -58,12 +58,12 @@ def evaluate_table(model_or_synthetic, real, n: int | None = None, seed: int = 0
 SCORE_SAMPLE_ROWS = 100_000  # real rows scored from a table too large to read whole
 
 
-def real_rows(path, n: int | None = None, seed: int = 0, sep: str | None = None, missing=()):
+def real_rows(path, n: int | None = None, seed: int = 0, sep: str | None = None, missing=(), decimal: str = "."):
     """The real rows to score against: the whole table, or its first `n` rows; for a file over
     the streaming threshold (table_stream.AUTO_STREAM_TABLE_BYTES), a seeded uniform sample of
     `n` (default SCORE_SAMPLE_ROWS) rows read in two chunked passes (count, then gather), so
-    memory holds the sample, not the table. `missing`: the run's gap texts. Returns (DataFrame,
-    rows in the file or None)."""
+    memory holds the sample, not the table. `missing`, `decimal`: the run's gap texts and decimal
+    mark. Returns (DataFrame, rows in the file or None)."""
     import numpy as np
     import pandas as pd
 
@@ -71,13 +71,13 @@ def real_rows(path, n: int | None = None, seed: int = 0, sep: str | None = None,
     from .tables import read_table
 
     if not should_stream_table(path, None):
-        real = read_table(path, sep, missing)
+        real = read_table(path, sep, missing, decimal)
         return (real.iloc[:n] if n else real), None
-    total = sum(len(chunk) for chunk in read_chunks(path, sep, missing=missing))
+    total = sum(len(chunk) for chunk in read_chunks(path, sep, missing=missing, decimal=decimal))
     take = min(n or SCORE_SAMPLE_ROWS, total)
     chosen = np.sort(np.random.default_rng([seed, 7]).choice(total, size=take, replace=False))  # (take,)
     parts, start = [], 0
-    for chunk in read_chunks(path, sep, missing=missing):
+    for chunk in read_chunks(path, sep, missing=missing, decimal=decimal):
         lo, hi = np.searchsorted(chosen, [start, start + len(chunk)])
         if hi > lo:
             parts.append(chunk.iloc[chosen[lo:hi] - start])

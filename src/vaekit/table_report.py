@@ -28,7 +28,7 @@ def _table_report(model, data: Any, n: int, seed: int) -> str:
     if isinstance(data, pd.DataFrame):
         real = data
     elif isinstance(data, (str, os.PathLike)):
-        real = read_table(data, missing=model.schema.missing_tokens)
+        real = read_table(data, missing=model.schema.missing_tokens, decimal=model.schema.decimal)
     else:
         raise ConfigError("a table model's report needs the real table: a .csv/.parquet path or a DataFrame")
     real = text_gaps(str_columns(real), tuple(model.schema.missing_tokens))

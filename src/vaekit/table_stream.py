@@ -28,7 +28,7 @@ import numpy as np
 from .errors import ConfigError, DataError
 from .table_codec import encode
 from .tables import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED,
-                     ZONED_DTYPE, Column, Schema, _fit_gmm, check_missing, check_request, check_trainable,
+                     ZONED_DTYPE, Column, Schema, _fit_gmm, check_decimal, check_missing, check_request, check_trainable,
                      condition_values, csv_layout, decimal_comma, placeholder_error, plain, text_gaps, time_step,
                      to_numbers, unreadable)
 
@@ -48,13 +48,14 @@ def should_stream_table(path: str | os.PathLike, stream: bool | None) -> bool:
 
 
 def read_chunks(path: str | os.PathLike, sep: str | None = None, chunk_rows: int | None = None,
-                text: tuple[str, ...] = (), missing: list[str] | tuple[str, ...] = ()) -> Iterator[Any]:
+                text: tuple[str, ...] = (), missing: list[str] | tuple[str, ...] = (),
+                decimal: str = ".") -> Iterator[Any]:
     """DataFrames of at most `chunk_rows` rows, in file order (default: about CHUNK_BYTES of
     CSV text, PARQUET_CHUNK_ROWS rows of Parquet). CSV columns in `text` are read as text;
-    cells holding a `missing` text are gaps (as tables.read_table)."""
+    cells holding a `missing` text are gaps, `decimal` is the decimal mark (as tables.read_table)."""
     import pandas as pd
 
-    missing = check_missing(missing)
+    missing, decimal = check_missing(missing), check_decimal(decimal)
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file; pass a .csv or .parquet table")
@@ -74,7 +75,7 @@ def read_chunks(path: str | os.PathLike, sep: str | None = None, chunk_rows: int
             return
         rows = chunk_rows or _rows_per_chunk(p)
         with pd.read_csv(p, sep=sep, index_col=index_col, chunksize=rows, dtype={c: str for c in text} or None,
-                         na_values=list(missing) or None) as reader:
+                         na_values=list(missing) or None, decimal=decimal) as reader:
             yield from reader
     except (UnicodeDecodeError, ValueError, OSError, pd.errors.ParserError) as e:
         raise unreadable(p, e) from None
@@ -304,7 +305,8 @@ class RowSample:
 
 def infer_schema_chunked(path: str | os.PathLike, kinds: dict[str, str] | None = None, encoding: str = "quantile",
                          condition_columns: list[str] | None = None, seed: int = 0, sep: str | None = None,
-                         chunk_rows: int | None = None, missing: tuple[str, ...] = ()) -> tuple[Schema, int, tuple[str, ...]]:
+                         chunk_rows: int | None = None, missing: tuple[str, ...] = (),
+                         decimal: str = ".") -> tuple[Schema, int, tuple[str, ...]]:
     """tables.infer_schema for a table read in chunks, never whole (see the module docstring):
     the schema, the number of rows, and the CSV columns to read as text (numbers in some
     chunks, words in others; read again as text, as pandas reads such a column at once)."""
@@ -315,7 +317,7 @@ def infer_schema_chunked(path: str | os.PathLike, kinds: dict[str, str] | None =
     text: tuple[str, ...] = ()
     while True:
         stats, rows = None, None
-        for chunk in read_chunks(path, sep, chunk_rows, text, missing):
+        for chunk in read_chunks(path, sep, chunk_rows, text, missing, decimal):
             if stats is None:
                 names = [str(n) for n in chunk.columns]
                 kinds, conds = check_request(names, kinds, condition_columns)
@@ -330,7 +332,8 @@ def infer_schema_chunked(path: str | os.PathLike, kinds: dict[str, str] | None =
         if not mixed or set(mixed) <= set(text) or Path(path).suffix.lower() in (".parquet", ".pq"):
             break
         text = tuple(sorted(set(text) | set(mixed)))
-    schema = Schema([st.column(encoding, seed) for st in stats], encoding, conds, missing_tokens=list(missing))
+    schema = Schema([st.column(encoding, seed) for st in stats], encoding, conds, missing_tokens=list(missing),
+                    decimal=decimal)
     for name in conds:
         schema.condition_rows[name] = condition_values(schema.column(name), pd.Series(rows.rows[name]))
     return schema, stats[0].rows, text
@@ -349,7 +352,7 @@ def write_encoded(schema: Schema, path: str | os.PathLike, folder: Path, rows: i
             header = {"descr": "<f4", "fortran_order": False, "shape": (rows, widths[k])}
             np.lib.format.write_array_header_1_0(f, header)
         seen = 0
-        for chunk in read_chunks(path, sep, chunk_rows, text, schema.missing_tokens):
+        for chunk in read_chunks(path, sep, chunk_rows, text, schema.missing_tokens, schema.decimal):
             seen += len(chunk)
             if seen > rows:
                 break
@@ -371,14 +374,15 @@ def write_encoded(schema: Schema, path: str | os.PathLike, folder: Path, rows: i
 @contextlib.contextmanager
 def encoded_table(path: str | os.PathLike, kinds: dict[str, str] | None = None, encoding: str = "quantile",
                   condition_columns: list[str] | None = None, seed: int = 0, sep: str | None = None,
-                  chunk_rows: int | None = None, near: str | os.PathLike | None = None, missing: tuple[str, ...] = ()):
+                  chunk_rows: int | None = None, near: str | os.PathLike | None = None, missing: tuple[str, ...] = (),
+                  decimal: str = "."):
     """(schema, x, c) for training: x (N, D_enc) and c (N, C) (None without condition columns)
     stream.NpyRows on disk. The encoded files live in a temporary folder beside `near` (the run
     folder; default: the system's temporary folder, $TMPDIR), removed on exit."""
     from .stream import NpyRows
 
     schema, rows, text = infer_schema_chunked(path, kinds, encoding, condition_columns, seed, sep, chunk_rows,
-                                              check_missing(missing))
+                                              check_missing(missing), check_decimal(decimal))
     check_trainable(schema, rows)
     parent = Path(near).resolve().parent if near is not None else None
     with tempfile.TemporaryDirectory(prefix=".vaekit-encoded-", dir=parent) as tmp:

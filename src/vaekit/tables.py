@@ -78,6 +78,7 @@ class Schema:
     condition_columns: list[str] = field(default_factory=list)  # columns fed to the model as c
     condition_rows: dict[str, list[Any]] = field(default_factory=dict)  # their training values
     missing_tokens: list[str] = field(default_factory=list)  # cell texts read as gaps (--missing); written back as the first
+    decimal: str = "."  # the CSV's decimal mark (--decimal ,): read, and written back, that way
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -123,7 +124,7 @@ class Schema:
         enough to read even with a thousand quantiles per column."""
         d = dataclasses.asdict(self)
         lines = [f" {json.dumps(k)}: {json.dumps(d[k], default=_json_value)}"
-                 for k in ("encoding", "condition_columns", "missing_tokens")]
+                 for k in ("encoding", "condition_columns", "missing_tokens", "decimal")]
         cols = ",\n  ".join(json.dumps(c, default=_json_value) for c in d["columns"])
         rows = ",\n  ".join(f"{json.dumps(k)}: {json.dumps(v, default=_json_value)}" for k, v in d["condition_rows"].items())
         lines += [f' "columns": [\n  {cols}\n ]', f' "condition_rows": {{\n  {rows}\n }}' if rows else ' "condition_rows": {}']
@@ -180,13 +181,15 @@ def is_table_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in TABLE_SUFFIXES
 
 
-def read_table(path: str | Path, sep: str | None = None, missing: list[str] | tuple[str, ...] = ()):
+def read_table(path: str | Path, sep: str | None = None, missing: list[str] | tuple[str, ...] = (),
+               decimal: str = "."):
     """A pandas DataFrame from .csv/.tsv (separator sniffed from the header when not given:
     ',', ';' or tab) or .parquet. Cells holding one of the `missing` texts (e.g. "?") are gaps,
-    as blank cells are. Anything that does not parse as a table is a DataError."""
+    as blank cells are; `decimal` is a CSV's decimal mark ("," for 0,75). Anything that does not
+    parse as a table is a DataError."""
     import pandas as pd
 
-    missing = check_missing(missing)
+    missing, decimal = check_missing(missing), check_decimal(decimal)
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file; pass a .csv or .parquet table")
@@ -196,7 +199,7 @@ def read_table(path: str | Path, sep: str | None = None, missing: list[str] | tu
         if not csv_file:
             df = text_gaps(pd.read_parquet(p), missing)
         else:
-            df = pd.read_csv(p, sep=sep, index_col=index_col, na_values=list(missing) or None)
+            df = pd.read_csv(p, sep=sep, index_col=index_col, na_values=list(missing) or None, decimal=decimal)
     except (UnicodeDecodeError, ValueError, OSError, pd.errors.ParserError) as e:
         raise unreadable(p, e) from None
     if df.shape[1] == 0 or len(df) == 0:
@@ -212,6 +215,12 @@ def check_missing(missing) -> tuple[str, ...]:
         raise ConfigError(f"missing={bad!r}: each --missing value is the text of a gap cell, e.g. --missing '?' "
                           "(blank cells are gaps already)")
     return missing
+
+
+def check_decimal(decimal: str) -> str:
+    if decimal not in (".", ","):
+        raise ConfigError(f"decimal={decimal!r} must be '.' or ',' (--decimal: the CSV's decimal mark)")
+    return decimal
 
 
 def text_gaps(df, missing: tuple[str, ...]):
@@ -295,8 +304,9 @@ def unreadable(p: Path, e: Exception) -> DataError:
 def write_table(df, path: str | Path, schema: Schema | None = None) -> Path:
     """Write df as .csv or .parquet, atomically (a temporary name, then renamed). With the run's
     `schema`, a CSV looks like the training file: gaps as its missing_tokens' first text ("?")
-    if it had one, and whole numbers of an integer column with gaps as 58, not pandas' 58.0
-    (its float64, which gaps force, stays in the DataFrame)."""
+    if it had one, whole numbers of an integer column with gaps as 58, not pandas' 58.0 (its
+    float64, which gaps force, stays in the DataFrame), and decimal commas separated by ';'
+    if it had them."""
     from .checkpoint import write_atomic
 
     p = check_table_output(path)
@@ -308,8 +318,9 @@ def write_table(df, path: str | Path, schema: Schema | None = None) -> Path:
         missing = schema.missing_tokens if schema is not None else []
         whole = {c.name: "Int64" for c in (schema.columns if schema is not None else [])
                  if c.kind == "integer" and c.name in df and str(df[c.name].dtype).startswith("float")}
-        data = df.astype(whole).to_csv(index=False, sep="\t" if p.suffix.lower() == ".tsv" else ",",
-                                       na_rep=missing[0] if missing else "").encode()
+        comma = schema is not None and schema.decimal == ","
+        data = df.astype(whole).to_csv(index=False, sep="\t" if p.suffix.lower() == ".tsv" else ";" if comma else ",",
+                                       na_rep=missing[0] if missing else "", decimal="," if comma else ".").encode()
     write_atomic(p, data)
     return p
 
@@ -482,8 +493,8 @@ def time_step(x: np.ndarray) -> float | None:
 
 def decimal_comma(name: str, example: Any) -> DataError:
     return DataError(f"column {name!r} holds numbers with decimal commas (e.g. {example!r}), which vaekit reads as "
-                     "text; write them with decimal points (pandas: read_csv(path, sep=';', decimal=',') then "
-                     f"to_csv), or pass --column-kind {name}=categorical to treat them as labels")
+                     "text; pass --decimal , (fit_table(..., decimal=',')) to read them as numbers, or "
+                     f"--column-kind {name}=categorical to treat them as labels")
 
 
 def to_numbers(col: Column, s) -> np.ndarray:

@@ -28,7 +28,7 @@ from .errors import ConfigError, DataError
 from .likelihoods import MixedLikelihood
 from .model import VAE
 from .table_codec import assemble, decode, encode, label_key, label_series, numeric_series
-from .tables import (Schema, check_missing, check_trainable, infer_schema, read_table, require_columns,
+from .tables import (Schema, check_decimal, check_missing, check_trainable, infer_schema, read_table, require_columns,
                      str_columns, text_gaps)
 
 CONDITION = re.compile(r"^\s*(.+?)\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*$")
@@ -45,7 +45,8 @@ def table_config(**changes: Any) -> Config:
 def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | None = None, *,
               kinds: dict[str, str] | None = None, condition_columns: list[str] | str | None = None,
               encoding: str = "quantile", sep: str | None = None, force: bool = False, resume: bool = False,
-              stream: bool | None = None, chunk_rows: int | None = None, missing: list[str] | None = None) -> VAE:
+              stream: bool | None = None, chunk_rows: int | None = None, missing: list[str] | None = None,
+              decimal: str = ".") -> VAE:
     """Fit a VAE to a table (a pandas DataFrame or a .csv/.parquet path) and return it with
     its `schema`; with `out`, save the run folder (schema.json included, sha256-checked).
     `kinds` overrides inferred column kinds, e.g. {"year": "categorical"}; `condition_columns` is a list
@@ -53,6 +54,7 @@ def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | 
     an interrupted fit from the checkpoints in `<out>.partial` (see train.fit). `missing`: cell
     texts that mean a gap, e.g. ["?"] (blank cells always do); the run keeps them, reads later
     files (evaluate, report, reconstruct) the same way and writes its gaps back as the first.
+    `decimal`: a CSV's decimal mark ("," for 0,75), kept and written back the same way.
     A path is read in chunks of `chunk_rows` rows (default: about 4 MB of text), never whole,
     with `stream=True`, or with the default None when the file is larger than 256 MiB
     (table_stream.AUTO_STREAM_TABLE_BYTES): the rows are encoded to a temporary .npy beside
@@ -63,18 +65,18 @@ def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | 
     if out is not None and not resume:
         check_output_dir(Path(out), force)  # before any work
     config = (config or table_config()).replace(likelihood="mixed")
-    missing = check_missing(missing)
+    missing, decimal = check_missing(missing), check_decimal(decimal)
     if isinstance(data, (str, os.PathLike)) and should_stream_table(data, stream):
         with encoded_table(data, kinds, encoding, condition_columns, config.seed, sep, chunk_rows, near=out,
-                           missing=missing) as parts:
+                           missing=missing, decimal=decimal) as parts:
             return _fit_encoded(*parts, config, out, force, resume)
-    df = read_table(data, sep, missing) if isinstance(data, (str, os.PathLike)) else data
+    df = read_table(data, sep, missing, decimal) if isinstance(data, (str, os.PathLike)) else data
     if type(df).__name__ != "DataFrame":
         raise DataError(f"fit_table needs a pandas DataFrame or a .csv/.parquet path, not {type(df).__name__}; "
                         "wrap an array as pandas.DataFrame(a, columns=[...]), or use vaekit.fit for arrays")
     df = text_gaps(str_columns(df), missing)  # a DataFrame's own "?" cells too
     schema = infer_schema(df, kinds, encoding, condition_columns, seed=config.seed)
-    schema.missing_tokens = list(missing)
+    schema.missing_tokens, schema.decimal = list(missing), decimal
     check_trainable(schema, len(df))
     x = torch.from_numpy(encode(schema, df))  # (N, D_enc)
     c = torch.from_numpy(encode(schema, df, schema.conditions)) if schema.condition_columns else None  # (N, C)
