@@ -675,3 +675,30 @@ def test_gaps_written_as_words_are_named_then_read_as_gaps_with_missing(tmp_path
         fit_table(path, small, missing=[""])
     assert main(["train", "digits", "--out", str(tmp_path / "img"), "--missing", "?"]) == 2  # tables only
     assert "--missing and --decimal apply to tables" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_excel_and_windows_csv_layouts(tmp_path, stream):
+    # a BOM hid the empty index name (row numbers were modelled as 'Unnamed: 0'); a separator at the end
+    # of the data lines only made pandas take the first column for an index and shift every value left
+    from vaekit.table_stream import read_chunks
+    from vaekit.tables import read_table
+
+    read = (lambda p: next(read_chunks(p))) if stream else read_table
+    df = pd.DataFrame({"city": ["Zürich", "Genève", "Kraków"] * 4, "x": np.arange(12) * 1.5})
+    df.to_csv(tmp_path / "bom.csv", encoding="utf-8-sig", lineterminator="\r\n")  # Excel's "CSV UTF-8", with index
+    pd.testing.assert_frame_equal(read(tmp_path / "bom.csv").reset_index(drop=True), df)
+    rows = "".join(f"{c},{x}," + "\r\n" for c, x in zip(df.city, df.x))
+    for header in ("city,x\r\n", "city,x,\r\n"):  # the data lines end with a separator; the header too
+        (tmp_path / "t.csv").write_text(header + rows, encoding="utf-8")
+        pd.testing.assert_frame_equal(read(tmp_path / "t.csv"), df)
+    (tmp_path / "extra.csv").write_text("a,b\n1,2,\n3,4,5\n")
+    with pytest.raises(DataError, match=r"1 line\(s\) hold a value after the last named column \(e.g. 5"):
+        read(tmp_path / "extra.csv")
+    (tmp_path / "mid.csv").write_text("a,,b,\n1,2,3,\n")
+    with pytest.raises(DataError, match=r"column\(s\) \[2\] of the header have no name"):
+        read(tmp_path / "mid.csv")
+    # cp1252 text (accented labels) was "not a readable table ('utf-8' codec can't decode ...)"
+    df.to_csv(tmp_path / "win.csv", index=False, encoding="cp1252")
+    with pytest.raises(DataError, match=r"is not UTF-8 text \(it holds the byte 0xfc\).*cp1252.*save it as UTF-8"):
+        read(tmp_path / "win.csv")

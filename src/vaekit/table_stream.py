@@ -29,7 +29,7 @@ from .errors import ConfigError, DataError
 from .table_codec import encode
 from .tables import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED,
                      ZONED_DTYPE, Column, Schema, _fit_gmm, check_decimal, check_missing, check_request, check_trainable,
-                     condition_values, csv_layout, decimal_comma, placeholder_error, plain, text_gaps, time_step,
+                     condition_values, csv_layout, decimal_comma, drop_trailing, placeholder_error, plain, text_gaps, time_step,
                      to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
@@ -62,7 +62,7 @@ def read_chunks(path: str | os.PathLike, sep: str | None = None, chunk_rows: int
     if chunk_rows is not None and chunk_rows < 1:
         raise ConfigError(f"chunk_rows={chunk_rows} must be >= 1")
     csv_file = p.suffix.lower() not in (".parquet", ".pq")
-    sep, index_col = csv_layout(p, sep) if csv_file else (sep, None)  # its errors are already clear
+    sep, layout = csv_layout(p, sep) if csv_file else (sep, {})  # its errors are already clear
     try:
         if not csv_file:
             import pyarrow.parquet as pq
@@ -74,9 +74,12 @@ def read_chunks(path: str | os.PathLike, sep: str | None = None, chunk_rows: int
                 yield text_gaps(batch.to_pandas(), missing)
             return
         rows = chunk_rows or _rows_per_chunk(p)
-        with pd.read_csv(p, sep=sep, index_col=index_col, chunksize=rows, dtype={c: str for c in text} or None,
-                         na_values=list(missing) or None, decimal=decimal) as reader:
-            yield from reader
+        with pd.read_csv(p, sep=sep, chunksize=rows, dtype={c: str for c in text} or None,
+                         na_values=list(missing) or None, decimal=decimal, **layout) as reader:
+            for chunk in reader:
+                yield drop_trailing(chunk, p)
+    except DataError:
+        raise
     except (UnicodeDecodeError, ValueError, OSError, pd.errors.ParserError) as e:
         raise unreadable(p, e) from None
 

@@ -194,12 +194,14 @@ def read_table(path: str | Path, sep: str | None = None, missing: list[str] | tu
     if not p.is_file():
         raise DataError(f"{p}: no such file; pass a .csv or .parquet table")
     csv_file = p.suffix.lower() not in (".parquet", ".pq")
-    sep, index_col = csv_layout(p, sep) if csv_file else (sep, None)  # its errors are already clear
+    sep, layout = csv_layout(p, sep) if csv_file else (sep, {})  # its errors are already clear
     try:
         if not csv_file:
             df = text_gaps(pd.read_parquet(p), missing)
         else:
-            df = pd.read_csv(p, sep=sep, index_col=index_col, na_values=list(missing) or None, decimal=decimal)
+            df = drop_trailing(pd.read_csv(p, sep=sep, na_values=list(missing) or None, decimal=decimal, **layout), p)
+    except DataError:
+        raise
     except (UnicodeDecodeError, ValueError, OSError, pd.errors.ParserError) as e:
         raise unreadable(p, e) from None
     if df.shape[1] == 0 or len(df) == 0:
@@ -266,37 +268,65 @@ def csv_separator(p: Path, sep: str | None) -> str:
     """`sep`, or the one of ',', ';' and tab that the header line holds most of."""
     if sep is not None:
         return sep
-    with open(p, encoding="utf-8", errors="strict") as f:
+    with open(p, encoding="utf-8-sig", errors="strict") as f:
         header = f.readline()
     return max([",", ";", "\t"], key=header.count)
 
 
-def csv_layout(p: Path, sep: str | None) -> tuple[str, int | None]:
-    """The separator, and index_col=0 when the header's first name is empty: that is a pandas
-    index saved with the table (`df.to_csv(path)`), row numbers, not data. A header that
-    repeats a name is refused: pandas would rename the copy ('a.1') and the synthetic table's
-    header would not be the real one's."""
+TRAILING = "\x00trailing"  # the name given to the empty field after a trailing separator; dropped once read
+
+
+def csv_layout(p: Path, sep: str | None) -> tuple[str, dict[str, Any]]:
+    """The separator and pandas.read_csv's layout arguments: index_col=0 when the header's first
+    name is empty (a pandas index saved with the table, `df.to_csv(path)`: row numbers, not data);
+    names ending in TRAILING when the lines end with a separator (Excel and many exports write
+    'a,b,'), so pandas neither calls the empty field 'Unnamed: 2' nor, when only the data lines
+    have it, takes the first column for an index and shifts every value one column left. A header
+    that repeats a name is refused: pandas would rename the copy ('a.1') and the synthetic table's
+    header would not be the real one's. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is not part
+    of the first name."""
     try:
         sep = csv_separator(p, sep)
         if len(sep) != 1:  # a regular expression: pandas' own rules apply
-            return sep, None
-        with open(p, encoding="utf-8", errors="strict", newline="") as f:
-            header = next(csv.reader(f, delimiter=sep), [])
+            return sep, {}
+        with open(p, encoding="utf-8-sig", errors="strict", newline="") as f:
+            lines = csv.reader(f, delimiter=sep)
+            header, first = next(lines, []), next(lines, [])
     except (UnicodeDecodeError, csv.Error, OSError) as e:  # not text; a field over csv's size limit
         raise unreadable(p, e) from None
     repeated = sorted({name for name in header if name and header.count(name) > 1})
     if repeated:
         raise DataError(f"{p}: the header repeats the column name(s) {repeated}; give each column its own name")
     index = len(header) > 1 and header[0] == ""
-    blank = [i + 1 for i, name in enumerate(header) if name == "" and not (i == 0 and index)]
+    trailing = (len(header) > 1 + index and header[-1] == "") or \
+        (len(header) > 0 and len(first) == len(header) + 1 and first[-1] == "")
+    names = header[:-1] if trailing and header[-1] == "" else header
+    blank = [i + 1 for i, name in enumerate(names) if name == "" and not (i == 0 and index)]
     if blank:  # pandas would call it 'Unnamed: N', and the synthetic table's header would say so
-        raise DataError(f"{p}: column(s) {blank} of the header have no name; give every column a name "
-                        "(a trailing separator on the header line makes an empty one)")
-    return sep, (0 if index else None)
+        raise DataError(f"{p}: column(s) {blank} of the header have no name; give every column a name")
+    if trailing:
+        return sep, {"names": names + [TRAILING], "header": 0, "index_col": 0 if index else None}
+    return sep, {"index_col": 0 if index else None}
+
+
+def drop_trailing(df, p: Path):
+    """df without the TRAILING field of lines that end with a separator; a line with a value
+    there has more fields than the header names, which is refused."""
+    if TRAILING not in df.columns:
+        return df
+    extra = df[TRAILING].notna().to_numpy()
+    if extra.any():
+        raise DataError(f"{p}: {int(extra.sum())} line(s) hold a value after the last named column (e.g. "
+                        f"{plain(df[TRAILING][extra].iloc[0])!r}); give the header a name for it, or remove it")
+    return df.drop(columns=TRAILING)
 
 
 def unreadable(p: Path, e: Exception) -> DataError:
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, UnicodeDecodeError) and b"\0" not in e.object[:1 << 16]:  # text, but not UTF-8
+        return DataError(f"{p} is not UTF-8 text (it holds the byte {e.object[e.start]:#04x}); a CSV saved by "
+                         "Excel or older Windows tools is usually cp1252 (latin-1): save it as UTF-8 (Excel: "
+                         "'CSV UTF-8'; or `iconv -f cp1252 -t utf-8 in.csv > out.csv`) and pass that file")
     return DataError(f"{p} is not a readable table ({first}); pass a CSV (header line, one row per "
                      "line) or a Parquet file")
 
