@@ -702,3 +702,29 @@ def test_excel_and_windows_csv_layouts(tmp_path, stream):
     df.to_csv(tmp_path / "win.csv", index=False, encoding="cp1252")
     with pytest.raises(DataError, match=r"is not UTF-8 text \(it holds the byte 0xfc\).*cp1252.*save it as UTF-8"):
         read(tmp_path / "win.csv")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_numbers_in_spreadsheet_format_are_named(tmp_path, stream):
+    # '45%' in 2,000 rows became 100 labels silently; '1,234' was "an identifier or free text?"
+    rng = np.random.default_rng(0)
+    n = 300
+    quick = table_config(epochs=1, hidden=[8], latent_dim=2, progress=False)
+    cells = {"rate": [f"{v}%" for v in rng.integers(0, 30, n)], "amount": [f"{v:,}" for v in rng.integers(500, 5000, n)],
+             "price": [f"${v:,.2f}" for v in rng.uniform(10, 5000, n)], "loss": [f"({v:,})" for v in rng.integers(1, 99, n)]}
+    for name, values in cells.items():
+        pd.DataFrame({name: values, "y": rng.normal(size=n)}).to_csv(tmp_path / "t.csv", index=False)
+        with pytest.raises(DataError, match=rf"column '{name}' holds numbers written with thousands separators, "
+                                            rf"currency or percent signs \(e.g. '{re.escape(values[0])}'.*"
+                                            rf"--column-kind {name}=categorical"):
+            fit_table(tmp_path / "t.csv", quick, stream=stream)
+    # a few such labels stay labels, as do decimal commas (named as such) and numbers with spaces around them
+    few = pd.DataFrame({"off": rng.choice(["10%", "25%", "50%"], n), "pad": rng.choice([" 12", "13 "], n),
+                        "y": rng.normal(size=n)})
+    few.to_csv(tmp_path / "few.csv", index=False)
+    kinds = {c.name: c.kind for c in fit_table(tmp_path / "few.csv", quick, stream=stream).schema.columns}
+    assert kinds == {"off": "categorical", "pad": "categorical", "y": "continuous"}
+    euro = pd.DataFrame({"a": [f"{v:,.0f}" for v in rng.uniform(1000, 9999, 80)], "b": ["x"] * 80})
+    euro.to_csv(tmp_path / "euro.csv", sep=";", index=False)
+    with pytest.raises(DataError, match="decimal commas"):
+        fit_table(tmp_path / "euro.csv", quick, stream=stream)

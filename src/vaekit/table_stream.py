@@ -29,8 +29,8 @@ from .errors import ConfigError, DataError
 from .table_codec import encode
 from .tables import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED,
                      ZONED_DTYPE, Column, Schema, _fit_gmm, check_decimal, check_missing, check_request, check_trainable,
-                     condition_values, csv_layout, decimal_comma, drop_trailing, placeholder_error, plain, text_gaps, time_step,
-                     to_numbers, unreadable)
+                     condition_values, csv_layout, decimal_comma, drop_trailing, formatted_error, formatted_numbers,
+                     placeholder_error, plain, text_gaps, time_step, to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
 CHUNK_BYTES = 4 << 20  # CSV text per chunk (its DataFrame is a few times larger)
@@ -121,6 +121,8 @@ class ColumnStats:
         self.types: set[type] = set()  # Python types of object-dtype values
         self.not_numbers, self.bad_example, self.iso = 0, None, True  # text cells that are not numbers; all ISO dates
         self.zoned = False  # some ISO datetime text carries a UTC offset
+        self.formatted, self.formatted_example = True, None  # every label a number in spreadsheet format; one such
+        self.commas = True  # every label a decimal-comma number (0,75)
         self.nonfinite, self.whole, self.numbers = False, True, True
         self.step: float | None = TIME_STEPS[0]  # as tables.time_step, over every chunk
         self.lo, self.hi, self.values = np.inf, -np.inf, np.empty(0)  # values: the reservoir (R,)
@@ -157,6 +159,10 @@ class ColumnStats:
                     self.bad_example = v[v.isin(labels[bad])].iloc[0]  # the first in file order
                 self.iso = self.iso and bool(words.str.fullmatch(ISO_DATE).all())
                 self.zoned = self.zoned or (self.iso and bool(words.str.fullmatch(ZONED).any()))
+                ok, example = formatted_numbers(words)
+                self.formatted = self.formatted and ok and not isinstance(v.dtype, pd.CategoricalDtype)
+                self.formatted_example = self.formatted_example or example
+                self.commas = self.commas and bool(words.str.fullmatch(DECIMAL_COMMA).all())
         numeric = pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_bool_dtype(v)
         if self.kind is not None and self.kind in ("continuous", "integer", "datetime"):
             x = to_numbers(Column(self.name, self.kind, ""), v)  # refuses text, as infer_schema does
@@ -259,6 +265,9 @@ class ColumnStats:
             raise DataError(f"column {name!r} mixes numbers and text; clean it, or pass "
                             f"--column-kind {name}=categorical to treat every value as a label")
         n = self.rows - self.missing
+        if self.types <= {str} and self.formatted and self.formatted_example is not None and not self.commas and \
+                (labels is None or len(labels) > MAX_CATEGORY_INTEGERS):  # as tables._guess_kind
+            raise formatted_error(name, self.formatted_example)
         if self.types <= {str}:
             if 0 < self.not_numbers <= 0.05 * n:
                 raise DataError(f"column {name!r} mixes numbers and text (e.g. {self.bad_example!r}); fix those "

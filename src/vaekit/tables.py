@@ -37,6 +37,8 @@ ISO_DATE = rf"\d{{4}}-\d{{1,2}}-\d{{1,2}}([ T]\d{{1,2}}:\d{{2}}(:\d{{2}}(\.\d+)?
 ZONED = rf".*:\d{{2}}(\.\d+)?{ZONE}"  # an ISO datetime with an offset: kept time-zone aware (UTC)
 ZONED_DTYPE = "datetime64[ns, UTC]"
 DECIMAL_COMMA = r"[+-]?\d+,\d+"  # 0,751: a number written with a decimal comma
+GROUPED = r"[1-9]\d{0,2}(,\d{3})+(\.\d+)?|[1-9]\d{0,2}(\.\d{3})+(,\d+)?"  # 1,234.5 or 1.234,5: thousands separators
+MONEY = r"[$€£¥%\s\u00a0]"  # currency and percent signs, spaces: what a spreadsheet adds to a number
 MAX_PLACEHOLDERS = 3  # at most this many distinct words among a column's numbers: gaps written as words ("?")
 N_QUANTILES = 1000  # quantile grid per numeric column (fewer with fewer rows)
 U_CLIP = 1e-4  # uniform levels clipped to [U_CLIP, 1 - U_CLIP]: Gaussianised values within +-3.7
@@ -243,6 +245,23 @@ def text_gaps(df, missing: tuple[str, ...]):
                 s = pd.to_numeric(s)
             df[name] = s
     return df
+
+
+def formatted_numbers(words) -> tuple[bool, Any]:
+    """Whether every text in `words` (a pandas Series of distinct labels) is a number once
+    spreadsheet formatting is taken off ('$1,200.50', '45%', '(1,234)', '1.234,5 €'), and the
+    first text that had any (None: none had, so these are plain numbers or not numbers at all)."""
+    core = words.str.replace(MONEY, "", regex=True).str.replace(r"^\((.*)\)$|^[-+]", r"\1", regex=True)
+    grouped = core.str.fullmatch(GROUPED).to_numpy()
+    number = grouped | core.str.fullmatch(r"\d+([.,]\d+)?|[.,]\d+").to_numpy()
+    shown = grouped | words.str.contains(r"[$€£¥%()]").to_numpy()  # ' 12': pandas' own spacing, not formatting
+    return bool(number.all()), (words[shown].iloc[0] if number.all() and shown.any() else None)
+
+
+def formatted_error(name: str, example: Any) -> DataError:
+    return DataError(f"column {name!r} holds numbers written with thousands separators, currency or percent signs "
+                     f"(e.g. {example!r}), which vaekit would model as labels: write them as plain numbers (1234.5; "
+                     f"0.45 for 45%), or pass --column-kind {name}=categorical to model every value as a label")
 
 
 def placeholder_error(name: str, labels, share: float) -> DataError | None:
@@ -491,6 +510,11 @@ def _guess_kind(name: str, values) -> str:
     if any(issubclass(t, (int, float, np.number)) for t in types) and any(issubclass(t, str) for t in types):
         raise DataError(f"column {name!r} mixes numbers and text; clean it, or pass "
                         f"--column-kind {name}=categorical to treat every value as a label")
+    if types <= {str} and values.nunique() > MAX_CATEGORY_INTEGERS and \
+            not isinstance(values.dtype, pd.CategoricalDtype):  # a few ('10%', '50%'), or a category dtype: labels
+        numbers, example = formatted_numbers(pd.Series(values.unique(), dtype=object))
+        if example is not None and not values.str.fullmatch(DECIMAL_COMMA).all():  # else: decimal commas?
+            raise formatted_error(name, example)
     if types <= {str}:
         parsed = pd.to_numeric(values, errors="coerce")
         bad = parsed.isna()
