@@ -728,3 +728,20 @@ def test_numbers_in_spreadsheet_format_are_named(tmp_path, stream):
     euro.to_csv(tmp_path / "euro.csv", sep=";", index=False)
     with pytest.raises(DataError, match="decimal commas"):
         fit_table(tmp_path / "euro.csv", quick, stream=stream)
+
+
+def test_numbers_come_back_at_the_files_precision(tmp_path):
+    # prices with two decimals were written as 1.9000000000000001 and 13.068825067482136
+    rng = np.random.default_rng(0)
+    n = 300
+    df = pd.DataFrame({"price": rng.uniform(1, 20, n).round(2), "ph": rng.normal(7, 1, n).round(1),
+                       "w": rng.normal(size=n)})
+    df.to_csv(tmp_path / "t.csv", index=False)
+    quick = table_config(epochs=1, hidden=[8], latent_dim=2, progress=False)
+    for stream in (False, True):
+        model = fit_table(tmp_path / "t.csv", quick, stream=stream, out=tmp_path / f"run{stream}")
+        assert [c.decimals for c in model.schema.columns] == [2, 1, None]
+    assert main(["sample", str(tmp_path / "runFalse"), "-n", "200", "-o", str(tmp_path / "s.csv")]) == 0
+    rows = [line.split(",") for line in (tmp_path / "s.csv").read_text().splitlines()[1:]]
+    assert all(re.fullmatch(r"\d+(\.\d{1,2})?", p) and re.fullmatch(r"\d+(\.\d)?", q) for p, q, _ in rows), rows[:3]
+    assert max(len(w.split(".")[1]) for _, _, w in rows) > 10  # measured values keep their precision

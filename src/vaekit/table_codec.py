@@ -111,6 +111,8 @@ def decode(schema: Schema, x: np.ndarray, columns: list[Column] | None = None) -
                 v = np.round(v / col.step) * col.step
             elif col.kind != "continuous":
                 v = np.round(v)
+            elif col.decimals is not None:  # the training file's precision (min and max have it too)
+                v = np.round(v, col.decimals)
             out[col.name] = numeric_series(col, v, miss)
             continue
         codes = block.argmax(1)

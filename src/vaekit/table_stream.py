@@ -29,8 +29,8 @@ from .errors import ConfigError, DataError
 from .table_codec import encode
 from .tables import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED,
                      ZONED_DTYPE, Column, Schema, _fit_gmm, check_decimal, check_missing, check_request, check_trainable,
-                     condition_values, csv_layout, decimal_comma, drop_trailing, formatted_error, formatted_numbers,
-                     placeholder_error, plain, text_gaps, time_step, to_numbers, unreadable)
+                     condition_values, csv_layout, decimal_comma, decimals, drop_trailing, formatted_error,
+                     formatted_numbers, placeholder_error, plain, text_gaps, time_step, to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
 CHUNK_BYTES = 4 << 20  # CSV text per chunk (its DataFrame is a few times larger)
@@ -125,6 +125,7 @@ class ColumnStats:
         self.commas = True  # every label a decimal-comma number (0,75)
         self.nonfinite, self.whole, self.numbers = False, True, True
         self.step: float | None = TIME_STEPS[0]  # as tables.time_step, over every chunk
+        self.decimals: int | None = 0  # as tables.decimals, over every chunk
         self.lo, self.hi, self.values = np.inf, -np.inf, np.empty(0)  # values: the reservoir (R,)
         self.sample = Reservoir(RESERVOIR, seed)
 
@@ -182,6 +183,9 @@ class ColumnStats:
         if self.step is not None:  # the steps divide each other: the finest chunk's decides
             step = time_step(x)
             self.step = None if step is None else min(self.step, step)
+        if self.decimals is not None:  # the chunk that needs the most places decides
+            places = decimals(x)
+            self.decimals = None if places is None else max(self.decimals, places)
         append, slot, item = self.sample.place(len(x))
         self.values = np.concatenate([self.values, x[:append]]) if append else self.values
         self.values[slot] = x[item]  # repeated slots: the later item wins, as in the sequential algorithm
@@ -235,6 +239,8 @@ class ColumnStats:
         col.min, col.max = self.lo, self.hi
         if kind == "datetime":
             col.step = self.step
+        if kind == "continuous":
+            col.decimals = self.decimals
         if kind == "integer" and not self.whole:
             raise DataError(f"column {name!r} has fractions but was declared integer; "
                             f"use --column-kind {name}=continuous")

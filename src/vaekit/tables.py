@@ -40,6 +40,7 @@ DECIMAL_COMMA = r"[+-]?\d+,\d+"  # 0,751: a number written with a decimal comma
 GROUPED = r"[1-9]\d{0,2}(,\d{3})+(\.\d+)?|[1-9]\d{0,2}(\.\d{3})+(,\d+)?"  # 1,234.5 or 1.234,5: thousands separators
 MONEY = r"[$€£¥%\s\u00a0]"  # currency and percent signs, spaces: what a spreadsheet adds to a number
 MAX_PLACEHOLDERS = 3  # at most this many distinct words among a column's numbers: gaps written as words ("?")
+MAX_DECIMALS = 10  # a continuous column whose values fit in this many decimal places is sampled at that precision
 N_QUANTILES = 1000  # quantile grid per numeric column (fewer with fewer rows)
 U_CLIP = 1e-4  # uniform levels clipped to [U_CLIP, 1 - U_CLIP]: Gaussianised values within +-3.7
 
@@ -59,6 +60,7 @@ class Column:
     max: float | None = None  # numeric: largest seen value
     value: Any = None  # constant: the one value
     step: float | None = None  # datetime: seconds every seen value is a whole multiple of (86400: dates only)
+    decimals: int | None = None  # continuous: decimal places every seen value fits in (None: more than MAX_DECIMALS)
 
     @property
     def numeric(self) -> bool:
@@ -482,6 +484,8 @@ def _infer_column(name: str, s, kind: str | None, encoding: str, seed: int) -> C
         raise DataError(f"column {name!r} has fractions but was declared integer; use --column-kind {name}=continuous")
     if kind == "datetime":
         col.step = time_step(x)
+    if kind == "continuous":
+        col.decimals = decimals(x)
     n_q = min(N_QUANTILES, len(x))
     col.quantiles = np.quantile(x, np.linspace(0, 1, n_q)).tolist()
     if encoding == "gmm":
@@ -543,6 +547,17 @@ def time_step(x: np.ndarray) -> float | None:
     column of dates comes back as dates, not at random times of day. None: finer than seconds."""
     x = x[~np.isnan(x)]
     return next((step for step in TIME_STEPS if np.all(np.mod(x, step) == 0)), None)
+
+
+def decimals(x: np.ndarray) -> int | None:
+    """The fewest decimal places, at most MAX_DECIMALS, that hold every value of x: prices at 2
+    come back as 12.5, not 12.499999999999998 from the quantile grid. None: finer (float32 or
+    measured values), sampled at full precision."""
+    x = x[np.isfinite(x)]
+    for d in range(MAX_DECIMALS + 1):
+        if np.all(np.abs(np.round(x, d) - x) <= 1e-12 * np.maximum(1.0, np.abs(x))):  # float64's own noise
+            return d
+    return None
 
 
 def decimal_comma(name: str, example: Any) -> DataError:
