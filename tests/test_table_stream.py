@@ -137,6 +137,11 @@ def test_pandas_dtypes_streamed_and_in_memory_alike(tmp_path):
         "took_f": pd.to_timedelta(rng.uniform(0, 5, n), unit="s"),
         "i": pd.array(np.where(rng.random(n) < 0.2, None, rng.integers(-5, 5, n)), dtype="Int64"),
         "nb": pd.array(np.where(rng.random(n) < 0.1, None, rng.random(n) < 0.5), dtype="boolean"),
+        # text as pandas' string dtype was taken for ISO dates when streamed; a ranked category dtype came
+        # back as an unranked one in alphabetical order, without its unused labels
+        "s": pd.array(rng.choice(["x", "y", None], n), dtype="string"),
+        "lvl": pd.Categorical(rng.choice(["low", "mid", "high"], n), categories=["low", "mid", "high", "max"],
+                              ordered=True),
     })
     df.loc[::7, "took"] = pd.NaT
     df.to_parquet(tmp_path / "t.parquet", index=False)
@@ -145,11 +150,13 @@ def test_pandas_dtypes_streamed_and_in_memory_alike(tmp_path):
     assert a.schema == b.schema
     kinds = {c.name: c.kind for c in a.schema.columns}
     assert kinds == {"cat": "categorical", "tz": "datetime", "took": "integer", "took_f": "continuous",
-                     "i": "categorical", "nb": "boolean"}
+                     "i": "categorical", "nb": "boolean", "s": "categorical", "lvl": "categorical"}
     for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(v, w), k
     out = sample_table(vaekit.load(tmp_path / "run"), 300, seed=0)
     assert dict(out.dtypes) == dict(df.dtypes)
+    assert list(out["lvl"].cat.categories) == ["low", "mid", "high", "max"] and out["lvl"].cat.ordered
+    assert out["s"].isna().any() and set(out["s"].dropna()) == {"x", "y"}
     took = out["took"].dropna()
     assert out["took"].isna().any() and (took.dt.total_seconds() % 1 == 0).all()  # whole seconds, with gaps
     assert took.between(df["took"].min(), df["took"].max()).all()

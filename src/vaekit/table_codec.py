@@ -141,6 +141,8 @@ def numeric_series(col: Column, v: np.ndarray, miss: np.ndarray):
 def label_series(col: Column, labels: list[Any]):
     import pandas as pd
 
+    if col.levels is not None:  # None: NaN in the category dtype
+        return pd.Series(pd.Categorical(labels, categories=col.levels, ordered=col.ordered))
     s = pd.Series(labels, dtype=object)
     if any(v is None for v in labels):
         return s if col.dtype in ("object", "bool") else s.astype(col.dtype)

@@ -123,6 +123,8 @@ class ColumnStats:
         self.zoned = False  # some ISO datetime text carries a UTC offset
         self.formatted, self.formatted_example = True, None  # every label a number in spreadsheet format; one such
         self.commas = True  # every label a decimal-comma number (0,75)
+        self.levels: list[Any] | None = None  # a category dtype's categories, in order (a union over chunks)
+        self.ordered = False
         self.nonfinite, self.whole, self.numbers = False, True, True
         self.step: float | None = TIME_STEPS[0]  # as tables.time_step, over every chunk
         self.decimals: int | None = 0  # as tables.decimals, over every chunk
@@ -142,8 +144,14 @@ class ColumnStats:
             self.dtypes.append(str(s.dtype))
         if self.first is None:
             self.first = v.iloc[0]
-        text = v.dtype == object or isinstance(v.dtype, pd.CategoricalDtype)  # pandas categoricals hold labels
+        if isinstance(v.dtype, pd.CategoricalDtype):
+            seen = set(self.levels or [])
+            self.levels = (self.levels or []) + [c for c in v.dtype.categories.tolist() if c not in seen]
+            self.ordered = self.ordered or bool(v.dtype.ordered)
+        text = v.dtype == object or isinstance(v.dtype, (pd.CategoricalDtype, pd.StringDtype))  # labels too
         counts = v.value_counts(sort=False) if text or self.distinct is not None else None  # the labels, each once
+        if counts is not None and isinstance(v.dtype, pd.CategoricalDtype):
+            counts = counts[counts > 0]  # a category dtype counts its unused labels too (as 0)
         if self.distinct is not None:
             self.distinct.update(dict.fromkeys(counts.index.tolist()))
             if len(self.distinct) > MAX_DISTINCT:
@@ -232,6 +240,8 @@ class ColumnStats:
                 raise DataError(f"column {name!r} is not boolean (values {sorted(map(str, labels))[:5]}); "
                                 f"use --column-kind {name}=categorical")
             col.categories = sorted((plain(v) for v in labels), key=lambda v: (str(type(v)), v))
+            if dtype == "category":  # as tables._infer_column
+                col.levels, col.ordered = [plain(v) for v in self.levels], self.ordered
             return col
         if not self.numbers:
             raise DataError(f"column {name!r} has values that are not numbers but is {kind}; "

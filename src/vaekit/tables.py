@@ -61,6 +61,8 @@ class Column:
     value: Any = None  # constant: the one value
     step: float | None = None  # datetime: seconds every seen value is a whole multiple of (86400: dates only)
     decimals: int | None = None  # continuous: decimal places every seen value fits in (None: more than MAX_DECIMALS)
+    levels: list[Any] | None = None  # a pandas category dtype's categories, in its order, unused ones too
+    ordered: bool = False  # and whether that order ranks them (pd.Categorical(..., ordered=True))
 
     @property
     def numeric(self) -> bool:
@@ -477,6 +479,8 @@ def _infer_column(name: str, s, kind: str | None, encoding: str, seed: int) -> C
                             f"use --column-kind {name}=categorical")
         labels = values.unique().tolist()
         col.categories = sorted((plain(v) for v in labels), key=lambda v: (str(type(v)), v))
+        if dtype == "category":  # the dtype comes back whole: "category" alone would sort and drop labels
+            col.levels, col.ordered = [plain(v) for v in s.dtype.categories], bool(s.dtype.ordered)
         return col
     x = to_numbers(col, values)
     col.min, col.max = float(x.min()), float(x.max())
