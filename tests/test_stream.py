@@ -120,3 +120,34 @@ def test_large_npy_streams_by_default_from_the_cli_only(tmp_path, monkeypatch):
     assert isinstance(vaekit.load_data(str(tmp_path / "x.npy")).x, torch.Tensor)  # the API's default
     monkeypatch.setattr(vaekit.stream, "AUTO_STREAM_BYTES", 4000)
     assert isinstance(vaekit.load_data(str(tmp_path / "x.npy"), stream=None).x, torch.Tensor)
+
+
+def test_huge_outputs_are_written_in_pieces_or_refused_naming_the_memory(tmp_path, monkeypatch):
+    """Memory for generation is bounded: `vaekit sample -o FILE.npy` draws and writes a chunk at a
+    time, so it works with 1 MiB of memory free; results that must be held whole (model.sample,
+    a .png grid, interpolate, traverse) are refused up front, naming the memory they need, instead
+    of being granted by Linux's overcommit and killed half-way."""
+    import vaekit.model
+    from vaekit.sample import write_samples
+
+    config = _cfg(input_shape=[1, 8, 8], likelihood="bernoulli", binarize="none", data_layout="NHW")
+    model = vaekit.VAE.from_config(config).eval()
+    model.config = config
+    monkeypatch.setattr(vaekit.VAE, "sample_chunk_values", 100 * 64)  # 100 rows a chunk
+    monkeypatch.setattr(vaekit.model, "available_memory", lambda device: 1 << 20)
+    write_samples(model, tmp_path / "s.npy", 5000, generator=torch.Generator().manual_seed(0), layout="NHW")
+    got = np.load(tmp_path / "s.npy")  # 1.3 MB of samples, more than the memory "free"
+    assert got.shape == (5000, 8, 8) and got.dtype == np.float32 and sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]
+    g = torch.Generator().manual_seed(0)
+    same = torch.cat([model.sample(100, generator=g) for _ in range(50)])[:, 0]  # the generator carries on
+    assert np.array_equal(got, same.numpy())
+    x = torch.rand(2, 1, 8, 8)
+    for call in (lambda: model.sample(5000), lambda: model.interpolate(x[0], x[1], steps=10 ** 6),
+                 lambda: model.traverse(x[0], 0, steps=10 ** 6),
+                 lambda: write_samples(model, tmp_path / "g.png", 5000)):
+        with pytest.raises(vaekit.errors.ConfigError, match=r"MiB of memory needed, more than the 1 MiB available"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]  # nothing half-written
+    monkeypatch.setattr(vaekit.model, "available_memory", lambda device: 1 << 40)
+    assert model.interpolate(x[0], x[1], steps=450).shape == (450, 1, 8, 8)  # decoded in 5 chunks
+    assert model.sample(np.int64(3)).shape == (3, 1, 8, 8)  # numpy's integers are integers

@@ -107,7 +107,7 @@ def positive(value: int, flag: str) -> None:
 def cmd_sample(args) -> int:
     import torch
 
-    from .sample import write_output
+    from .sample import write_samples
 
     positive(args.n, "-n")
     if not 0 < args.temperature < float("inf"):
@@ -118,10 +118,9 @@ def cmd_sample(args) -> int:
 
         return table_cli.sample(args, model)
     _check_array_output(args, model)
-    x = model.sample(args.n, temperature=args.temperature, mean=not args.draw,
-                     generator=torch.Generator().manual_seed(args.seed),
-                     condition=_sample_condition(model, args.condition, args.n))
-    write_output(x, args.output, layout=model.config.data_layout)
+    write_samples(model, args.output, args.n, temperature=args.temperature, mean=not args.draw,
+                  generator=torch.Generator().manual_seed(args.seed),
+                  condition=_sample_condition(model, args.condition, args.n), layout=model.config.data_layout)
     print(f"wrote {args.n} samples to {args.output}")
     return 0
 
@@ -142,7 +141,7 @@ def _sample_condition(model, values: list[str] | None, n: int):
         if values[0] not in names:
             raise ConfigError(f"--condition {values[0]}: the run knows the classes {', '.join(names)}; pick one")
         return model.label_condition(values[0])
-    return model.class_conditions(n)  # (n, C): classes in turn
+    return lambda start, stop: model.class_conditions(stop - start, start)  # (stop - start, C): classes in turn
 
 
 def _eval_data(args, model, n: int | None):

@@ -10,6 +10,7 @@ passed off as the likelihood.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -84,8 +85,8 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     A conditional model takes the conditions `c` (N, C): then this is log p(x|c).
     `progress=True` shows a bar (examples done, rate, time left) on a terminal.
     """
-    if k < 1:
-        raise ConfigError(f"k={k} must be >= 1")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ConfigError(f"k={k!r} must be an integer >= 1")
     check_eval_data(model, x)
     model.eval()
     values = math.prod(model.input_shape)
@@ -111,20 +112,21 @@ def _batch_log_likelihood(model, xb: torch.Tensor, cb: torch.Tensor | None, k: i
     """log p(x) of one batch xb (B, *shape) (conditions cb (B, C)): k samples, `chunk` at a time -> (B,)."""
     q = model.encode(xb, cb)  # once per batch, shared by every chunk of samples
     factorised = isinstance(q, Independent) and isinstance(q.base_dist, Normal)
-    parts = []
+    total = None  # running logsumexp over the chunks done: memory stays (B,) for any k
     for j in range(0, k, chunk):
         n_k = min(chunk, k - j)
         if not factorised:  # e.g. hierarchical posteriors draw layer by layer
             if noise is not None:
                 raise ValueError("noise can be given only for a factorised Normal q(z|x)")
-            parts.append(log_weights(model, xb, n_k, None, q, cb)[0])
-            continue
-        eps = noise((n_k, len(xb), model.latent_dim)).to(xb.device) if noise is not None else \
-            torch.randn(n_k, len(xb), model.latent_dim, device=xb.device)  # (n_k, B, d)
-        full = compiled is not None and n_k == chunk and len(xb) == batch_size  # one static shape
-        parts.append((compiled if full else _log_w_from_noise)(model, xb, eps, q.mean, q.stddev, cb))
-    log_w = torch.cat([p.double() for p in parts])  # (k, B)
-    return torch.logsumexp(log_w, dim=0) - math.log(k)  # (B,)
+            log_w = log_weights(model, xb, n_k, None, q, cb)[0]  # (n_k, B)
+        else:
+            eps = noise((n_k, len(xb), model.latent_dim)).to(xb.device) if noise is not None else \
+                torch.randn(n_k, len(xb), model.latent_dim, device=xb.device)  # (n_k, B, d)
+            full = compiled is not None and n_k == chunk and len(xb) == batch_size  # one static shape
+            log_w = (compiled if full else _log_w_from_noise)(model, xb, eps, q.mean, q.stddev, cb)  # (n_k, B)
+        part = torch.logsumexp(log_w.double(), dim=0)  # (B,)
+        total = part if total is None else torch.logaddexp(total, part)
+    return total - math.log(k)  # (B,)
 
 
 def _log_w_from_noise(model, xb: torch.Tensor, eps: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,

@@ -13,7 +13,10 @@ with p(z) unchanged; then sampling with a chosen c generates that class or that 
 from __future__ import annotations
 
 import math
+import numbers
+import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +29,37 @@ from .ladder import LadderEncoder, LadderPrior, TakeBottom
 from .likelihoods import make_likelihood
 from .nets import MLP, ConvDecoder, ConvEncoder
 from .priors import make_prior
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a new allocation can take on `device` without the machine swapping or the kernel's
+    OOM killer stepping in: free CUDA memory, or Linux's MemAvailable (free plus reclaimable cache)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # other Unixes: free physical pages
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: let the allocator answer
+
+
+def gib(nbytes: float) -> str:
+    return f"{nbytes / 2 ** 30:.1f} GiB" if nbytes >= 2 ** 30 else f"{nbytes / 2 ** 20:.0f} MiB"
+
+
+def check_memory(nbytes: int, device: torch.device, what: str, fix: str) -> None:
+    """Refuse up front a result that cannot fit: Linux overcommits, so a huge tensor is often
+    granted and the process is killed while filling it, with no message and nothing written."""
+    free = available_memory(torch.device(device))
+    if nbytes > free:
+        raise ConfigError(f"{what}: {gib(nbytes)} of memory needed, more than the {gib(free)} available "
+                          f"on {torch.device(device).type}; {fix}")
 
 
 class VAE(nn.Module):
@@ -98,10 +132,15 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> Distribution:
         """q(z|x[, c]) for x (B, *shape), c (B, C): a distribution with batch (B,) and event (d,)."""
+        if not isinstance(x, torch.Tensor):  # a numpy array or nested list, read as it is
+            x = torch.as_tensor(np.asarray(x, dtype=np.float32))
         if tuple(x.shape[1:]) != self.input_shape:  # a clear message, not a matmul error deep inside
-            raise IncompatibleError(f"x has shape {tuple(x.shape)} but this model takes (B, *{self.input_shape}); "
+            one = " (one example: pass x[None], a batch of one)" if tuple(x.shape) == self.input_shape else ""
+            raise IncompatibleError(f"x has shape {tuple(x.shape)} but this model takes (B, *{self.input_shape}){one}; "
                                     "pass data shaped like its training data")
-        x = x.to(self.device)  # data may live anywhere (a CPU tensor for a CUDA model); a no-op in training
+        # data may live anywhere (a CPU tensor for a CUDA model) in any real dtype (float64, int, bool);
+        # the nets compute in float32. A no-op in training
+        x = x.to(self.device, torch.float32)
         xs = self.likelihood.standardize(x)
         c = self.check_condition(c, len(x))
         if c is not None and isinstance(self.encoder, ConvEncoder):
@@ -141,8 +180,12 @@ class VAE(nn.Module):
         """n new examples (n, *shape): z ~ p(z) (scaled by `temperature` around the prior's
         mean), decoded; the likelihood's mean by default, or a draw from p(x|z). A conditional
         model takes `condition` (n, C) or (C,), e.g. `model.label_condition(7)`."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ConfigError(f"n={n!r} must be an integer >= 1 (how many samples)")
+        n = int(n)  # numpy's integers too
+        check_memory(n * (math.prod(self.input_shape) + self.latent_dim) * 4, self.device,
+                     f"n={n} samples of shape {self.input_shape} (and their latents)",
+                     "draw fewer at a time, or write them with `vaekit sample -o FILE.npy`, which writes in pieces")
         c = self.check_condition(condition, n)
         z = self.prior.draw(n, temperature, generator, self.encode)  # (n, d)
         # decoded in chunks, so the decoder's activations never outgrow the output itself:
@@ -170,16 +213,17 @@ class VAE(nn.Module):
             raise ConfigError(f"label {label!r} was not seen in training; the model knows {', '.join(names) or 'none'}")
         return F.one_hot(torch.tensor(names.index(str(label))), len(names)).float().to(self.device)
 
-    def class_conditions(self, n: int) -> torch.Tensor | None:
+    def class_conditions(self, n: int, start: int = 0) -> torch.Tensor | None:
         """Conditions (n, C) taking a label-conditioned model's classes in turn (None for an
-        unconditional model): what `sample` and the report draw when no class is asked for."""
+        unconditional model): what `sample` and the report draw when no class is asked for.
+        `start`: where in the cycle the rows begin (a later chunk of a long run of samples)."""
         if not self.condition_dim:
             return None
         names = self.config.condition_names if self.config is not None else None
         if not names:
             raise ConfigError("this model is conditioned on the caller's own vectors, not on class labels: "
                               "pass condition=C (n, C) yourself")
-        return torch.eye(len(names), device=self.device)[torch.arange(n) % len(names)]  # (n, C)
+        return torch.eye(len(names), device=self.device)[torch.arange(start, start + n) % len(names)]  # (n, C)
 
     def _output(self, px: Distribution, mean: bool, generator: torch.Generator | None) -> torch.Tensor:
         if mean:
@@ -204,15 +248,22 @@ class VAE(nn.Module):
         """Decode points on the line between the posterior means of x1 and x2 (each (*shape)
         or (B, *shape)); returns (steps, B, *shape) of likelihood means, on x1's device. A
         conditional model interpolates the conditions c1 -> c2 along with z."""
-        if steps < 2:
-            raise ConfigError(f"steps={steps} must be >= 2")
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 2:
+            raise ConfigError(f"steps={steps!r} must be an integer >= 2")
         one = x1.dim() == len(self.input_shape)
         x1, x2 = (x1.unsqueeze(0), x2.unsqueeze(0)) if one else (x1, x2)
-        c1, c2 = self.check_condition(c1, len(x1)), self.check_condition(c2, len(x2))
+        if x1.shape != x2.shape:
+            raise IncompatibleError(f"x1 has shape {tuple(x1.shape)} and x2 {tuple(x2.shape)}; give them the same "
+                                    "shape: two examples, or two batches of pairs")
+        steps, b = int(steps), len(x1)
+        check_memory(steps * b * (math.prod(self.input_shape) + 2 * self.latent_dim + self.condition_dim) * 4,
+                     self.device, f"{steps} steps x {b} pairs", "use fewer --steps or fewer pairs")
+        c1, c2 = self.check_condition(c1, b), self.check_condition(c2, b)
         z1, z2 = self.encode(x1, c1).mean, self.encode(x2, c2).mean  # (B, d)
         t = torch.linspace(0, 1, steps, device=z1.device).view(steps, 1, 1)
-        c = None if c1 is None else (1 - t) * c1 + t * c2  # (steps, B, C)
-        out = self._decode_lead((1 - t) * z1 + t * z2, c).mean.to(x1.device)  # (steps, B, *shape)
+        z = ((1 - t) * z1 + t * z2).reshape(steps * b, -1)  # (steps * B, d)
+        c = None if c1 is None else ((1 - t) * c1 + t * c2).reshape(steps * b, -1)  # (steps * B, C)
+        out = self._decode_means(z, c).reshape(steps, b, *self.input_shape).to(x1.device)  # (steps, B, *shape)
         return out[:, 0] if one else out
 
     @torch.no_grad()
@@ -220,18 +271,31 @@ class VAE(nn.Module):
                  c: torch.Tensor | None = None) -> torch.Tensor:
         """Vary latent `dim` of x's posterior mean over [-span, span]; returns (steps, *shape) on
         x's device."""
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 2:
+            raise ConfigError(f"steps={steps!r} must be an integer >= 2")
+        if not 0 <= dim < self.latent_dim:
+            raise ConfigError(f"latent dimension {dim} out of range: this model has {self.latent_dim} "
+                              f"(0..{self.latent_dim - 1})")
+        steps = int(steps)
+        check_memory(steps * (math.prod(self.input_shape) + self.latent_dim) * 4, self.device,
+                     f"{steps} steps", "use fewer --steps")
         c = self.check_condition(c, 1)  # (1, C): x's condition, (C,) or (1, C)
         z = self.encode(x.unsqueeze(0), c).mean.repeat(steps, 1)  # (steps, d)
         z[:, dim] = torch.linspace(-span, span, steps, device=z.device)
-        return self.decode(z, None if c is None else c.expand(steps, -1)).mean.to(x.device)
+        return self._decode_means(z, None if c is None else c.expand(steps, -1)).to(x.device)
 
-    def _decode_lead(self, z: torch.Tensor, c: torch.Tensor | None) -> Distribution:
-        """decode() where c already has z's leading shape (*lead, C), not just (B, C)."""
-        if c is None:
-            return self.decode(z)
-        lead = z.shape[:-1]
-        params = self.decoder(torch.cat([z, c], -1).reshape(-1, z.shape[-1] + c.shape[-1]))  # (prod(lead), P, *shape)
-        return self.likelihood(params.reshape(*lead, *params.shape[1:]))
+    def _decode_means(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """Likelihood means of z (M, d) with conditions c (M, C): (M, *shape), decoded a chunk
+        at a time as in `sample`, so the decoder's activations never outgrow the output."""
+        rows = max(1, self.sample_chunk_values // max(1, math.prod(self.input_shape)))
+        out = None
+        for i in range(0, len(z), rows):
+            part = self.decode(z[i:i + rows], None if c is None else c[i:i + rows]).mean
+            if out is None:  # filled in place: a concatenation would hold the output twice
+                out = part if len(part) == len(z) else part.new_empty((len(z), *part.shape[1:]))  # (M, *shape)
+            if out is not part:
+                out[i:i + rows] = part
+        return out
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

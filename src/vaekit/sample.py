@@ -3,16 +3,21 @@ latent traversals a user asks for by dimension (or the most active ones)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import check_output_path, write_atomic
+from .checkpoint import check_output_path, fsync_dir, write_atomic
 from .errors import ConfigError, DataError
 from .evaluate import ACTIVE, activity, posterior_means
+from .model import check_memory
 
 OUTPUT_SUFFIXES = (".png", ".npy")
 
@@ -57,22 +62,87 @@ def png_bytes(x: torch.Tensor, nrow: int | None = None) -> bytes:
     return buf.getvalue()
 
 
+def in_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """x (..., C, H, W) in the training array's layout: channels last for "NHWC", no channel
+    axis for "NHW" (greyscale saved as (N, H, W))."""
+    if layout == "NHWC" and x.ndim >= 4:
+        return x.movedim(-3, -1)  # (..., H, W, C): the user's own layout, not the model's
+    if layout == "NHW" and x.ndim >= 4 and x.shape[-3] == 1:
+        return x.squeeze(-3)  # (..., H, W)
+    return x
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A file object on a temporary name beside `path`, fsynced and renamed over it when the
+    block ends without error, deleted otherwise (as checkpoint.write_atomic, for data written
+    in pieces)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
+
+
 def write_output(x: torch.Tensor, path: str | Path, nrow: int | None = None, layout: str = "NCHW") -> Path:
     """Write x (..., C, H, W for images) as an image grid (.png) or the raw array (.npy),
-    atomically; a .npy comes back in the training array's layout: channels last for "NHWC",
-    no channel axis for "NHW" (greyscale saved as (N, H, W))."""
+    atomically; a .npy comes back in the training array's layout (`in_layout`)."""
     p = check_output_file(path)
     if p.suffix.lower() == ".png":
-        data = png_bytes(x, nrow)
-    else:
-        if layout == "NHWC" and x.ndim >= 4:
-            x = x.movedim(-3, -1)  # (..., H, W, C): the user's own layout, not the model's
-        elif layout == "NHW" and x.ndim >= 4 and x.shape[-3] == 1:
-            x = x.squeeze(-3)  # (..., H, W)
-        buf = io.BytesIO()
-        np.save(buf, x.detach().cpu().numpy(), allow_pickle=False)
-        data = buf.getvalue()
-    write_atomic(p, data)
+        write_atomic(p, png_bytes(x, nrow))
+        return p
+    a = np.ascontiguousarray(in_layout(x.detach(), layout).cpu().numpy())
+    with atomic_file(p) as f:  # header and values straight to the file: no second copy in memory
+        np.lib.format.write_array(f, a, allow_pickle=False)
+    return p
+
+
+def grid_bytes(n: int, shape: tuple[int, ...], min_cell: int = 28) -> int:
+    """Memory `image_grid` takes for n images of shape (C, H, W): its float grid, cells scaled up."""
+    c, h, w = shape
+    scale = max(1, math.ceil(min_cell / max(h, w)))
+    return n * c * (h * scale + 1) * (w * scale + 1) * 4
+
+
+def write_samples(model, path: str | Path, n: int, temperature: float = 1.0, mean: bool = True,
+                  generator: torch.Generator | None = None, condition=None, layout: str = "NCHW") -> Path:
+    """`vaekit sample`: n samples to a .png grid or a .npy array, atomically. A .npy larger than
+    one decoding chunk is drawn and written a chunk at a time (the generator carrying on), so
+    memory stays bounded for any n and only the disk must hold it; a grid must fit in memory.
+    `condition`: None, one condition (C,) for all, or a function (start, stop) -> (rows, C)."""
+    p = check_output_file(path)
+    values = math.prod(model.input_shape)
+    rows = max(1, model.sample_chunk_values // max(1, values))
+    cond = condition if callable(condition) else (lambda start, stop: condition)
+    if p.suffix.lower() == ".png" or n <= rows:
+        if p.suffix.lower() == ".png" and len(model.input_shape) == 3:
+            check_memory(grid_bytes(n, model.input_shape), torch.device("cpu"), f"a grid of {n} images",
+                         "draw fewer (-n), or write .npy, which is written in pieces")
+        x = model.sample(n, temperature=temperature, mean=mean, generator=generator, condition=cond(0, n))
+        return write_output(x, p, layout=layout)
+    size = n * values * 4
+    free = shutil.disk_usage(p.parent).free
+    if size > free:
+        raise ConfigError(f"{n} samples of shape {tuple(model.input_shape)} take {size / 2 ** 30:.1f} GiB as .npy, "
+                          f"more than the {free / 2 ** 30:.1f} GiB free in {p.parent}; draw fewer (-n) or "
+                          "write elsewhere")
+    with atomic_file(p) as f:
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            x = model.sample(stop - start, temperature=temperature, mean=mean, generator=generator,
+                             condition=cond(start, stop))  # (rows, *shape)
+            a = np.ascontiguousarray(in_layout(x, layout).cpu().numpy())  # (rows, ...) in the user's layout
+            if start == 0:  # the header names all n rows
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": np.lib.format.dtype_to_descr(a.dtype), "fortran_order": False,
+                        "shape": (n, *a.shape[1:])})
+            f.write(a.tobytes())
     return p
 
 
