@@ -163,3 +163,50 @@ def test_dynamic_binarisation_draws_bernoulli_bits():
     assert bits[:, 0].sum() == 0 and bits[:, 4].sum() == len(p)  # 0 and 1 stay exact
     again = binarize_dynamic(p, torch.Generator().manual_seed(0))
     assert torch.equal(bits, again)  # the generator alone fixes the bits: resume stays bit-identical
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_image_folders_as_users_keep_them(tmp_path, stream):
+    """Hidden names are skipped (macOS's ._x.png AppleDouble files carry an image suffix but no
+    image; .ipynb_checkpoints is no class), symlinked class folders are followed (a link back up
+    once), upper-case suffixes count, EXIF-rotated photos load as they are seen, and images
+    loose beside class sub-folders are refused, not made a class named '.'."""
+    rng = np.random.default_rng(0)
+
+    def img(path, h=6, w=4, **kw):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, **kw)
+
+    def load(folder):
+        ds = load_data(str(folder), stream=stream)
+        return ds, (ds.x[np.arange(len(ds.x))] if stream else ds.x)
+
+    root, elsewhere = tmp_path / "pets", tmp_path / "elsewhere" / "dogs"
+    (root / "cats" / ".ipynb_checkpoints").mkdir(parents=True)
+    elsewhere.mkdir(parents=True)
+    img(root / "cats" / "a.PNG")
+    img(root / "cats" / "b.JPEG", format="JPEG")
+    img(root / "cats" / ".ipynb_checkpoints" / "a-checkpoint.png")
+    (root / "cats" / "._a.PNG").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "cats" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "cats" / "notes.txt").write_text("not an image")
+    img(elsewhere / "c.png")
+    (root / "dogs").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "up").symlink_to(elsewhere, target_is_directory=True)  # a loop: walked once
+    ds, x = load(root)
+    assert x.shape == (3, 3, 6, 4) and ds.classes == ["cats", "dogs"] and ds.labels.tolist() == [0, 0, 1]
+
+    img(root / "stray.png")
+    with pytest.raises(DataError, match=r"holds 1 image\(s\) of its own, such as stray.png, beside the class "
+                                        r"sub-folder\(s\) cats, dogs.*move them into a sub-folder"):
+        load(root)
+
+    photos = tmp_path / "photos"  # a phone's portrait photo: stored 4 wide x 6 high, tagged 'turn 90 degrees'
+    photos.mkdir()
+    stored = rng.integers(0, 256, (6, 4), dtype=np.uint8)
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(photos / "portrait.png", exif=exif)
+    Image.fromarray(np.rot90(stored, -1).copy()).save(photos / "plain.png")  # the same picture, turned
+    ds, x = load(photos)
+    assert x.shape == (2, 1, 4, 6) and torch.equal(x[0], x[1])

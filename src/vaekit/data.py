@@ -270,9 +270,7 @@ def load_image_folder(path: Path, stream: bool = False) -> Dataset:
     """
     from PIL import Image, UnidentifiedImageError
 
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise DataError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); point at a folder of images")
+    files = image_files(path)
     if stream:
         from .stream import open_image_folder
 
@@ -283,7 +281,7 @@ def load_image_folder(path: Path, stream: bool = False) -> Dataset:
         try:
             with Image.open(f) as im:
                 im.load()
-                images.append(im.copy())
+                images.append(upright(im))
                 modes.add(im.mode)
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{f} is not a readable image ({e}); remove or replace it") from None
@@ -299,6 +297,47 @@ def load_image_folder(path: Path, stream: bool = False) -> Dataset:
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
     labels, names = _folder_labels(path, files)
     return Dataset(x, labels, True, path.name, classes=names)
+
+
+def image_files(path: Path) -> list[Path]:
+    """The image files under `path`, sorted. Symlinked sub-folders are followed (a class folder
+    linked in from elsewhere is a class; a link back up is walked once); hidden names are
+    skipped: `.ipynb_checkpoints`, `.thumbnails`, and macOS's `._x.png` AppleDouble files,
+    which carry an image suffix but hold no image. Images directly in `path` beside class
+    sub-folders are refused: they belong to no class."""
+    files = []
+    for folder, dirs, names in os.walk(path, followlinks=True):
+        parts = Path(folder).relative_to(path).parts
+        above = {os.path.realpath(path.joinpath(*parts[:i])) for i in range(len(parts) + 1)}  # this folder and up
+        # a link back to this folder or one above it would be walked for ever
+        dirs[:] = [d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(folder, d)) not in above]
+        files += [Path(folder, n) for n in names if not n.startswith(".")
+                  and Path(n).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(os.path.join(folder, n))]
+    files.sort()
+    if not files:
+        raise DataError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); point at a folder of images")
+    loose = [f for f in files if f.parent == path]
+    if loose and len(loose) < len(files):
+        classes = sorted({f.relative_to(path).parts[0] for f in files if f.parent != path})
+        raise DataError(f"{path} holds {len(loose)} image(s) of its own, such as {loose[0].name}, beside the class "
+                        f"sub-folder(s) {', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}: they belong to "
+                        "no class; move them into a sub-folder (their class), or point at a folder holding only "
+                        "images or only sub-folders")
+    return files
+
+
+def upright(im):
+    """A copy of `im` as it is meant to be seen: turned by its EXIF orientation tag, which
+    cameras and phones set instead of rotating the pixels (a viewer shows the turned image)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(im)
+
+
+def upright_size(im) -> tuple[int, int]:
+    """(width, height) of `im` once turned by its EXIF orientation, from the header alone."""
+    turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # the orientations that swap the axes
+    return (im.size[1], im.size[0]) if turned else im.size
 
 
 def folder_mode(modes: set[str]) -> str:

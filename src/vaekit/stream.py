@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .data import check_float32_range, check_real_dtype, folder_mode, pixels, unreadable_array
+from .data import check_float32_range, check_real_dtype, folder_mode, pixels, unreadable_array, upright, upright_size
 from .errors import DataError
 
 AUTO_STREAM_BYTES = 1 << 30  # load_data(stream=None) streams data whose float32 copy exceeds 1 GiB
@@ -228,7 +228,7 @@ class ImageFiles(LazyRows):
         for j, i in enumerate(idx):
             try:
                 with Image.open(self.files[i]) as im:
-                    arr = pixels(im, self.mode, self.files[i])  # (H, W[, 3]) in [0, 1]
+                    arr = pixels(upright(im), self.mode, self.files[i])  # (H, W[, 3]) in [0, 1]
             except (UnidentifiedImageError, OSError) as e:
                 raise DataError(f"{self.files[i]} is not a readable image ({e}); remove or replace it") from None
             if arr.shape[:2] != self.row_shape[1:]:
@@ -321,7 +321,7 @@ def open_image_folder(files: list[Path], name: str) -> ImageFiles:
         try:
             with Image.open(f) as im:
                 modes.add(im.mode)
-                sizes.setdefault(im.size, f)
+                sizes.setdefault(upright_size(im), f)
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{f} is not a readable image ({e}); remove or replace it") from None
     if len(sizes) > 1:
