@@ -210,3 +210,46 @@ def test_image_folders_as_users_keep_them(tmp_path, stream):
     Image.fromarray(np.rot90(stored, -1).copy()).save(photos / "plain.png")  # the same picture, turned
     ds, x = load(photos)
     assert x.shape == (2, 1, 4, 6) and torch.equal(x[0], x[1])
+
+
+def test_fit_reads_a_tensor_as_it_reads_the_same_numpy_array(tmp_path):
+    """One rule for in-memory data: torchvision's uint8 (N, 28, 28) `.data`, an (N, H, W, C)
+    tensor and int16 counts are read as the same numpy array would be (and as `vaekit train`
+    reads it saved as .npy); a Dataset holding float64 or numpy x is made float32; what cannot
+    work is one DataError naming the fix."""
+    import vaekit
+    from vaekit.data import as_dataset
+
+    rng = np.random.default_rng(0)
+    for a in (rng.integers(0, 256, (5, 9, 7), dtype=np.uint8), rng.integers(0, 256, (5, 9, 7, 3), dtype=np.uint8),
+              rng.random((5, 9, 7, 3)), rng.integers(-9, 9, (5, 4)).astype(np.int16), rng.random((5, 4)) < 0.5):
+        t, n = as_dataset(torch.from_numpy(a)), as_dataset(a)
+        assert t.x.dtype == torch.float32 and torch.equal(t.x, n.x) and (t.image, t.layout) == (n.image, n.layout)
+    assert as_dataset(torch.from_numpy(rng.integers(0, 256, (5, 9, 7), dtype=np.uint8))).layout == "NHW"
+    x = torch.rand(6, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert as_dataset(x).x.dtype == torch.float32 and not as_dataset(x).x.requires_grad
+    for x in (torch.rand(6, 1, 4, 4, dtype=torch.float64), np.random.rand(6, 1, 4, 4)):
+        ds = vaekit.Dataset(x, None, True, "mine")
+        assert as_dataset(ds).x.dtype == torch.float32  # was a dtype error deep in the first matmul
+        model = vaekit.fit(ds, vaekit.Config(epochs=0, latent_dim=2, hidden=[4], progress=False))
+        assert model.encode(x[:2]).mean.shape == (2, 2)  # float64 or numpy input is read as float32
+    for bad, fragment in [
+        (torch.rand(0, 1, 8, 8), r"shape \(0, 1, 8, 8\) \(empty\); need \(N, features...\)"),
+        (np.ma.masked_array(np.ones((4, 2)), mask=[[1, 0], [0, 0], [0, 0], [0, 1]]), "2 masked values; fill or drop"),
+        (np.ones((3, 2), "timedelta64[s]"), "dtype timedelta64"),
+        ([[0.1, 0.2], [0.3, 0.4]], r"numpy.stack\(items\)"),
+        (torch.utils.data.TensorDataset(torch.rand(4, 2)), r"dataset.tensors\[0\]"),
+        (torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(4, 2))), "fit batches the data itself"),
+    ]:
+        with pytest.raises(DataError, match=fragment):
+            as_dataset(bad)
+    with pytest.raises(DataError, match="condition must be numbers"):
+        vaekit.fit(torch.rand(4, 2), vaekit.Config(epochs=0, progress=False), condition=np.array(["a"] * 4))
+    np.savez(tmp_path / "big.npz", x=np.ones((3, 2)), labels=np.array([0.0, 1e20, 1.0]))  # int64 would wrap
+    with pytest.raises(DataError, match="beyond int64"):
+        load_data(str(tmp_path / "big.npz"))
+    np.save(tmp_path / "cut.npy", np.ones((50, 4)))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:-40])
+    for stream in (False, True):
+        with pytest.raises(DataError, match="shorter than its header says"):
+            load_data(str(tmp_path / "cut.npy"), stream=stream)

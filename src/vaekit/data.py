@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset as TorchDataset
 
 from .errors import DataError
 
@@ -213,8 +214,8 @@ def load_array(path: Path) -> Dataset:
 
 def check_real_dtype(dtype: np.dtype, path: Path | str) -> None:
     """Refuse what is not real numbers: objects (never unpickled), strings, complex values."""
-    if dtype == object or np.issubdtype(dtype, np.complexfloating) \
-            or not (np.issubdtype(dtype, np.number) or dtype == bool):
+    if dtype == object or np.issubdtype(dtype, np.complexfloating) or dtype.kind in "mM" \
+            or not (np.issubdtype(dtype, np.number) or dtype == bool):  # timedelta64 counts as an integer
         raise DataError(f"{path} has dtype {dtype}; it must be real numbers (float, int or bool)")
 
 
@@ -233,20 +234,16 @@ def check_float32_range(a: np.ndarray, path: Path | str) -> None:
                         "rescale the data (e.g. divide by a power of ten) first")
 
 
-def array_dataset(arr: np.ndarray, path: Path | str, labels: np.ndarray | None = None) -> Dataset:
-    """A numpy array (N, ...) read as `vaekit train file.npy` reads it: integer 0..255 arrays of
-    3 or 4 dims are images scaled to [0, 1], (N, H, W) gains a channel axis, (N, H, W, C) is
-    made channels first (the layout is recorded for outputs). `path` names it in errors."""
-    check_real_dtype(arr.dtype, path)
-    if arr.ndim < 2 or arr.shape[0] == 0 or arr.size == 0:
-        empty = " (empty)" if arr.size == 0 else ""
-        raise DataError(f"{path} has shape {arr.shape}{empty}; need (N, features...) with N >= 1 examples"
-                            + (" (one value per example: save a.reshape(-1, 1))" if len(arr.shape) == 1 else ""))
-    image, layout = False, "NCHW"
-    if np.issubdtype(arr.dtype, np.integer) and arr.ndim in (3, 4) and arr.min() >= 0 and arr.max() <= 255:
-        arr, image = arr.astype(np.float32) / 255.0, True  # uint8-style images
-    check_float32_range(arr, path)
-    x = torch.from_numpy(np.array(arr, dtype=np.float32))  # a copy: the file may be memory-mapped
+def array_dataset(arr, path: Path | str, labels: np.ndarray | None = None) -> Dataset:
+    """A numpy array or torch tensor (N, ...) read as `vaekit train file.npy` reads it: integer
+    0..255 arrays of 3 or 4 dims are images scaled to [0, 1], (N, H, W) gains a channel axis,
+    (N, H, W, C) is made channels first (the layout is recorded for outputs). `path` names it
+    in errors. A tensor stays on its device."""
+    if isinstance(arr, torch.Tensor):
+        x, scaled = _tensor_values(arr.detach(), path)
+    else:
+        x, scaled = _numpy_values(arr, path)
+    image, layout = scaled, "NCHW"
     if x.ndim == 3:  # (N, H, W) greyscale images
         x, image, layout = x.unsqueeze(1), True, "NHW"
     elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
@@ -260,6 +257,74 @@ def array_dataset(arr: np.ndarray, path: Path | str, labels: np.ndarray | None =
     if image and (x.min() < 0 or x.max() > 1):
         image = False  # real-valued arrays that merely look like images: treat as plain arrays
     return Dataset(x, labels, image, Path(path).name, layout, classes)
+
+
+def check_shape(shape: tuple[int, ...], path: Path | str) -> None:
+    if len(shape) < 2 or shape[0] == 0 or 0 in shape:
+        empty = " (empty)" if 0 in shape else ""
+        raise DataError(f"{path} has shape {shape}{empty}; need (N, features...): a leading example axis, "
+                        "N >= 1 examples"
+                        + (" (one value per example: save a.reshape(-1, 1))" if len(shape) == 1 else ""))
+
+
+def _numpy_values(arr: np.ndarray, path: Path | str) -> tuple[torch.Tensor, bool]:
+    """float32 (N, ...) from a numpy array, and whether it held 0..255 integer images (scaled)."""
+    check_real_dtype(arr.dtype, path)
+    check_shape(arr.shape, path)
+    if isinstance(arr, np.ma.MaskedArray) and np.ma.count_masked(arr):  # np.array would read what lies under
+        raise DataError(f"{path} has {np.ma.count_masked(arr)} masked values; fill or drop them first "
+                        "(a.filled(value), or keep the complete rows)")
+    scaled = bool(np.issubdtype(arr.dtype, np.integer) and arr.ndim in (3, 4) and arr.min() >= 0 and arr.max() <= 255)
+    if scaled:
+        arr = arr.astype(np.float32) / 255.0  # uint8-style images
+    check_float32_range(arr, path)
+    return torch.from_numpy(np.array(arr, dtype=np.float32)), scaled  # a copy: the file may be memory-mapped
+
+
+def _tensor_values(t: torch.Tensor, path: Path | str) -> tuple[torch.Tensor, bool]:
+    """The same for a tensor (any real dtype, any device): float32, and whether it was scaled."""
+    ints = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+    if t.is_complex() or not (t.is_floating_point() or t.dtype in ints):
+        raise DataError(f"{path} has dtype {t.dtype}; it must be real numbers (float, int or bool)")
+    check_shape(tuple(t.shape), path)
+    integer = not t.is_floating_point() and t.dtype != torch.bool
+    scaled = integer and t.ndim in (3, 4) and bool(t.min() >= 0) and bool(t.max() <= 255)
+    if t.dtype == torch.float64:
+        big = int((torch.isfinite(t) & (t.abs() > F32_MAX)).sum())
+        if big:
+            raise DataError(f"{path} has {big} values beyond float32's range (|x| > 3.4e38), which vaekit computes "
+                            "in; rescale the data (e.g. divide by a power of ten) first")
+    x = t.float()
+    return (x / 255.0 if scaled else x), scaled
+
+
+def as_dataset(data) -> Dataset:
+    """What `fit` trains on: a Dataset (x made float32), or a tensor or numpy array, read as
+    `vaekit train` reads the array saved as .npy (`array_dataset`); validated."""
+    if isinstance(data, (np.ndarray, torch.Tensor)):
+        return array_dataset(data, "array")  # checked for NaN/Inf there
+    if isinstance(data, Dataset):
+        x = data.x
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.array(x, dtype=np.float32))
+        elif isinstance(x, torch.Tensor) and x.dtype != torch.float32:
+            x = x.detach().float()  # the nets compute in float32
+        ds = data._replace(x=x)
+        if isinstance(x, torch.Tensor):
+            check_shape(tuple(x.shape), ds.name)
+        check_finite(ds.x, ds.name)
+        return ds
+    name, hint = type(data).__name__, ""
+    if isinstance(data, (str, os.PathLike)):
+        hint = f": load it first, vaekit.fit(vaekit.load_data({str(data)!r}))"
+    elif name == "DataFrame":
+        hint = ": for a table use vaekit.fit_table(df)"
+    elif isinstance(data, (list, tuple)):
+        hint = ": stack the examples into one, numpy.stack(items) or torch.stack(items)"
+    elif name == "DataLoader" or isinstance(data, TorchDataset):
+        hint = (": fit batches the data itself; pass the examples as one tensor (a TensorDataset's "
+                "dataset.tensors[0]; labels as a Dataset's labels or condition=)")
+    raise DataError(f"cannot train on {name}; pass a Dataset, tensor or numpy array{hint}")
 
 
 def load_image_folder(path: Path, stream: bool = False) -> Dataset:
@@ -382,10 +447,11 @@ def class_labels(values: np.ndarray, n: int, what: str) -> tuple[torch.Tensor, l
         names, index = np.unique(values.astype(str), return_inverse=True)
         return torch.from_numpy(index.astype(np.int64)), [str(v) for v in names]
     whole = values.dtype.kind in "biu" or (values.dtype.kind == "f" and bool(np.isfinite(values).all())
-                                           and bool((values == np.round(values)).all()))
+                                           and bool((values == np.round(values)).all())
+                                           and bool((np.abs(values) < 2.0 ** 63).all()))  # else int64 wraps
     if not whole:
         raise DataError(f"{what}: labels of dtype {values.dtype} must be whole numbers or strings (class ids or "
-                        "names); these have fractions or NaN: a regression target is not a class")
+                        "names); these have fractions, NaN or values beyond int64: a regression target is not a class")
     return torch.from_numpy(values.astype(np.int64)), None
 
 
@@ -394,6 +460,9 @@ def unreadable_array(path: Path, e: Exception) -> DataError:
     if "object" in str(e).lower() or "pickle" in str(e).lower():
         return DataError(f"{path} holds Python objects (dtype=object), which vaekit never unpickles (loading a file "
                          "must not run code); save a numeric array: numpy.save(path, a.astype(float))")
+    if "mmap length is greater than file size" in str(e):
+        return DataError(f"{path} is shorter than its header says (truncated, e.g. a copy cut short); save the "
+                         "array again with numpy.save")
     return DataError(f"{path} is not a readable numpy array ({e}); save it with numpy.save")
 
 

@@ -16,7 +16,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .data import check_float32_range, check_real_dtype, folder_mode, pixels, unreadable_array, upright, upright_size
+from .data import (check_float32_range, check_real_dtype, check_shape, folder_mode, pixels, unreadable_array, upright,
+                   upright_size)
 from .errors import DataError
 
 AUTO_STREAM_BYTES = 1 << 30  # load_data(stream=None) streams data whose float32 copy exceeds 1 GiB
@@ -144,9 +145,7 @@ class NpyRows(LazyRows):
         except (ValueError, OSError, EOFError) as e:
             raise unreadable_array(path, e) from None
         check_real_dtype(header.dtype, path)
-        if header.ndim < 2 or header.shape[0] == 0 or header.size == 0:
-            raise DataError(f"{path} has shape {header.shape}; need (N, features...) with N >= 1 examples"
-                            + (" (one value per example: save a.reshape(-1, 1))" if len(header.shape) == 1 else ""))
+        check_shape(header.shape, path)
         if not header.flags.c_contiguous:
             raise DataError(f"{path} is stored in Fortran order; save it with numpy.save(path, "
                             "numpy.ascontiguousarray(a)) to stream it")

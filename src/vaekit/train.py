@@ -21,7 +21,7 @@ import torch
 from . import checkpoint, distributed
 from . import resume as resuming
 from .config import Config, architecture
-from .data import Dataset, array_dataset, binarize_dynamic, check_finite, is_binary, on_8bit_grid
+from .data import Dataset, as_dataset, binarize_dynamic, check_finite, is_binary, on_8bit_grid
 from .errors import ConfigError, DataError, IncompatibleError, NonFiniteError, OutputExistsError
 from .evaluate import log_likelihood
 from .model import VAE, memory_format
@@ -56,34 +56,6 @@ def resolve_device(name: str) -> torch.device:
         if idx >= torch.cuda.device_count():
             raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     return torch.device(name)
-
-
-def as_dataset(data: Any) -> Dataset:
-    """Accept a Dataset, a tensor (N, *shape), taken as it is (images (N, C, H, W) in [0, 1]),
-    or a numpy array, read as `vaekit train` reads the same array saved as .npy (see
-    data.array_dataset: 0..255 integer images are scaled, (N, H, W) and (N, H, W, C) become
-    (N, C, H, W)); validate it."""
-    if isinstance(data, np.ndarray):
-        return array_dataset(data, "array")  # checked for NaN/Inf there
-    if isinstance(data, Dataset):
-        ds = data
-    elif isinstance(data, torch.Tensor):
-        x = data.detach()
-        if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int64, torch.int32, torch.bool)):
-            raise DataError(f"data has dtype {x.dtype}; pass a float array (N, *shape)")
-        if x.ndim < 2:
-            raise DataError(f"data has shape {tuple(x.shape)}; need (N, features...) with a leading example axis")
-        x = x.float()
-        ds = Dataset(x, None, x.ndim == 4 and bool(x.min() >= 0) and bool(x.max() <= 1), "array")
-    else:
-        hint = ""
-        if isinstance(data, (str, os.PathLike)):
-            hint = f": load it first, vaekit.fit(vaekit.load_data({str(data)!r}))"
-        elif type(data).__name__ == "DataFrame":
-            hint = ": for a table use vaekit.fit_table(df)"
-        raise DataError(f"cannot train on {type(data).__name__}; pass a Dataset, tensor or numpy array{hint}")
-    check_finite(ds.x, ds.name)
-    return ds
 
 
 def resolve_config(config: Config, ds: Dataset) -> Config:
@@ -123,7 +95,11 @@ def build_condition(ds: Dataset, config: Config, condition: Any) -> tuple[torch.
         elif isinstance(condition, LazyRows):
             c = condition
         else:
-            c = torch.as_tensor(np.asarray(condition, dtype=np.float32))
+            try:
+                c = torch.as_tensor(np.asarray(condition, dtype=np.float32))
+            except (TypeError, ValueError) as e:  # text or ragged rows
+                raise DataError(f"condition must be numbers, one row per example ({e}); for class names use "
+                                "Config(condition_on='labels') with the data's labels") from None
         if c.ndim == 1:
             c = c.unsqueeze(1)
         if c.ndim != 2 or len(c) != len(ds.x):
