@@ -571,6 +571,9 @@ def world(tmp_path_factory, digits):
             cfg["input_shape"] = [-1]
             (folder / "config.json").write_text(json.dumps(cfg))
             _rehash(folder / "config.json")
+    (d / "loose" / "cats").mkdir(parents=True)  # an image beside a class sub-folder: no class
+    for f in (d / "loose" / "a.png", d / "loose" / "cats" / "b.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(f)
     (d / "deep16").mkdir()
     Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(d / "deep16" / "a.png")
     Image.fromarray(np.full((8, 8), 3.0, np.float32)).save(d / "deep16" / "bad.tiff")
@@ -645,6 +648,11 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (T + ["digits", "--out", "{d}/o", "--seed", str(2 ** 70)], "is outside 0 .. 2**63 - 1", 2),
     (T + ["digits", "--out", "{d}/o", "--config", "{d}/bigseed.json"], "seed=1180591620717411303424 must be", 2),
     (T + ["{d}/deep16", "--out", "{d}/o"], "bad.tiff has float pixels outside [0, 1]", 2),
+    (T + ["{d}/loose", "--out", "{d}/o"], "image(s) of its own, such as a.png, beside the class sub-folder(s) cats", 2),
+    (["sample", R, "-n", str(10 ** 12), "-o", "{d}/s.npy"], "GiB as .npy, more than the", 2),  # written in pieces: disk
+    (["sample", R, "-n", str(10 ** 12), "-o", "{d}/s.png"], "GiB of memory needed, more than the", 2),
+    (["interpolate", R, "digits", "--steps", str(10 ** 12), "-o", "{d}/i.npy"], "GiB of memory needed", 2),
+    (["traverse", R, "digits", "--steps", str(10 ** 12), "-o", "{d}/t.npy"], "GiB of memory needed", 2),
     (T + ["{d}/f64big.npy", "--out", "{d}/o"], "12 values beyond float32's range", 2),
     (T + ["{d}/f64big.npy", "--out", "{d}/o", "--stream"], "values beyond float32's range", 2),
     (T + ["{d}/complex.npy", "--out", "{d}/o", "--stream"], "must be real numbers", 2),
