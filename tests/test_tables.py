@@ -745,3 +745,44 @@ def test_numbers_come_back_at_the_files_precision(tmp_path):
     rows = [line.split(",") for line in (tmp_path / "s.csv").read_text().splitlines()[1:]]
     assert all(re.fullmatch(r"\d+(\.\d{1,2})?", p) and re.fullmatch(r"\d+(\.\d)?", q) for p, q, _ in rows), rows[:3]
     assert max(len(w.split(".")[1]) for _, _, w in rows) > 10  # measured values keep their precision
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_sql_and_parquet_python_objects(tmp_path, stream):
+    # Parquet decimal128 and date32 columns (SQL NUMERIC and DATE) reach pandas as Decimal and date objects:
+    # they were labels ("an identifier or free text?"); a list column was a TypeError traceback
+    import datetime
+    import decimal
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    n = 120
+    quick = table_config(epochs=1, hidden=[8], latent_dim=2, progress=False)
+    amounts = [decimal.Decimal(f"{v:.2f}") for v in rng.uniform(0, 100, n)]
+    days = [datetime.date(2020, 1, 1) + datetime.timedelta(days=int(d)) for d in rng.integers(0, 400, n)]
+    table = {"amt": pa.array(amounts, pa.decimal128(10, 2)), "day": pa.array(days, pa.date32()),
+             "y": pa.array(rng.normal(size=n))}
+    pq.write_table(pa.table(table), tmp_path / "t.parquet")
+    model = fit_table(tmp_path / "t.parquet", quick, stream=stream)
+    cols = {c.name: (c.kind, c.dtype, c.decimals, c.step) for c in model.schema.columns}
+    assert cols["amt"] == ("continuous", "float64", 2, None) and cols["day"] == ("datetime", "datetime64[ns]", None, 86400)
+    out = sample_table(model, 50)
+    assert out["amt"].between(float(min(amounts)), float(max(amounts))).all()
+    assert (out["day"] == out["day"].dt.normalize()).all()
+    pq.write_table(pa.table({**table, "tags": pa.array([["a", "b"]] * n)}), tmp_path / "list.parquet")
+    with pytest.raises(DataError, match=r"column 'tags' holds ndarray values .*not one value per cell"):
+        fit_table(tmp_path / "list.parquet", quick, stream=stream)
+    if stream:
+        return
+    # a DataFrame from read_sql: the same objects; bytes and far dates are named before any training
+    df = pd.DataFrame({"amt": amounts, "day": days, "y": rng.normal(size=n)})
+    assert {c.name: c.kind for c in fit_table(df, quick).schema.columns} == \
+        {"amt": "continuous", "day": "datetime", "y": "continuous"}
+    for name, values, message in [("b", [b"ab", b"cd"] * (n // 2), "holds bytes values .*convert them to text"),
+                                  ("d", [datetime.date(9999, 12, 31)] + days[1:], "has dates pandas cannot hold .e.g. 9999"),
+                                  ("j", [{"k": i % 3} for i in range(n)], "holds dict values")]:
+        with pytest.raises(DataError, match=rf"column '{name}' {message}"):
+            fit_table(pd.DataFrame({name: values, "y": df.y}), quick, out=tmp_path / "run")
+        assert not (tmp_path / "run").exists()

@@ -30,7 +30,8 @@ from .table_codec import encode
 from .tables import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED,
                      ZONED_DTYPE, Column, Schema, _fit_gmm, check_decimal, check_missing, check_request, check_trainable,
                      condition_values, csv_layout, decimal_comma, decimals, drop_trailing, formatted_error,
-                     formatted_numbers, placeholder_error, plain, text_gaps, time_step, to_numbers, unreadable)
+                     formatted_numbers, label_error, nested_error, placeholder_error, plain, text_gaps, time_step,
+                     to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
 CHUNK_BYTES = 4 << 20  # CSV text per chunk (its DataFrame is a few times larger)
@@ -149,13 +150,16 @@ class ColumnStats:
             self.levels = (self.levels or []) + [c for c in v.dtype.categories.tolist() if c not in seen]
             self.ordered = self.ordered or bool(v.dtype.ordered)
         text = v.dtype == object or isinstance(v.dtype, (pd.CategoricalDtype, pd.StringDtype))  # labels too
-        counts = v.value_counts(sort=False) if text or self.distinct is not None else None  # the labels, each once
-        if counts is not None and isinstance(v.dtype, pd.CategoricalDtype):
-            counts = counts[counts > 0]  # a category dtype counts its unused labels too (as 0)
-        if self.distinct is not None:
-            self.distinct.update(dict.fromkeys(counts.index.tolist()))
-            if len(self.distinct) > MAX_DISTINCT:
-                self.distinct = None
+        try:
+            counts = v.value_counts(sort=False) if text or self.distinct is not None else None  # the labels, each once
+            if counts is not None and isinstance(v.dtype, pd.CategoricalDtype):
+                counts = counts[counts > 0]  # a category dtype counts its unused labels too (as 0)
+            if self.distinct is not None:
+                self.distinct.update(dict.fromkeys(counts.index.tolist()))
+        except TypeError:  # unhashable cells
+            raise nested_error(self.name, v) from None
+        if self.distinct is not None and len(self.distinct) > MAX_DISTINCT:
+            self.distinct = None
         if text and self.kind is None:  # the text checks, on each label once and weighted by its count
             labels = counts.index
             types = set(map(type, labels))
@@ -240,6 +244,8 @@ class ColumnStats:
                 raise DataError(f"column {name!r} is not boolean (values {sorted(map(str, labels))[:5]}); "
                                 f"use --column-kind {name}=categorical")
             col.categories = sorted((plain(v) for v in labels), key=lambda v: (str(type(v)), v))
+            if err := label_error(name, col.categories):
+                raise err
             if dtype == "category":  # as tables._infer_column
                 col.levels, col.ordered = [plain(v) for v in self.levels], self.ordered
             return col

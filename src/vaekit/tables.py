@@ -233,9 +233,11 @@ def check_decimal(decimal: str) -> str:
 
 def text_gaps(df, missing: tuple[str, ...]):
     """df with the `missing` texts of its text columns made gaps, and a text column left holding
-    only numbers made numeric, as pandas' CSV reader does with na_values (Parquet keeps types)."""
+    only numbers made numeric, as pandas' CSV reader does with na_values (Parquet keeps types);
+    Python decimals and dates as numbers and datetimes (python_objects)."""
     import pandas as pd
 
+    df = python_objects(df)
     if not missing:
         return df
     df = df.copy(deep=False)  # the caller's frame stays as it was
@@ -266,6 +268,60 @@ def formatted_error(name: str, example: Any) -> DataError:
     return DataError(f"column {name!r} holds numbers written with thousands separators, currency or percent signs "
                      f"(e.g. {example!r}), which vaekit would model as labels: write them as plain numbers (1234.5; "
                      f"0.45 for 45%), or pass --column-kind {name}=categorical to model every value as a label")
+
+
+def python_objects(df):
+    """df with the columns pandas holds as Python objects that are numbers or dates made float64
+    and datetime64: decimal.Decimal (SQL NUMERIC, Parquet decimal128) and datetime.date (SQL
+    DATE, Parquet date32), which would otherwise be modelled as labels. df itself when none is."""
+    import datetime
+    import decimal
+
+    import pandas as pd
+
+    out = df
+    for name in df.columns:
+        s = df[name]
+        present = s.notna().to_numpy()
+        if s.dtype != object or not present.any():
+            continue
+        first = s.iloc[int(present.argmax())]
+        if isinstance(first, decimal.Decimal):
+            if not set(map(type, s[present])) <= {decimal.Decimal, int, float}:
+                continue  # text among them: the usual "mixes numbers and text"
+            new = pd.to_numeric(s).astype(np.float64)
+        elif isinstance(first, datetime.date) and not isinstance(first, datetime.datetime):
+            if not set(map(type, s[present])) <= {datetime.date}:
+                continue
+            new = pd.to_datetime(s, errors="coerce")
+            if new.isna().sum() > (~present).sum():  # 9999-12-31 and the like: to_numbers names them
+                example = s[present & new.isna().to_numpy()].iloc[0]
+                raise DataError(f"column {name!r} has dates pandas cannot hold (e.g. {example}; dates are within the "
+                                "years 1678..2261): blank them, or convert the column to text")
+        else:
+            continue
+        if out is df:
+            out = df.copy(deep=False)  # the caller's frame stays as it was
+        out[name] = new
+    return out
+
+
+def nested_error(name: str, values) -> DataError:
+    """A column holding lists, arrays or dicts (JSON, Parquet list columns): not one value per cell."""
+    from collections.abc import Hashable
+
+    example = next((v for v in values if not isinstance(v, Hashable)), values.iloc[0])
+    return DataError(f"column {name!r} holds {type(example).__name__} values (e.g. {str(example)[:40]}), not one value "
+                     "per cell; flatten it into columns (pandas.json_normalize) or drop it")
+
+
+def label_error(name: str, categories: list[Any]) -> DataError | None:
+    """Labels a run cannot keep in schema.json (bytes, other objects): refused before training."""
+    bad = next((v for v in categories if not isinstance(v, (str, int, float)) and not hasattr(v, "isoformat")), None)
+    if bad is None:
+        return None
+    return DataError(f"column {name!r} holds {type(bad).__name__} values (e.g. {bad!r:.40}), which a run cannot save as "
+                     f"labels; convert them to text first (e.g. df[{name!r}].astype(str), or .str.decode() for bytes)")
 
 
 def placeholder_error(name: str, labels, share: float) -> DataError | None:
@@ -464,7 +520,11 @@ def _infer_column(name: str, s, kind: str | None, encoding: str, seed: int) -> C
     values = s[~missing]
     dtype = str(s.dtype)
     rate = float(missing.mean())
-    if kind is None and values.nunique() == 1 and rate == 0:  # one value, no gaps: nothing to learn
+    try:
+        distinct = values.nunique()
+    except TypeError:  # unhashable cells
+        raise nested_error(name, values) from None
+    if kind is None and distinct == 1 and rate == 0:  # one value, no gaps: nothing to learn
         kind = "constant"
     if kind is None:
         kind = _guess_kind(name, values)
@@ -479,6 +539,8 @@ def _infer_column(name: str, s, kind: str | None, encoding: str, seed: int) -> C
                             f"use --column-kind {name}=categorical")
         labels = values.unique().tolist()
         col.categories = sorted((plain(v) for v in labels), key=lambda v: (str(type(v)), v))
+        if err := label_error(name, col.categories):
+            raise err
         if dtype == "category":  # the dtype comes back whole: "category" alone would sort and drop labels
             col.levels, col.ordered = [plain(v) for v in s.dtype.categories], bool(s.dtype.ordered)
         return col
