@@ -233,6 +233,8 @@ def test_fit_reads_a_tensor_as_it_reads_the_same_numpy_array(tmp_path):
         assert as_dataset(ds).x.dtype == torch.float32  # was a dtype error deep in the first matmul
         model = vaekit.fit(ds, vaekit.Config(epochs=0, latent_dim=2, hidden=[4], progress=False))
         assert model.encode(x[:2]).mean.shape == (2, 2)  # float64 or numpy input is read as float32
+        assert vaekit.log_likelihood(model, x[:2], k=2).shape == (2,)
+        assert model.interpolate(x[0], x[1], steps=3).shape == (3, 1, 4, 4)
     for bad, fragment in [
         (torch.rand(0, 1, 8, 8), r"shape \(0, 1, 8, 8\) \(empty\); need \(N, features...\)"),
         (np.ma.masked_array(np.ones((4, 2)), mask=[[1, 0], [0, 0], [0, 0], [0, 1]]), "2 masked values; fill or drop"),

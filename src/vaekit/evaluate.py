@@ -18,6 +18,7 @@ from torch.distributions import Independent, MixtureSameFamily, Normal, kl_diver
 
 from .data import MNIST_TEST_BINARIZE_SEED, binarize_fixed, check_finite, on_8bit_grid
 from .errors import ConfigError, IncompatibleError, NonFiniteError
+from .model import as_float
 from .monitor import work_bar
 from .objectives import log_weights
 
@@ -42,8 +43,9 @@ def check_eval_data(model, x: torch.Tensor) -> None:
     grid for the latter (training refuses the same data)."""
     shape = tuple(model.input_shape)
     if tuple(x.shape[1:]) != shape:
+        one = " (one example: pass x[None], a batch of one)" if tuple(x.shape) == shape else ""
         raise IncompatibleError(f"the data's examples have shape {tuple(x.shape[1:])} but the model expects "
-                                f"{shape}; evaluate it on data like its training data")
+                                f"{shape}{one}; evaluate it on data like its training data")
     check_finite(x, "the evaluation data")
     config = getattr(model, "config", None)
     if config is None or config.likelihood not in ("bernoulli", "discretized-logistic"):
@@ -85,8 +87,11 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
     A conditional model takes the conditions `c` (N, C): then this is log p(x|c).
     `progress=True` shows a bar (examples done, rate, time left) on a terminal.
     """
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ConfigError(f"k={k!r} must be an integer >= 1")
+    for name, v in (("k", k), ("batch_size", batch_size), ("chunk", chunk or 1)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ConfigError(f"{name}={v!r} must be an integer >= 1")
+    if not isinstance(x, torch.Tensor) and not hasattr(x, "summary"):  # numpy or a list; streamed rows stay lazy
+        x = as_float(x)
     check_eval_data(model, x)
     model.eval()
     values = math.prod(model.input_shape)

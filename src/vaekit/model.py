@@ -62,6 +62,14 @@ def check_memory(nbytes: int, device: torch.device, what: str, fix: str) -> None
                           f"on {torch.device(device).type}; {fix}")
 
 
+def as_float(x) -> torch.Tensor:
+    """x as a float32 tensor, where it lives: numpy arrays and nested lists are read as they are,
+    float64, integer and bool tensors cast (the nets compute in float32)."""
+    if not isinstance(x, torch.Tensor):
+        return torch.as_tensor(np.asarray(x, dtype=np.float32))
+    return x if x.dtype == torch.float32 else x.float()
+
+
 class VAE(nn.Module):
     min_sigma = 1e-4  # floor on the posterior std: log q(z|x) stays finite
     sample_chunk_values = 1 << 24  # generation decodes about this many values at a time (64 MB of float32)
@@ -132,15 +140,14 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> Distribution:
         """q(z|x[, c]) for x (B, *shape), c (B, C): a distribution with batch (B,) and event (d,)."""
-        if not isinstance(x, torch.Tensor):  # a numpy array or nested list, read as it is
-            x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        x = as_float(x)  # a no-op in training
         if tuple(x.shape[1:]) != self.input_shape:  # a clear message, not a matmul error deep inside
             one = " (one example: pass x[None], a batch of one)" if tuple(x.shape) == self.input_shape else ""
             raise IncompatibleError(f"x has shape {tuple(x.shape)} but this model takes (B, *{self.input_shape}){one}; "
                                     "pass data shaped like its training data")
-        # data may live anywhere (a CPU tensor for a CUDA model) in any real dtype (float64, int, bool);
-        # the nets compute in float32. A no-op in training
-        x = x.to(self.device, torch.float32)
+        if len(x) == 0:
+            raise IncompatibleError(f"x has shape {tuple(x.shape)}: no examples; pass at least one")
+        x = x.to(self.device)  # data may live anywhere (a CPU tensor for a CUDA model); a no-op in training
         xs = self.likelihood.standardize(x)
         c = self.check_condition(c, len(x))
         if c is not None and isinstance(self.encoder, ConvEncoder):
@@ -159,7 +166,10 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Distribution:
         """p(x|z[, c]) for z (*lead, d) and c (B, C) with lead ending in B: batch shape `lead`,
         event shape the example's shape."""
-        z = z.to(self.device)  # a latent from anywhere (no-op in training)
+        z = as_float(z).to(self.device)  # a latent from anywhere (no-op in training)
+        if z.ndim == 0 or z.shape[-1] != self.latent_dim:  # a clear message, not a matmul error inside
+            raise IncompatibleError(f"z has shape {tuple(z.shape)} but this model's latents have {self.latent_dim} "
+                                    f"dims: pass z (..., {self.latent_dim})")
         lead = z.shape[:-1]
         if self.condition_dim:
             c = self.check_condition(c, lead[-1] if lead else 1)
@@ -183,6 +193,8 @@ class VAE(nn.Module):
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ConfigError(f"n={n!r} must be an integer >= 1 (how many samples)")
         n = int(n)  # numpy's integers too
+        if not 0 <= temperature < math.inf:  # 0: the prior's mean decoded n times
+            raise ConfigError(f"temperature={temperature} must be a finite number >= 0, e.g. 1")
         check_memory(n * (math.prod(self.input_shape) + self.latent_dim) * 4, self.device,
                      f"n={n} samples of shape {self.input_shape} (and their latents)",
                      "draw fewer at a time, or write them with `vaekit sample -o FILE.npy`, which writes in pieces")
@@ -250,6 +262,7 @@ class VAE(nn.Module):
         conditional model interpolates the conditions c1 -> c2 along with z."""
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 2:
             raise ConfigError(f"steps={steps!r} must be an integer >= 2")
+        x1, x2 = as_float(x1), as_float(x2)
         one = x1.dim() == len(self.input_shape)
         x1, x2 = (x1.unsqueeze(0), x2.unsqueeze(0)) if one else (x1, x2)
         if x1.shape != x2.shape:
@@ -276,6 +289,9 @@ class VAE(nn.Module):
         if not 0 <= dim < self.latent_dim:
             raise ConfigError(f"latent dimension {dim} out of range: this model has {self.latent_dim} "
                               f"(0..{self.latent_dim - 1})")
+        if not 0 < span < math.inf:
+            raise ConfigError(f"span={span} must be a finite number > 0 (the walk goes from -span to span)")
+        x = as_float(x)
         steps = int(steps)
         check_memory(steps * (math.prod(self.input_shape) + self.latent_dim) * 4, self.device,
                      f"{steps} steps", "use fewer --steps")

@@ -158,6 +158,8 @@ def traversals(model, x: torch.Tensor, dims: list[int] | None = None, top: int =
         raise ConfigError(f"--index {index} is outside the {len(x)} examples given; pick 0..{len(x) - 1}")
     if steps < 2 or not span > 0 or top < 1:
         raise ConfigError(f"need --steps >= 2 (got {steps}), --span > 0 (got {span}) and --top >= 1 (got {top})")
+    if dims is not None and not len(dims):
+        raise ConfigError("dims is empty; name at least one latent dimension, or pass dims=None for the most active")
     if dims is None:
         spread = activity(posterior_means(model, x, c))  # (d,)
         ranked = spread.argsort(descending=True).tolist()
