@@ -786,3 +786,20 @@ def test_sql_and_parquet_python_objects(tmp_path, stream):
         with pytest.raises(DataError, match=rf"column '{name}' {message}"):
             fit_table(pd.DataFrame({name: values, "y": df.y}), quick, out=tmp_path / "run")
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_codes_with_leading_zeros_stay_labels(tmp_path, stream, capsys):
+    # ZIP codes such as 02134 were read as the integer 2134 and sampled back without the zero
+    rng = np.random.default_rng(0)
+    n = 200
+    df = pd.DataFrame({"zip": rng.choice(["02134", "00501", "10001", "94105"], n), "y": rng.normal(size=n).round(2)})
+    df.to_csv(tmp_path / "t.csv", index=False)
+    quick = table_config(epochs=1, hidden=[8], latent_dim=2, progress=False)
+    model = fit_table(tmp_path / "t.csv", quick, stream=stream, out=tmp_path / "run", condition_columns=["zip"])
+    assert model.schema.column("zip").categories == ["00501", "02134", "10001", "94105"]
+    assert main(["sample", str(tmp_path / "run"), "-n", "20", "-o", str(tmp_path / "s.csv"), "--condition", "zip=00501"]) == 0
+    assert {line.split(",")[0] for line in (tmp_path / "s.csv").read_text().splitlines()[1:]} == {"00501"}
+    assert main(["reconstruct", str(tmp_path / "run"), str(tmp_path / "t.csv"), "-n", "3",
+                 "-o", str(tmp_path / "r.csv")]) == 0
+    assert main(["evaluate", str(tmp_path / "run"), str(tmp_path / "t.csv"), "--json"]) == 0

@@ -75,8 +75,9 @@ def read_chunks(path: str | os.PathLike, sep: str | None = None, chunk_rows: int
                 yield text_gaps(batch.to_pandas(), missing)
             return
         rows = chunk_rows or _rows_per_chunk(p)
-        with pd.read_csv(p, sep=sep, chunksize=rows, dtype={c: str for c in text} or None,
-                         na_values=list(missing) or None, decimal=decimal, **layout) as reader:
+        layout["dtype"] = {**layout.get("dtype", {}), **{c: str for c in text}} or None
+        with pd.read_csv(p, sep=sep, chunksize=rows, na_values=list(missing) or None, decimal=decimal,
+                         **layout) as reader:
             for chunk in reader:
                 yield drop_trailing(chunk, p)
     except DataError:

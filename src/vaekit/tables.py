@@ -18,7 +18,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,6 +354,8 @@ def csv_separator(p: Path, sep: str | None) -> str:
     return max([",", ";", "\t"], key=header.count)
 
 
+SNIFF_LINES = 1000  # data lines csv_layout reads for leading zeros
+LEADING_ZERO = re.compile(r"[+-]?0\d+")  # 02134: a code, not the number 2134
 TRAILING = "\x00trailing"  # the name given to the empty field after a trailing separator; dropped once read
 
 
@@ -363,29 +367,34 @@ def csv_layout(p: Path, sep: str | None) -> tuple[str, dict[str, Any]]:
     have it, takes the first column for an index and shifts every value one column left. A header
     that repeats a name is refused: pandas would rename the copy ('a.1') and the synthetic table's
     header would not be the real one's. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is not part
-    of the first name."""
+    of the first name. Columns with a leading zero ('02134', '000566') in the first SNIFF_LINES
+    lines are read as text: codes such as ZIP codes, which as numbers would lose the zero."""
     try:
         sep = csv_separator(p, sep)
         if len(sep) != 1:  # a regular expression: pandas' own rules apply
             return sep, {}
         with open(p, encoding="utf-8-sig", errors="strict", newline="") as f:
             lines = csv.reader(f, delimiter=sep)
-            header, first = next(lines, []), next(lines, [])
+            header, rows = next(lines, []), list(itertools.islice(lines, SNIFF_LINES))
     except (UnicodeDecodeError, csv.Error, OSError) as e:  # not text; a field over csv's size limit
         raise unreadable(p, e) from None
     repeated = sorted({name for name in header if name and header.count(name) > 1})
     if repeated:
         raise DataError(f"{p}: the header repeats the column name(s) {repeated}; give each column its own name")
     index = len(header) > 1 and header[0] == ""
+    first = rows[0] if rows else []
     trailing = (len(header) > 1 + index and header[-1] == "") or \
         (len(header) > 0 and len(first) == len(header) + 1 and first[-1] == "")
     names = header[:-1] if trailing and header[-1] == "" else header
     blank = [i + 1 for i, name in enumerate(names) if name == "" and not (i == 0 and index)]
     if blank:  # pandas would call it 'Unnamed: N', and the synthetic table's header would say so
         raise DataError(f"{p}: column(s) {blank} of the header have no name; give every column a name")
+    codes = {name: str for i, name in enumerate(names) if name and
+             any(i < len(row) and LEADING_ZERO.fullmatch(row[i].strip()) for row in rows)}
+    layout = {"index_col": 0 if index else None, **({"dtype": codes} if codes else {})}
     if trailing:
-        return sep, {"names": names + [TRAILING], "header": 0, "index_col": 0 if index else None}
-    return sep, {"index_col": 0 if index else None}
+        layout.update(names=names + [TRAILING], header=0)
+    return sep, layout
 
 
 def drop_trailing(df, p: Path):
