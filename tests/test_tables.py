@@ -803,3 +803,20 @@ def test_codes_with_leading_zeros_stay_labels(tmp_path, stream, capsys):
     assert main(["reconstruct", str(tmp_path / "run"), str(tmp_path / "t.csv"), "-n", "3",
                  "-o", str(tmp_path / "r.csv")]) == 0
     assert main(["evaluate", str(tmp_path / "run"), str(tmp_path / "t.csv"), "--json"]) == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_dates_not_in_iso_format_are_named(tmp_path, stream):
+    # '08/18/2021' and 'Aug 18, 2021' were "an identifier or free text?" (or hundreds of labels)
+    rng = np.random.default_rng(0)
+    n = 200
+    days = pd.to_datetime("2020-01-01") + pd.to_timedelta(rng.integers(0, 700, n), unit="D")
+    quick = table_config(epochs=1, hidden=[8], latent_dim=2, progress=False)
+    for fmt in ("%m/%d/%Y", "%d.%m.%Y %H:%M", "%b %d, %Y"):
+        pd.DataFrame({"d": days.strftime(fmt), "y": rng.normal(size=n)}).to_csv(tmp_path / "t.csv", index=False)
+        with pytest.raises(DataError, match=r"column 'd' holds dates that are not ISO 8601 \(e.g. '.*2021.*'\).*"
+                                            r"--column-kind d=categorical"):
+            fit_table(tmp_path / "t.csv", quick, stream=stream)
+    versions = pd.DataFrame({"v": [f"1.{i % 20}.{i % 3}" for i in range(n)], "y": rng.normal(size=n)})
+    versions.to_csv(tmp_path / "v.csv", index=False)  # no four-digit year: labels, as before
+    assert fit_table(tmp_path / "v.csv", quick, stream=stream).schema.column("v").kind == "categorical"

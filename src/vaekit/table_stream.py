@@ -30,8 +30,8 @@ from .table_codec import encode
 from .tables import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED,
                      ZONED_DTYPE, Column, Schema, _fit_gmm, check_decimal, check_missing, check_request, check_trainable,
                      condition_values, csv_layout, decimal_comma, decimals, drop_trailing, formatted_error,
-                     formatted_numbers, label_error, nested_error, placeholder_error, plain, text_gaps, time_step,
-                     to_numbers, unreadable)
+                     formatted_numbers, label_error, loose_dates_error, nested_error, placeholder_error, plain, text_gaps,
+                     time_step, to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
 CHUNK_BYTES = 4 << 20  # CSV text per chunk (its DataFrame is a few times larger)
@@ -306,6 +306,8 @@ class ColumnStats:
         if self.types <= {str} and len(labels) > MAX_CATEGORIES and pd.Series(list(labels), dtype=object).str.fullmatch(
                 DECIMAL_COMMA).all():
             raise decimal_comma(name, next(iter(labels)))
+        if self.types <= {str} and len(labels) > MAX_CATEGORIES and (err := loose_dates_error(name, labels)):
+            raise err
         if len(labels) > MAX_CATEGORIES and len(labels) > 0.5 * n:
             raise DataError(f"column {name!r} has {len(labels)} distinct labels in {n} rows (an identifier or "
                             f"free text?); drop it, or pass --column-kind {name}=categorical to model it anyway")

@@ -608,6 +608,8 @@ def _guess_kind(name: str, values) -> str:
     distinct = values.nunique()
     if types <= {str} and distinct > MAX_CATEGORIES and values.str.fullmatch(DECIMAL_COMMA).all():
         raise decimal_comma(name, values.iloc[0])
+    if types <= {str} and distinct > MAX_CATEGORIES and (err := loose_dates_error(name, values.unique())):
+        raise err
     if distinct > MAX_CATEGORIES and distinct > 0.5 * len(values):
         raise DataError(f"column {name!r} has {distinct} distinct labels in {len(values)} rows (an identifier or "
                         f"free text?); drop it, or pass --column-kind {name}=categorical to model it anyway")
@@ -633,6 +635,26 @@ def decimals(x: np.ndarray) -> int | None:
         if np.all(np.abs(np.round(x, d) - x) <= 1e-12 * np.maximum(1.0, np.abs(x))):  # float64's own noise
             return d
     return None
+
+
+def loose_dates_error(name: str, labels) -> DataError | None:
+    """Many labels that are all dates, but not ISO 8601 ('05/10/2021', 'May 10, 2021'): vaekit
+    reads only ISO text as dates (a looser parser cannot tell 05/10 from 10/05). None otherwise;
+    each label needs a four-digit year, so versions such as '1.2.3' stay labels."""
+    import warnings
+
+    import pandas as pd
+
+    words = pd.Series([str(v) for v in list(labels)[:200]], dtype=object)  # (<= 200,) enough to tell
+    if len(words) == 0 or not words.str.contains(r"\d{4}").all():
+        return None
+    with warnings.catch_warnings():  # pandas warns when it guesses formats value by value
+        warnings.simplefilter("ignore")
+        if pd.to_datetime(words, errors="coerce", format="mixed").isna().any():
+            return None
+    return DataError(f"column {name!r} holds dates that are not ISO 8601 (e.g. {words[0]!r}), which vaekit reads as "
+                     f"labels: write them as 2021-05-10 (pandas: pd.to_datetime(df[{name!r}], format=...)"
+                     f".dt.strftime('%Y-%m-%d')), or pass --column-kind {name}=categorical to model them as labels")
 
 
 def decimal_comma(name: str, example: Any) -> DataError:
