@@ -189,6 +189,7 @@ BAD_TABLES = [
     ("mixed.csv", "a,b\n" + "".join(f"{i},{i * 2}\n" for i in range(40)) + "41,oops\n", "column 'b' mixes numbers and text"),
     ("binary.csv", bytes(range(256)) * 8, "is not a readable table"),
     ("ids.csv", "id,v\n" + "".join(f"u{i},{i % 3}\n" for i in range(80)), "column 'id' has 80 distinct labels"),
+    ("rowids.csv", "n,v\n" + "".join(f"{i + 1},{i % 3}\n" for i in range(80)), "column 'n' counts up by one"),
 ]
 
 
@@ -820,3 +821,20 @@ def test_dates_not_in_iso_format_are_named(tmp_path, stream):
     versions = pd.DataFrame({"v": [f"1.{i % 20}.{i % 3}" for i in range(n)], "y": rng.normal(size=n)})
     versions.to_csv(tmp_path / "v.csv", index=False)  # no four-digit year: labels, as before
     assert fit_table(tmp_path / "v.csv", quick, stream=stream).schema.column("v").kind == "categorical"
+
+
+def test_row_numbers_are_named_in_memory_and_across_streamed_chunks(tmp_path):
+    # a column of row ids was modelled as an integer and sampled as random, repeating numbers, unsaid
+    rng = np.random.default_rng(0)
+    n = 120
+    quick = table_config(epochs=1, hidden=[8], latent_dim=2, progress=False)
+    pd.DataFrame({"id": np.arange(1000, 1000 + n), "y": rng.normal(size=n)}).to_csv(tmp_path / "t.csv", index=False)
+    for stream in (False, True):
+        with pytest.raises(DataError, match=r"column 'id' counts up by one from row to row \(1000, 1001, \.\.\.\).*"
+                                            r"--column-kind id=integer"):
+            fit_table(tmp_path / "t.csv", quick, stream=stream, chunk_rows=25 if stream else None)
+        assert fit_table(tmp_path / "t.csv", quick, stream=stream, kinds={"id": "integer"}).schema.column("id").kind == "integer"
+    shuffled = pd.DataFrame({"id": rng.permutation(n), "y": rng.normal(size=n)})  # ids in no order: a number
+    shuffled.to_csv(tmp_path / "s.csv", index=False)
+    for stream in (False, True):
+        assert fit_table(tmp_path / "s.csv", quick, stream=stream).schema.column("id").kind == "integer"

@@ -29,9 +29,9 @@ from .errors import ConfigError, DataError
 from .table_codec import encode
 from .tables import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED,
                      ZONED_DTYPE, Column, Schema, _fit_gmm, check_decimal, check_missing, check_request, check_trainable,
-                     condition_values, csv_layout, decimal_comma, decimals, drop_trailing, formatted_error,
-                     formatted_numbers, label_error, loose_dates_error, nested_error, placeholder_error, plain, text_gaps,
-                     time_step, to_numbers, unreadable)
+                     condition_values, counting_error, csv_layout, decimal_comma, decimals, drop_trailing,
+                     formatted_error, formatted_numbers, label_error, loose_dates_error, nested_error, placeholder_error,
+                     plain, text_gaps, time_step, to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
 CHUNK_BYTES = 4 << 20  # CSV text per chunk (its DataFrame is a few times larger)
@@ -125,6 +125,7 @@ class ColumnStats:
         self.zoned = False  # some ISO datetime text carries a UTC offset
         self.formatted, self.formatted_example = True, None  # every label a number in spreadsheet format; one such
         self.commas = True  # every label a decimal-comma number (0,75)
+        self.counting, self.last, self.head = True, None, []  # numbers up by one from row to row; the last; first two
         self.levels: list[Any] | None = None  # a category dtype's categories, in order (a union over chunks)
         self.ordered = False
         self.nonfinite, self.whole, self.numbers = False, True, True
@@ -185,6 +186,9 @@ class ColumnStats:
         elif self.kind is None and numeric:
             x = v.to_numpy(dtype=np.float64)
             self.nonfinite = self.nonfinite or not np.isfinite(x).all()
+            if self.counting:  # as tables._guess_kind, across chunk boundaries too
+                self.counting = bool(np.all(np.diff(x) == 1)) and (self.last is None or x[0] == self.last + 1)
+                self.last, self.head = x[-1], (self.head + x[:2].tolist())[:2]
         elif self.kind is None and (pd.api.types.is_datetime64_any_dtype(v)
                                      or (text and self.iso and self.types <= {str})):
             x = to_numbers(Column(self.name, "datetime", ""), v)
@@ -280,6 +284,9 @@ class ColumnStats:
         if pd.api.types.is_numeric_dtype(t) or pd.api.types.is_timedelta64_dtype(t):  # durations: seconds
             if self.nonfinite:
                 raise DataError(f"column {name!r} holds infinite values; replace them with numbers or blanks")
+            if self.counting and self.head and self.rows - self.missing > MAX_CATEGORIES and \
+                    not pd.api.types.is_timedelta64_dtype(t):
+                raise counting_error(name, self.head)
             if self.whole and labels is not None and len(labels) <= MAX_CATEGORY_INTEGERS:
                 return "categorical"
             return "integer" if self.whole else "continuous"

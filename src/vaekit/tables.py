@@ -575,12 +575,15 @@ def _guess_kind(name: str, values) -> str:
         return "boolean"
     if pd.api.types.is_datetime64_any_dtype(values):
         return "datetime"
-    if pd.api.types.is_timedelta64_dtype(values):
+    duration = pd.api.types.is_timedelta64_dtype(values)
+    if duration:
         values = values.dt.total_seconds()  # durations: the numeric rules on seconds; restored as timedeltas
     if pd.api.types.is_numeric_dtype(values):
         x = values.to_numpy(dtype=np.float64)
         if not np.isfinite(x).all():
             raise DataError(f"column {name!r} holds infinite values; replace them with numbers or blanks")
+        if not duration and len(x) > MAX_CATEGORIES and np.all(np.diff(x) == 1):
+            raise counting_error(name, x[:2])
         whole = bool(np.all(x == np.round(x)))
         if whole and values.nunique() <= MAX_CATEGORY_INTEGERS:
             return "categorical"
@@ -635,6 +638,13 @@ def decimals(x: np.ndarray) -> int | None:
         if np.all(np.abs(np.round(x, d) - x) <= 1e-12 * np.maximum(1.0, np.abs(x))):  # float64's own noise
             return d
     return None
+
+
+def counting_error(name: str, head) -> DataError:
+    """A column that counts up by one from row to row: row numbers or ids (sampled, they would be
+    random numbers that repeat). Refused as a column of distinct text labels is."""
+    return DataError(f"column {name!r} counts up by one from row to row ({head[0]:g}, {head[1]:g}, ...): row numbers "
+                     f"or ids? drop it, or pass --column-kind {name}=integer to model it anyway")
 
 
 def loose_dates_error(name: str, labels) -> DataError | None:
