@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="conv/hvae models: train in NHWC layout (default on: faster convolutions)")
     t.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="read a .npy (memory-mapped) or image folder batch by batch instead of into memory "
-                        "(default: stream a .npy larger than 1 GiB as float32); tables: read the file in chunks "
+                        "(default: stream a .npy or image folder larger than 1 GiB as float32); tables: read the file in chunks "
                         "and train from an encoded copy on disk (default: a table file larger than 256 MiB)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--column-kind", action="append", metavar="COL=KIND",

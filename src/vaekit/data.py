@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import struct
@@ -57,8 +58,8 @@ def load_data(spec: str, split: str = "train", data_dir: str | os.PathLike | Non
 
     `split` is "train", "test" or "all" for the named datasets; a path is always all of it.
     `stream=True` leaves a `.npy` (memory-mapped) or an image folder on disk: `x` is then a
-    `vaekit.stream.LazyRows` that `fit` reads batch by batch; None streams a `.npy` whose
-    float32 copy would exceed 1 GiB.
+    `vaekit.stream.LazyRows` that `fit` reads batch by batch; None streams a `.npy` or an
+    image folder whose float32 copy would exceed 1 GiB.
     """
     if split not in ("train", "test", "all"):
         raise DataError(f"split {split!r} is not train, test or all")
@@ -74,9 +75,9 @@ def load_data(spec: str, split: str = "train", data_dir: str | os.PathLike | Non
                         "use digits, mnist or a path to .npy/.npz or an image folder")
     from . import stream as lazy
 
-    streamed = lazy.should_stream(path) if stream is None else stream
     if path.is_dir():
-        return load_image_folder(path, stream=streamed)
+        return load_image_folder(path, stream=stream)
+    streamed = lazy.should_stream(path) if stream is None else stream
     suffix = path.suffix.lower()
     if streamed and suffix == ".npz":
         raise DataError(f"{spec}: a .npz cannot be memory-mapped; save the array with numpy.save as .npy to stream it")
@@ -327,41 +328,31 @@ def as_dataset(data) -> Dataset:
     raise DataError(f"cannot train on {name}; pass a Dataset, tensor or numpy array{hint}")
 
 
-def load_image_folder(path: Path, stream: bool = False) -> Dataset:
+def load_image_folder(path: Path, stream: bool | None = False) -> Dataset:
     """Every image file under `path` (sorted), same size required; greyscale stays 1 channel.
 
     Sub-folder names become integer labels (in sorted order) when images sit in sub-folders.
-    `stream=True` lists the files and reads their headers only; pixels are decoded per batch.
+    The headers are read first (sizes and modes, checked before any decoding). `stream=True`
+    stops there: pixels are decoded per batch; None streams a folder whose float32 copy would
+    exceed 1 GiB. Otherwise every image is decoded straight into one (N, C, H, W) array.
     """
-    from PIL import Image, UnidentifiedImageError
+    from .stream import AUTO_STREAM_BYTES, open_image_folder
 
     files = image_files(path)
-    if stream:
-        from .stream import open_image_folder
-
-        labels, names = _folder_labels(path, files)
-        return Dataset(open_image_folder(files, path.name), labels, True, path.name, classes=names)
-    images, modes = [], set()
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                images.append(upright(im))
-                modes.add(im.mode)
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{f} is not a readable image ({e}); remove or replace it") from None
-    mode = folder_mode(modes)
-    sizes = {im.size for im in images}
-    if len(sizes) > 1:
-        first = images[0].size
-        odd = next(f for f, im in zip(files, images) if im.size != first)
-        raise DataError(f"{odd} is {images[files.index(odd)].size[0]}x{images[files.index(odd)].size[1]} but "
-                        f"{files[0]} is {first[0]}x{first[1]}; resize all images to one size")
-    arr = np.stack([pixels(im, mode, f) for f, im in zip(files, images)])  # (N, H, W[, 3])
-    x = torch.from_numpy(arr)
-    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
     labels, names = _folder_labels(path, files)
-    return Dataset(x, labels, True, path.name, classes=names)
+    lazy = open_image_folder(files, path.name)
+    if stream is None:
+        stream = 4 * math.prod(lazy.shape) > AUTO_STREAM_BYTES
+    if stream:
+        return Dataset(lazy, labels, True, path.name, classes=names)
+    # filled chunk by chunk: the float32 copy is the only one held (a list of decoded images,
+    # stacked, then made channels-first, held it three times and the PIL images besides)
+    x = np.empty(tuple(lazy.shape), dtype=np.float32)  # (N, C, H, W)
+    done = 0
+    for chunk in lazy.chunks():
+        x[done:done + len(chunk)] = chunk
+        done += len(chunk)
+    return Dataset(torch.from_numpy(x), labels, True, path.name, classes=names)
 
 
 def image_files(path: Path) -> list[Path]:

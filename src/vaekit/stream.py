@@ -330,9 +330,8 @@ def open_image_folder(files: list[Path], name: str) -> ImageFiles:
 
 
 def should_stream(path: Path) -> bool:
-    """stream=None: stream when the float32 copy of the data would exceed AUTO_STREAM_BYTES."""
-    if path.is_dir():
-        return False  # image folders are decoded at once unless asked (they are rarely that large)
+    """stream=None: stream a .npy when its float32 copy would exceed AUTO_STREAM_BYTES (image
+    folders decide in data.load_image_folder, from their headers)."""
     if path.suffix.lower() != ".npy":
         return False
     try:
