@@ -255,3 +255,15 @@ def test_fit_reads_a_tensor_as_it_reads_the_same_numpy_array(tmp_path):
     for stream in (False, True):
         with pytest.raises(DataError, match="shorter than its header says"):
             load_data(str(tmp_path / "cut.npy"), stream=stream)
+
+
+def test_npz_with_one_data_array_beside_its_labels_and_keras_style_files(tmp_path):
+    """An .npz of images and labels under other names is read (its one non-label array is the
+    data); Keras' mnist.npz (x_train, y_train, x_test, y_test) is refused with the line to run."""
+    np.savez(tmp_path / "il.npz", images=np.zeros((5, 4, 4), np.uint8), labels=np.arange(5))
+    ds = load_data(str(tmp_path / "il.npz"))
+    assert ds.x.shape == (5, 1, 4, 4) and ds.labels.tolist() == list(range(5))
+    np.savez(tmp_path / "mnist.npz", x_train=np.zeros((5, 4, 4), np.uint8), y_train=np.arange(5),
+             x_test=np.zeros((2, 4, 4), np.uint8), y_test=np.arange(2))
+    with pytest.raises(DataError, match=r"numpy.savez\('train.npz', x=z\['x_train'\], labels=z\['y_train'\]\)"):
+        load_data(str(tmp_path / "mnist.npz"))

@@ -198,9 +198,14 @@ def load_array(path: Path) -> Dataset:
         if path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 keys = list(z.keys())
-                key = "x" if "x" in keys else (keys[0] if len(keys) == 1 else None)
+                data_keys = [k for k in keys if k not in ("labels", "y")]
+                key = "x" if "x" in keys else (data_keys[0] if len(data_keys) == 1 else None)
                 if key is None:
-                    raise DataError(f"{path} holds {keys}; name the data array 'x' (labels as 'labels' or 'y')")
+                    xk = next((k for k in data_keys if k.startswith("x")), data_keys[0])
+                    yk = "y" + xk[1:] if xk.startswith("x") and "y" + xk[1:] in keys else None
+                    pair = f"x=z[{xk!r}]" + (f", labels=z[{yk!r}]" if yk else "")
+                    raise DataError(f"{path} holds {keys}; name the data array 'x' (labels as 'labels' or 'y'), "
+                                    f"e.g. with z = numpy.load(...): numpy.savez('train.npz', {pair})")
                 arr = z[key]
                 lab_key = next((k for k in ("labels", "y") if k in keys), None)
                 labels = z[lab_key] if lab_key else None
