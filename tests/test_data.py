@@ -195,6 +195,10 @@ def test_image_folders_as_users_keep_them(tmp_path, stream):
     ds, x = load(root)
     assert x.shape == (3, 3, 6, 4) and ds.classes == ["cats", "dogs"] and ds.labels.tolist() == [0, 0, 1]
 
+    (root / "cats" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    with pytest.raises(DataError, match="gone.png is a broken symbolic link"):
+        load(root)
+    (root / "cats" / "gone.png").unlink()
     img(root / "stray.png")
     with pytest.raises(DataError, match=r"holds 1 image\(s\) of its own, such as stray.png, beside the class "
                                         r"sub-folder\(s\) cats, dogs.*move them into a sub-folder"):
@@ -267,3 +271,16 @@ def test_npz_with_one_data_array_beside_its_labels_and_keras_style_files(tmp_pat
              x_test=np.zeros((2, 4, 4), np.uint8), y_test=np.arange(2))
     with pytest.raises(DataError, match=r"numpy.savez\('train.npz', x=z\['x_train'\], labels=z\['y_train'\]\)"):
         load_data(str(tmp_path / "mnist.npz"))
+
+
+def test_two_channel_arrays_show_every_channel_in_a_grid():
+    """An array read as 2-channel images (e.g. (N, H, W, 2) pairs in [0, 1]) drew only its first
+    channel in a .png grid; each channel is now its own grey cell, an example's side by side."""
+    from vaekit.sample import image_grid
+
+    x = torch.zeros(3, 2, 4, 4)
+    x[:, 1] = 1.0  # channel 1 white, channel 0 black
+    grid = image_grid(x, min_cell=4)  # 2 examples a row: 4 cells of 4 + 5 pad pixels
+    assert grid.shape == (2 * 5 + 1, 4 * 5 + 1)
+    cells = [grid[1:5, 1 + 5 * j:5 + 5 * j].mean() for j in range(4)]
+    assert cells == [0, 255, 0, 255]  # example 0: channel 0, channel 1; example 1: the same

@@ -372,8 +372,14 @@ def image_files(path: Path) -> list[Path]:
         above = {os.path.realpath(path.joinpath(*parts[:i])) for i in range(len(parts) + 1)}  # this folder and up
         # a link back to this folder or one above it would be walked for ever
         dirs[:] = [d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(folder, d)) not in above]
-        files += [Path(folder, n) for n in names if not n.startswith(".")
-                  and Path(n).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(os.path.join(folder, n))]
+        for n in names:
+            if n.startswith(".") or Path(n).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            f = Path(folder, n)
+            if f.is_symlink() and not f.exists():  # skipping it would drop an image without a word
+                raise DataError(f"{f} is a broken symbolic link (to {os.readlink(f)}); fix its target or remove it")
+            if f.is_file():
+                files.append(f)
     files.sort()
     if not files:
         raise DataError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); point at a folder of images")

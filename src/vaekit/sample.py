@@ -32,12 +32,16 @@ def check_output_file(path: str | Path, force: bool = True) -> Path:
 def image_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 1, min_cell: int = 28) -> np.ndarray:
     """Tile images x (N, C, H, W) in [0, 1] into one uint8 picture (rows, cols[, 3]).
 
-    Small images are scaled up by an integer factor so an 8x8 digit is still visible.
+    Small images are scaled up by an integer factor so an 8x8 digit is still visible. Images
+    of 2 or more than 4 channels show each channel as a grey cell (alpha is not shown).
     """
     if x.ndim != 4:
         raise DataError(f"an image grid needs images (N, C, H, W); got shape {tuple(x.shape)}: write .npy instead")
     x = x.detach().float().cpu().clamp(0, 1)
     n, c, h, w = x.shape
+    if c not in (1, 3, 4):  # not grey, RGB or RGBA: each channel its own grey cell, an example's side by side
+        nrow = (nrow or math.ceil(math.sqrt(n))) * c
+        x, n, c = x.reshape(n * c, 1, h, w), n * c, 1  # (N * C, 1, H, W)
     scale = max(1, math.ceil(min_cell / max(h, w)))
     if scale > 1:
         x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)  # (N, C, sH, sW)
@@ -51,7 +55,7 @@ def image_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 1, min_cell:
     arr = (grid * 255).round().byte().numpy()
     if c == 1:
         return arr[0]
-    return arr[:3].transpose(1, 2, 0) if c >= 3 else np.repeat(arr[:1], 3, 0).transpose(1, 2, 0)
+    return arr[:3].transpose(1, 2, 0)  # RGB; RGBA's alpha is not shown
 
 
 def png_bytes(x: torch.Tensor, nrow: int | None = None) -> bytes:
