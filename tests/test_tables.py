@@ -699,6 +699,11 @@ def test_excel_and_windows_csv_layouts(tmp_path, stream):
     (tmp_path / "mid.csv").write_text("a,,b,\n1,2,3,\n")
     with pytest.raises(DataError, match=r"column\(s\) \[2\] of the header have no name"):
         read(tmp_path / "mid.csv")
+    # Excel's separator line ('sep=;') was taken for the header; 'name, age' made names and labels ' age', ' Paris'
+    (tmp_path / "hint.csv").write_text("sep=;\ncity;x\n" + "".join(f"{c};{x}\n" for c, x in zip(df.city, df.x)))
+    pd.testing.assert_frame_equal(read(tmp_path / "hint.csv"), df)
+    (tmp_path / "spaced.csv").write_text("city, x\n" + "".join(f"{c}, {x}\n" for c, x in zip(df.city, df.x)))
+    pd.testing.assert_frame_equal(read(tmp_path / "spaced.csv"), df)
     # cp1252 text (accented labels) was "not a readable table ('utf-8' codec can't decode ...)"
     df.to_csv(tmp_path / "win.csv", index=False, encoding="cp1252")
     with pytest.raises(DataError, match=r"is not UTF-8 text \(it holds the byte 0xfc\).*cp1252.*save it as UTF-8"):

@@ -345,13 +345,15 @@ def placeholder_error(name: str, labels, share: float) -> DataError | None:
                      f"as gaps, or --column-kind {name}=categorical to model every value as a label")
 
 
-def csv_separator(p: Path, sep: str | None) -> str:
-    """`sep`, or the one of ',', ';' and tab that the header line holds most of."""
-    if sep is not None:
-        return sep
+def csv_separator(p: Path, sep: str | None) -> tuple[str, int]:
+    """`sep`, or the one of ',', ';' and tab that the header line holds most of; and the lines
+    before the header: 1 when the file starts with Excel's separator line ('sep=;'), which names it."""
     with open(p, encoding="utf-8-sig", errors="strict") as f:
         header = f.readline()
-    return max([",", ";", "\t"], key=header.count)
+    hint = re.fullmatch(r"sep=(.)", header.rstrip("\r\n"))
+    if hint:
+        return sep or hint.group(1), 1
+    return sep or max([",", ";", "\t"], key=header.count), 0
 
 
 SNIFF_LINES = 1000  # data lines csv_layout reads for leading zeros
@@ -367,17 +369,22 @@ def csv_layout(p: Path, sep: str | None) -> tuple[str, dict[str, Any]]:
     have it, takes the first column for an index and shifts every value one column left. A header
     that repeats a name is refused: pandas would rename the copy ('a.1') and the synthetic table's
     header would not be the real one's. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is not part
-    of the first name. Columns with a leading zero ('02134', '000566') in the first SNIFF_LINES
+    of the first name, nor Excel's first line 'sep=;' a row. When every field after a separator
+    starts with a space ('name, age, city'), the spaces are layout (skipinitialspace), not part of
+    names and labels. Columns with a leading zero ('02134', '000566') in the first SNIFF_LINES
     lines are read as text: codes such as ZIP codes, which as numbers would lose the zero."""
     try:
-        sep = csv_separator(p, sep)
+        sep, skip = csv_separator(p, sep)
         if len(sep) != 1:  # a regular expression: pandas' own rules apply
-            return sep, {}
+            return sep, {"skiprows": skip}
         with open(p, encoding="utf-8-sig", errors="strict", newline="") as f:
-            lines = csv.reader(f, delimiter=sep)
+            lines = csv.reader(itertools.islice(f, skip, None), delimiter=sep)
             header, rows = next(lines, []), list(itertools.islice(lines, SNIFF_LINES))
     except (UnicodeDecodeError, csv.Error, OSError) as e:  # not text; a field over csv's size limit
         raise unreadable(p, e) from None
+    spaced = len(header) > 1 and all(field[:1] in ("", " ") for row in [header] + rows for field in row[1:])
+    if spaced:  # 'name, age, city': the space after each separator is layout, not part of names and labels
+        header, rows = [h.lstrip(" ") for h in header], [[f.lstrip(" ") for f in row] for row in rows]
     repeated = sorted({name for name in header if name and header.count(name) > 1})
     if repeated:
         raise DataError(f"{p}: the header repeats the column name(s) {repeated}; give each column its own name")
@@ -391,7 +398,8 @@ def csv_layout(p: Path, sep: str | None) -> tuple[str, dict[str, Any]]:
         raise DataError(f"{p}: column(s) {blank} of the header have no name; give every column a name")
     codes = {name: str for i, name in enumerate(names) if name and
              any(i < len(row) and LEADING_ZERO.fullmatch(row[i].strip()) for row in rows)}
-    layout = {"index_col": 0 if index else None, **({"dtype": codes} if codes else {})}
+    layout = {"index_col": 0 if index else None, "skiprows": skip, "skipinitialspace": spaced,
+              **({"dtype": codes} if codes else {})}
     if trailing:
         layout.update(names=names + [TRAILING], header=0)
     return sep, layout
