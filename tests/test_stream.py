@@ -27,6 +27,10 @@ def test_streamed_npy_trains_exactly_like_the_array_in_memory(tmp_path, capsys):
     lazy, mem = vaekit.load_data(str(tmp_path / "x.npy"), stream=True), vaekit.load_data(str(tmp_path / "x.npy"))
     assert isinstance(lazy.x, LazyRows) and isinstance(mem.x, torch.Tensor)
     assert torch.equal(lazy.x[:], mem.x) and torch.equal(lazy.x[[5, 2, 5]], mem.x[[5, 2, 5]])
+    mask = mem.x[:, 0] > 0.5
+    assert torch.equal(lazy.x[mask], mem.x[mask]) and torch.equal(lazy.x[mask.numpy()], mem.x[mask])  # not rows 0/1
+    with pytest.raises(IndexError, match="rows only"):
+        lazy.x[0, 3]
     config = _cfg(likelihood="bernoulli", binarize="none")
     a, b = vaekit.fit(lazy, config), vaekit.fit(mem, config)
     assert a.history.epochs[-1]["val_loss"] == b.history.epochs[-1]["val_loss"]

@@ -73,9 +73,16 @@ class LazyRows:
     def _indices(self, index) -> np.ndarray:
         if isinstance(index, slice):
             return np.arange(*index.indices(self.n), dtype=np.int64)
+        if isinstance(index, tuple):  # x[i, j] would read rows i and j, not element j of row i
+            raise IndexError(f"{type(self).__name__} indexes rows only; take x[rows] first, then index the tensor")
         if isinstance(index, torch.Tensor):
             index = index.detach().cpu().numpy()
-        return self._check(np.asarray(index, dtype=np.int64).reshape(-1))
+        index = np.asarray(index)
+        if index.dtype == bool:  # a mask: as int64 it would read rows 0 and 1
+            if index.shape != (self.n,):
+                raise IndexError(f"a boolean mask of shape {index.shape} for {self.n} rows")
+            return np.flatnonzero(index)
+        return self._check(index.astype(np.int64).reshape(-1))
 
     def _check(self, idx: np.ndarray) -> np.ndarray:
         idx = np.where(idx < 0, idx + self.n, idx)
