@@ -284,3 +284,25 @@ def test_two_channel_arrays_show_every_channel_in_a_grid():
     assert grid.shape == (2 * 5 + 1, 4 * 5 + 1)
     cells = [grid[1:5, 1 + 5 * j:5 + 5 * j].mean() for j in range(4)]
     assert cells == [0, 255, 0, 255]  # example 0: channel 0, channel 1; example 1: the same
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_binary_uint8_images_stay_bits_and_column_labels_are_read(tmp_path, stream):
+    """Binarised MNIST saved as uint8 0/1 was divided by 255 like 8-bit pixels: images of 0 and
+    0.004, near-black, silently. An integer array holding only 0s and 1s is binary and kept;
+    labels saved as a column (N, 1) are one class per example."""
+    bits = (np.random.default_rng(0).random((6, 5, 4)) < 0.4).astype(np.uint8)  # (N, H, W)
+    np.save(tmp_path / "bits.npy", bits)
+    ds = load_data(str(tmp_path / "bits.npy"), stream=stream)
+    x = ds.x[np.arange(6)] if stream else ds.x
+    assert ds.image and torch.equal(x, torch.from_numpy(bits).float().unsqueeze(1))
+    grey = np.full((6, 5, 4), 2, np.uint8)  # one level above 1: 8-bit pixels
+    np.save(tmp_path / "grey.npy", grey)
+    ds = load_data(str(tmp_path / "grey.npy"), stream=stream)
+    assert torch.allclose(ds.x[np.arange(6)] if stream else ds.x, torch.full((6, 1, 5, 4), 2 / 255))
+    if not stream:
+        from vaekit.data import as_dataset
+
+        assert torch.equal(as_dataset(torch.from_numpy(bits)).x, as_dataset(bits).x)
+        np.savez(tmp_path / "col.npz", x=np.ones((4, 2)), labels=np.array([[0], [1], [1], [2]]))
+        assert load_data(str(tmp_path / "col.npz")).labels.tolist() == [0, 1, 1, 2]

@@ -280,7 +280,8 @@ def _numpy_values(arr: np.ndarray, path: Path | str) -> tuple[torch.Tensor, bool
     if isinstance(arr, np.ma.MaskedArray) and np.ma.count_masked(arr):  # np.array would read what lies under
         raise DataError(f"{path} has {np.ma.count_masked(arr)} masked values; fill or drop them first "
                         "(a.filled(value), or keep the complete rows)")
-    scaled = bool(np.issubdtype(arr.dtype, np.integer) and arr.ndim in (3, 4) and arr.min() >= 0 and arr.max() <= 255)
+    scaled = bool(np.issubdtype(arr.dtype, np.integer) and arr.ndim in (3, 4) and arr.min() >= 0
+                  and 1 < arr.max() <= 255)  # only 0s and 1s: binary images (masks, binarised MNIST), kept
     if scaled:
         arr = arr.astype(np.float32) / 255.0  # uint8-style images
     check_float32_range(arr, path)
@@ -294,7 +295,7 @@ def _tensor_values(t: torch.Tensor, path: Path | str) -> tuple[torch.Tensor, boo
         raise DataError(f"{path} has dtype {t.dtype}; it must be real numbers (float, int or bool)")
     check_shape(tuple(t.shape), path)
     integer = not t.is_floating_point() and t.dtype != torch.bool
-    scaled = integer and t.ndim in (3, 4) and bool(t.min() >= 0) and bool(t.max() <= 255)
+    scaled = integer and t.ndim in (3, 4) and bool(t.min() >= 0) and 1 < int(t.max()) <= 255  # 0/1 stay bits
     if t.dtype == torch.float64:
         big = int((torch.isfinite(t) & (t.abs() > F32_MAX)).sum())
         if big:
@@ -442,12 +443,16 @@ def class_labels(values: np.ndarray, n: int, what: str) -> tuple[torch.Tensor, l
     """One class label per example as int64 (N,), and the class names when the labels are text:
     integers (or whole-number floats) are kept; strings become positions in their sorted set."""
     values = np.asarray(values)
+    if values.ndim == 2 and values.shape[1] == 1:  # a column vector (N, 1), as MATLAB and sklearn's y often are
+        values = values[:, 0]
     if values.ndim != 1 or len(values) != n:
         raise DataError(f"{what}: labels have shape {values.shape} for {n} examples; give one class per "
                         f"example, shape ({n},) (one-hot rows: labels.argmax(1))")
     if values.dtype.kind in "US":  # text: the names themselves
         names, index = np.unique(values.astype(str), return_inverse=True)
         return torch.from_numpy(index.astype(np.int64)), [str(v) for v in names]
+    if values.dtype.kind == "u" and len(values) and values.max() > np.iinfo(np.int64).max:
+        raise DataError(f"{what}: labels up to {values.max()} do not fit int64; renumber the classes 0..K-1")
     whole = values.dtype.kind in "biu" or (values.dtype.kind == "f" and bool(np.isfinite(values).all())
                                            and bool((values == np.round(values)).all())
                                            and bool((np.abs(values) < 2.0 ** 63).all()))  # else int64 wraps

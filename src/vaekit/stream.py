@@ -168,7 +168,7 @@ class NpyRows(LazyRows):
         ndim, shape = 1 + len(self.raw_shape), self.raw_shape
         if np.issubdtype(self.raw_dtype, np.integer) and ndim in (3, 4):
             lo, hi = self._raw_range()
-            if lo >= 0 and hi <= 255:
+            if lo >= 0 and 1 < hi <= 255:  # only 0s and 1s: binary images, kept as bits (as load_array)
                 self.divisor, self.image = 255.0, True  # uint8-style images
         if ndim == 3:  # (N, H, W) greyscale images
             shape, self.image, self.layout = (1, *shape), True, "NHW"
