@@ -843,3 +843,15 @@ def test_row_numbers_are_named_in_memory_and_across_streamed_chunks(tmp_path):
     shuffled.to_csv(tmp_path / "s.csv", index=False)
     for stream in (False, True):
         assert fit_table(tmp_path / "s.csv", quick, stream=stream).schema.column("id").kind == "integer"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_column_that_cannot_be_modelled_is_named_at_once(tmp_path, stream):
+    # an id, an email and a price column took three runs to find, one error each
+    n = 80
+    quick = table_config(epochs=1, hidden=[8], latent_dim=2, progress=False)
+    pd.DataFrame({"id": range(n), "email": [f"u{i}@x.org" for i in range(n)], "ok": ["a", "b"] * (n // 2),
+                  "price": [f"${i},{i:03d}.50" for i in range(1, n + 1)]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataError, match=r"^3 columns cannot be modelled as they are: column 'id' counts up.*; "
+                                        r"column 'email' has 80 distinct labels.*; column 'price' holds numbers written"):
+        fit_table(tmp_path / "t.csv", quick, stream=stream)

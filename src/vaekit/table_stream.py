@@ -29,7 +29,7 @@ from .errors import ConfigError, DataError
 from .table_codec import encode
 from .tables import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED,
                      ZONED_DTYPE, Column, Schema, _fit_gmm, check_decimal, check_missing, check_request, check_trainable,
-                     condition_values, counting_error, csv_layout, decimal_comma, decimals, drop_trailing,
+                     condition_values, counting_error, csv_layout, decimal_comma, decimals, drop_trailing, every_column,
                      formatted_error, formatted_numbers, label_error, loose_dates_error, nested_error, placeholder_error,
                      plain, text_gaps, time_step, to_numbers, unreadable)
 
@@ -376,8 +376,8 @@ def infer_schema_chunked(path: str | os.PathLike, kinds: dict[str, str] | None =
         if not mixed or set(mixed) <= set(text) or Path(path).suffix.lower() in (".parquet", ".pq"):
             break
         text = tuple(sorted(set(text) | set(mixed)))
-    schema = Schema([st.column(encoding, seed) for st in stats], encoding, conds, missing_tokens=list(missing),
-                    decimal=decimal)
+    columns = every_column([lambda st=st: st.column(encoding, seed) for st in stats])
+    schema = Schema(columns, encoding, conds, missing_tokens=list(missing), decimal=decimal)
     for name in conds:
         schema.condition_rows[name] = condition_values(schema.column(name), pd.Series(rows.rows[name]))
     return schema, stats[0].rows, text

@@ -470,11 +470,28 @@ def infer_schema(df, kinds: dict[str, str] | None = None, encoding: str = "quant
     df = str_columns(df)
     names = list(df.columns)
     kinds, conds = check_request(names, kinds, condition_columns)
-    columns = [_infer_column(name, df[name], kinds.get(name), encoding, seed) for name in names]
+    columns = every_column([lambda name=name: _infer_column(name, df[name], kinds.get(name), encoding, seed)
+                            for name in names])
     schema = Schema(columns, encoding, conds)
     for name in conds:
         schema.condition_rows[name] = condition_values(schema.column(name), df[name])
     return schema
+
+
+def every_column(makers) -> list[Column]:
+    """Each maker's Column; the DataErrors of all columns at once, so a table with an id, an email
+    and a comment column is fixed in one go, not one column per run."""
+    columns, errors = [], []
+    for make in makers:
+        try:
+            columns.append(make())
+        except DataError as e:
+            errors.append(str(e))
+    if len(errors) == 1:
+        raise DataError(errors[0])
+    if errors:
+        raise DataError(f"{len(errors)} columns cannot be modelled as they are: " + "; ".join(errors))
+    return columns
 
 
 def condition_values(col: Column, s) -> list[Any]:
