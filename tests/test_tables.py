@@ -855,3 +855,15 @@ def test_every_column_that_cannot_be_modelled_is_named_at_once(tmp_path, stream)
     with pytest.raises(DataError, match=r"^3 columns cannot be modelled as they are: column 'id' counts up.*; "
                                         r"column 'email' has 80 distinct labels.*; column 'price' holds numbers written"):
         fit_table(tmp_path / "t.csv", quick, stream=stream)
+
+
+def test_whole_number_labels_with_gaps_are_written_as_whole_numbers(tmp_path):
+    # ratings 1..5 with blanks (float64 in pandas) came back in the CSV as 4.0
+    rng = np.random.default_rng(0)
+    n = 200
+    rating = [str(v) if rng.random() > 0.2 else "" for v in rng.integers(1, 6, n)]
+    (tmp_path / "t.csv").write_text("rating,y\n" + "".join(f"{r},{y:.2f}\n" for r, y in zip(rating, rng.normal(size=n))))
+    fit_table(tmp_path / "t.csv", table_config(epochs=1, hidden=[8], latent_dim=2, progress=False), out=tmp_path / "run")
+    assert main(["sample", str(tmp_path / "run"), "-n", "100", "-o", str(tmp_path / "s.csv")]) == 0
+    cells = {line.split(",")[0] for line in (tmp_path / "s.csv").read_text().splitlines()[1:]}
+    assert cells <= {"", "1", "2", "3", "4", "5"} and len(cells) > 2, cells

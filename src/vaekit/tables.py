@@ -430,9 +430,9 @@ def unreadable(p: Path, e: Exception) -> DataError:
 def write_table(df, path: str | Path, schema: Schema | None = None) -> Path:
     """Write df as .csv or .parquet, atomically (a temporary name, then renamed). With the run's
     `schema`, a CSV looks like the training file: gaps as its missing_tokens' first text ("?")
-    if it had one, whole numbers of an integer column with gaps as 58, not pandas' 58.0 (its
-    float64, which gaps force, stays in the DataFrame), and decimal commas separated by ';'
-    if it had them."""
+    if it had one, whole numbers of an integer column (or whole-number labels) with gaps as 58,
+    not pandas' 58.0 (its float64, which gaps force, stays in the DataFrame), and decimal commas
+    separated by ';' if it had them."""
     from .checkpoint import write_atomic
 
     p = check_table_output(path)
@@ -443,12 +443,20 @@ def write_table(df, path: str | Path, schema: Schema | None = None) -> Path:
     else:
         missing = schema.missing_tokens if schema is not None else []
         whole = {c.name: "Int64" for c in (schema.columns if schema is not None else [])
-                 if c.kind == "integer" and c.name in df and str(df[c.name].dtype).startswith("float")}
+                 if whole_numbers(c) and c.name in df and str(df[c.name].dtype).startswith("float")}
         comma = schema is not None and schema.decimal == ","
         data = df.astype(whole).to_csv(index=False, sep="\t" if p.suffix.lower() == ".tsv" else ";" if comma else ",",
                                        na_rep=missing[0] if missing else "", decimal="," if comma else ".").encode()
     write_atomic(p, data)
     return p
+
+
+def whole_numbers(col: Column) -> bool:
+    """An integer column, or labels that are whole numbers (ratings 1..5): float64 only because of gaps."""
+    if col.kind == "categorical":
+        return bool(col.categories) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and
+                                            float(v).is_integer() for v in col.categories)
+    return col.kind == "integer"
 
 
 def check_table_output(path: str | Path, force: bool = True) -> Path:
