@@ -223,6 +223,7 @@ def test_fit_reads_a_tensor_as_it_reads_the_same_numpy_array(tmp_path):
     work is one DataError naming the fix."""
     import vaekit
     from vaekit.data import as_dataset
+    from vaekit.evaluate import evaluate
 
     rng = np.random.default_rng(0)
     for a in (rng.integers(0, 256, (5, 9, 7), dtype=np.uint8), rng.integers(0, 256, (5, 9, 7, 3), dtype=np.uint8),
@@ -238,6 +239,7 @@ def test_fit_reads_a_tensor_as_it_reads_the_same_numpy_array(tmp_path):
         model = vaekit.fit(ds, vaekit.Config(epochs=0, latent_dim=2, hidden=[4], progress=False))
         assert model.encode(x[:2]).mean.shape == (2, 2)  # float64 or numpy input is read as float32
         assert vaekit.log_likelihood(model, x[:2], k=2).shape == (2,)
+        assert evaluate(model, x[:2], k=2)["n"] == 2
         assert model.interpolate(x[0], x[1], steps=3).shape == (3, 1, 4, 4)
     for bad, fragment in [
         (torch.rand(0, 1, 8, 8), r"shape \(0, 1, 8, 8\) \(empty\); need \(N, features...\)"),

@@ -148,6 +148,8 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
              progress: bool = False) -> dict[str, Any]:
     """Everything `vaekit evaluate` prints, for data x (N, *shape) already prepared (and the
     conditions c (N, C) of a conditional model); `progress`: a bar on a terminal."""
+    if not isinstance(x, torch.Tensor) and not hasattr(x, "summary"):  # numpy or a list; streamed rows stay lazy
+        x = as_float(x)
     model.eval()
     ll = log_likelihood(model, x, k=k, batch_size=batch_size, chunk=chunk, compile=compile, c=c,
                         progress=progress)  # (N,)

@@ -98,6 +98,7 @@ def write_output(x: torch.Tensor, path: str | Path, nrow: int | None = None, lay
     """Write x (..., C, H, W for images) as an image grid (.png) or the raw array (.npy),
     atomically; a .npy comes back in the training array's layout (`in_layout`)."""
     p = check_output_file(path)
+    x = torch.as_tensor(x)  # a numpy array too
     if p.suffix.lower() == ".png":
         write_atomic(p, png_bytes(x, nrow))
         return p
