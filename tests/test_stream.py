@@ -173,3 +173,29 @@ def test_image_folders_decode_into_one_array_and_stream_when_large(tmp_path, mon
     lazy = vaekit.load_data(str(tmp_path), stream=None)
     assert isinstance(lazy.x, LazyRows) and torch.equal(lazy.x[:], whole.x)
     assert isinstance(vaekit.load_data(str(tmp_path), stream=False).x, torch.Tensor)  # --no-stream
+
+
+def test_commands_on_a_large_folder_decode_only_the_rows_they_use(tmp_path, monkeypatch, capsys):
+    """`vaekit reconstruct RUN FOLDER -n 2` decoded every image of the folder first (a large one
+    was killed for memory); now data over the streaming cap stays on disk until its first n rows
+    are taken, and all of it is read only when it fits in memory, else refused naming -n."""
+    import vaekit.model
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    vaekit.fit(vaekit.load_data(str(folder)), _cfg(epochs=1), out=tmp_path / "run")
+    monkeypatch.setattr(vaekit.stream, "AUTO_STREAM_BYTES", 100)  # the folder's 768 bytes are "large"
+    decoded = []
+    real = vaekit.stream.ImageFiles._read
+    monkeypatch.setattr(vaekit.stream.ImageFiles, "_read", lambda self, idx: decoded.append(len(idx)) or real(self, idx))
+    assert main(["reconstruct", str(tmp_path / "run"), str(folder), "-n", "2", "-o", str(tmp_path / "r.npy")]) == 0
+    assert sum(decoded) == 2 and np.load(tmp_path / "r.npy").shape == (2, 1, 4, 4)
+    assert main(["evaluate", str(tmp_path / "run"), str(folder), "--k", "2"]) == 0  # all 12: they fit
+    monkeypatch.setattr(vaekit.model, "available_memory", lambda device: 100)
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run"), str(folder), "--k", "2"]) == 2
+    assert "imgs (12 examples) as float32" in capsys.readouterr().err  # ... more than the memory: pass -n N
+    assert main(["evaluate", str(tmp_path / "run"), str(folder), "--k", "2", "-n", "1"]) == 0

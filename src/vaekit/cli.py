@@ -147,12 +147,21 @@ def _sample_condition(model, values: list[str] | None, n: int):
 def _eval_data(args, model, n: int | None):
     """The data of `reconstruct`, `interpolate` and `evaluate`, checked against the model, and
     the conditions (N, C) a conditional model needs (from the data's labels)."""
+    import torch
+
     from .data import load_data
     from .evaluate import prepare_eval_data
+    from .model import check_memory
     from .train import data_conditions
 
-    ds = load_data(args.data, args.split, args.data_dir, args.download)
-    x = prepare_eval_data(model, ds.x[:n] if n else ds.x)
+    # large data stays on disk until the first n rows are taken: -n 16 of a 200,000-image folder decodes 16
+    ds = load_data(args.data, args.split, args.data_dir, args.download, stream=None)
+    x = ds.x[:n] if n else ds.x
+    if not isinstance(x, torch.Tensor):  # all of a large file or folder: only if it fits
+        check_memory(4 * math.prod(x.shape), torch.device("cpu"), f"{ds.name} ({len(x)} examples) as float32",
+                     "pass -n N to use its first N examples")
+        x = x[:]
+    x = prepare_eval_data(model, x)
     c = data_conditions(model, ds)
     return x, ds, None if c is None else c[:len(x)]
 
