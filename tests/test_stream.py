@@ -141,7 +141,8 @@ def test_huge_outputs_are_written_in_pieces_or_refused_naming_the_memory(tmp_pat
     monkeypatch.setattr(vaekit.model, "available_memory", lambda device: 1 << 20)
     write_samples(model, tmp_path / "s.npy", 5000, generator=torch.Generator().manual_seed(0), layout="NHW")
     got = np.load(tmp_path / "s.npy")  # 1.3 MB of samples, more than the memory "free"
-    assert got.shape == (5000, 8, 8) and got.dtype == np.float32 and sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]
+    assert got.shape == (5000, 8, 8) and got.dtype == np.float32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]
     g = torch.Generator().manual_seed(0)
     same = torch.cat([model.sample(100, generator=g) for _ in range(50)])[:, 0]  # the generator carries on
     assert np.array_equal(got, same.numpy())
@@ -190,7 +191,8 @@ def test_commands_on_a_large_folder_decode_only_the_rows_they_use(tmp_path, monk
     monkeypatch.setattr(vaekit.stream, "AUTO_STREAM_BYTES", 100)  # the folder's 768 bytes are "large"
     decoded = []
     real = vaekit.stream.ImageFiles._read
-    monkeypatch.setattr(vaekit.stream.ImageFiles, "_read", lambda self, idx: decoded.append(len(idx)) or real(self, idx))
+    monkeypatch.setattr(vaekit.stream.ImageFiles, "_read",
+                        lambda self, idx: decoded.append(len(idx)) or real(self, idx))
     assert main(["reconstruct", str(tmp_path / "run"), str(folder), "-n", "2", "-o", str(tmp_path / "r.npy")]) == 0
     assert sum(decoded) == 2 and np.load(tmp_path / "r.npy").shape == (2, 1, 4, 4)
     assert main(["evaluate", str(tmp_path / "run"), str(folder), "--k", "2"]) == 0  # all 12: they fit
@@ -199,3 +201,18 @@ def test_commands_on_a_large_folder_decode_only_the_rows_they_use(tmp_path, monk
     assert main(["evaluate", str(tmp_path / "run"), str(folder), "--k", "2"]) == 2
     assert "imgs (12 examples) as float32" in capsys.readouterr().err  # ... more than the memory: pass -n N
     assert main(["evaluate", str(tmp_path / "run"), str(folder), "--k", "2", "-n", "1"]) == 0
+
+
+def test_the_memory_guard_counts_a_containers_limit(tmp_path, monkeypatch):
+    """MemAvailable is the host's; a container or batch job's cgroup limit (less its usage, page
+    cache excepted) caps what a result may take."""
+    import vaekit.model
+
+    (tmp_path / "memory.max").write_text("1073741824\n")  # a 1 GiB container
+    (tmp_path / "memory.current").write_text(str(900 << 20))
+    (tmp_path / "memory.stat").write_text("anon 600000000\ninactive_file 104857600\n")
+    cgroup = (str(tmp_path), "memory.max", "memory.current", "inactive_file")
+    monkeypatch.setattr(vaekit.model, "CGROUP_MEMORY", (cgroup,))
+    assert vaekit.model.available_memory(torch.device("cpu")) == (1 << 30) - (900 << 20) + (100 << 20)
+    (tmp_path / "memory.max").write_text("max\n")
+    assert vaekit.model.available_memory(torch.device("cpu")) > 1 << 30  # no limit: the machine's MemAvailable

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,22 +32,38 @@ from .nets import MLP, ConvDecoder, ConvEncoder
 from .priors import make_prior
 
 
+# where Linux keeps a cgroup's memory limit: (folder, limit, usage, reclaimable cache in memory.stat); v2, then v1
+CGROUP_MEMORY = (("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+                 ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+
+
 def available_memory(device: torch.device) -> int:
     """Bytes a new allocation can take on `device` without the machine swapping or the kernel's
-    OOM killer stepping in: free CUDA memory, or Linux's MemAvailable (free plus reclaimable cache)."""
+    OOM killer stepping in: free CUDA memory, or Linux's MemAvailable (free plus reclaimable cache),
+    capped by the process's cgroup limit (a container's or a batch job's, which MemAvailable ignores)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    free = 1 << 62  # unknown: let the allocator answer
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:  # other Unixes: free physical pages
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62  # unknown: let the allocator answer
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:  # other Unixes: free physical pages
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            pass
+    for folder, limit, used, cache in CGROUP_MEMORY:
+        try:
+            text = Path(folder, limit).read_text().strip()
+            if text == "max":
+                break
+            stat = dict(line.split() for line in Path(folder, "memory.stat").read_text().splitlines())
+            # the usage counts page cache, which the kernel drops before it kills anything
+            free = min(free, int(text) - int(Path(folder, used).read_text()) + int(stat.get(cache, 0)))
+            break
+        except (OSError, ValueError):
+            continue
+    return max(0, free)
 
 
 def gib(nbytes: float) -> str:
