@@ -215,6 +215,15 @@ def test_image_folders_as_users_keep_them(tmp_path, stream):
     ds, x = load(photos)
     assert x.shape == (2, 1, 4, 6) and torch.equal(x[0], x[1])
 
+    gifs = tmp_path / "gifs"  # GIFs are palette images: grey ones are one channel of their exact levels
+    gifs.mkdir()
+    grey = rng.integers(0, 256, (2, 5, 3), dtype=np.uint8)
+    for i, a in enumerate(grey):
+        Image.fromarray(a).save(gifs / f"{i}.gif")
+    assert Image.open(gifs / "0.gif").mode == "P"
+    ds, x = load(gifs)
+    assert x.shape == (2, 1, 5, 3) and torch.equal(x[:, 0], torch.from_numpy(grey).float() / 255)
+
 
 def test_fit_reads_a_tensor_as_it_reads_the_same_numpy_array(tmp_path):
     """One rule for in-memory data: torchvision's uint8 (N, 28, 28) `.data`, an (N, H, W, C)

@@ -408,6 +408,17 @@ def upright_size(im) -> tuple[int, int]:
     return (im.size[1], im.size[0]) if turned else im.size
 
 
+def image_mode(im) -> str:
+    """The PIL mode an image counts as: a palette image (GIF, 8-bit PNG) whose colours are all
+    grey counts as greyscale "L", so a folder of grey GIFs is one channel, not three equal ones
+    (whose three bits per pixel would also triple the likelihood's count)."""
+    if im.mode in ("P", "PA"):
+        palette = im.getpalette() or []  # [r, g, b, r, g, b, ...], from the header
+        if palette and palette[0::3] == palette[1::3] == palette[2::3]:
+            return "L"
+    return im.mode
+
+
 def folder_mode(modes: set[str]) -> str:
     """One decoding mode for a folder: "L" (one channel) if every image is greyscale, else "RGB"."""
     return "L" if modes <= GREY_MODES else "RGB"

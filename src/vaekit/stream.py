@@ -16,8 +16,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .data import (check_float32_range, check_real_dtype, check_shape, folder_mode, pixels, unreadable_array, upright,
-                   upright_size)
+from .data import (check_float32_range, check_real_dtype, check_shape, folder_mode, image_mode, pixels,
+                   unreadable_array, upright, upright_size)
 from .errors import DataError
 
 AUTO_STREAM_BYTES = 1 << 30  # load_data(stream=None) streams data whose float32 copy exceeds 1 GiB
@@ -326,7 +326,7 @@ def open_image_folder(files: list[Path], name: str) -> ImageFiles:
     for f in files:
         try:
             with Image.open(f) as im:
-                modes.add(im.mode)
+                modes.add(image_mode(im))
                 sizes.setdefault(upright_size(im), f)
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{f} is not a readable image ({e}); remove or replace it") from None
