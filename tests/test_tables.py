@@ -867,3 +867,19 @@ def test_whole_number_labels_with_gaps_are_written_as_whole_numbers(tmp_path):
     assert main(["sample", str(tmp_path / "run"), "-n", "100", "-o", str(tmp_path / "s.csv")]) == 0
     cells = {line.split(",")[0] for line in (tmp_path / "s.csv").read_text().splitlines()[1:]}
     assert cells <= {"", "1", "2", "3", "4", "5"} and len(cells) > 2, cells
+
+
+def test_a_wide_table_is_scored_in_column_groups(monkeypatch, capsys):
+    # a 500 x 320 table's QualityReport ran over 5 minutes (51,040 pairs); now groups of 40 columns
+    import vaekit.table_metrics as tm
+
+    rng = np.random.default_rng(0)
+    real = pd.DataFrame(rng.normal(size=(60, 9)), columns=[f"c{i}" for i in range(9)])
+    real["c1"] = real["c0"] + rng.normal(0, 0.1, 60)  # one correlated pair: pair trends are scored
+    schema = infer_schema(real)
+    whole = tm.quality(real, real, schema)
+    assert whole["column_pairs_scored"] == 1.0 and whole["quality"] == pytest.approx(1.0, abs=0.02)
+    monkeypatch.setattr(tm, "MAX_PAIR_COLUMNS", 3)
+    groups = tm.quality(real, real, schema, seed=1)
+    assert groups["column_pairs_scored"] == pytest.approx(18 / 72)  # three groups of 3 columns
+    assert groups["column_shapes"] == pytest.approx(whole["column_shapes"])  # every column's shape

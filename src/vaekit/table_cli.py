@@ -70,6 +70,8 @@ def evaluate(args, model) -> int:
     trends = r["column_pair_trends"]
     trends = f"{trends:.4f}" if math.isfinite(trends) else \
         "n/a: no pair of real columns has |correlation| > 0.5 or association > 0.3, the pairs SDMetrics scores"
+    if r["column_pairs_scored"] < 1:  # a wide table: columns scored in random groups (table_metrics.quality)
+        trends += f", from {r['column_pairs_scored']:.0%} of the column pairs"
     print(f"quality (SDMetrics): {r['quality']:.4f} (column shapes {r['column_shapes']:.4f}, "
           f"column-pair trends {trends}); higher is better")
     print(f"detection ROC AUC:   {r['detection_auc']:.4f} (0.5: indistinguishable)")
