@@ -252,3 +252,13 @@ def test_kl_per_dim_text_lists_a_small_latent_and_summarises_a_large_one():
     text = kl_per_dim_text(kl)
     assert text.startswith("KL per dim: 1000 values, sum 18.98; the 16 largest: [700] 5.00 [3] 4.00 [")
     assert text.count("[") == 16 and "--json" in text
+
+
+def test_version_help_and_no_arguments(capsys):
+    from vaekit import __version__
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"vaekit {__version__}"
+    assert main([]) == 0 and "train" in capsys.readouterr().out  # `vaekit` alone: the commands, not an error
+    assert main(["help", "train"]) == 0
+    assert "--resume" in capsys.readouterr().out  # the same text as `vaekit train --help`
+    assert main(["help"]) == 0 and "snapshot" in capsys.readouterr().out

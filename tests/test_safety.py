@@ -710,7 +710,9 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (T + ["digits", "--out", "{d}/o", "--init-from", "{d}/trun"], "the data does not fit the starting model (--init-from / model=) (input_shape: [5] in the model, [1, 8, 8] here", 2),
     (T + ["digits", "--out", "{d}/run", "--init-from", R], "exists and is not empty", 2),  # never over its source
     (["fly"], "invalid choice: 'fly'", 2),
-    ([], "the following arguments are required: COMMAND", 2),
+    (["trian", "digits"], "(did you mean train?)", 2),
+    (T + ["digits", "--out", "{d}/o", "--arch", "mpl"], "(did you mean mlp?)", 2),
+    (["help", "smaple"], "(did you mean sample?)", 2),
 ]
 
 

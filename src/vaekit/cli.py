@@ -5,6 +5,7 @@ prints. Errors from `vaekit.errors` become one line on stderr and a non-zero exi
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -357,9 +358,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_help(args) -> int:
+    """`vaekit help [COMMAND]`: the same text as `vaekit [COMMAND] --help`."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    (commands[args.topic] if args.topic else parser).print_help()
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
             "interpolate": cmd_interpolate, "traverse": cmd_traverse, "evaluate": cmd_evaluate, "report": cmd_report, "export": cmd_export,
-            "snapshot": cmd_snapshot, "demo": cmd_demo}
+            "snapshot": cmd_snapshot, "demo": cmd_demo, "help": cmd_help}
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -377,6 +386,10 @@ def _first_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # `vaekit` alone: what it can do, as `vaekit --help` says it
+        parser.print_help()
+        return 0
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed

@@ -6,6 +6,10 @@ so `vaekit --help` imports nothing heavy.
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
+
+from . import __version__
 
 
 def _ints(text: str) -> list[int]:
@@ -41,12 +45,24 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         where = self.prog.removeprefix("vaekit").strip()  # the subcommand, if any
-        self.exit(2, f"vaekit: error: {where + ': ' if where else ''}{message}; see {self.prog} --help\n")
+        self.exit(2, f"vaekit: error: {where + ': ' if where else ''}{message}{did_you_mean(message)}; "
+                     f"see {self.prog} --help\n")
+
+
+def did_you_mean(message: str) -> str:
+    """'; did you mean train?' for a mistyped command or choice (argparse's 'invalid choice')."""
+    got = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if got is None:
+        return ""
+    choices = re.findall(r"'([^']*)'", got.group(2))
+    close = difflib.get_close_matches(got.group(1), choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vaekit", description="Learn a VAE from your data and generate more like it.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"vaekit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     t = sub.add_parser("train", help="fit a VAE and save the run folder")
@@ -222,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="vaekit-demo", help="folder for the demo (default vaekit-demo)")
     d.add_argument("--epochs", type=int, default=80)
     d.add_argument("--force", action="store_true", help="replace a non-demo folder at --out")
+
+    h = sub.add_parser("help", help="show the options of a command: vaekit help train")
+    h.add_argument("topic", metavar="COMMAND", nargs="?", choices=sorted(sub.choices), help="the command")
     return parser
 
 
