@@ -837,6 +837,31 @@ def test_ctrl_c_keeps_checkpoints_and_says_how_to_resume(tmp_path, monkeypatch, 
     assert main(argv + ["--resume"]) == 0 and (tmp_path / "r" / "manifest.json").is_file()
 
 
+@pytest.mark.parametrize("at", [3, 15])  # before the first checkpoint (epoch 1 has 12 batches), and after it
+def test_sigterm_stops_like_ctrl_c_with_exit_143(tmp_path, monkeypatch, capsys, at):
+    real, calls = train.objective, {"n": 0}
+
+    def objective(model, x, config, *args, **kw):
+        calls["n"] += model.training
+        if calls["n"] == at:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler or `kill PID` sends it
+        return real(model, x, config, *args, **kw)
+
+    monkeypatch.setattr(train, "objective", objective)
+    argv = ["train", "digits", "--out", str(tmp_path / "r"), "--epochs", "2", "--batch-size", "128",
+            "--latent-dim", "2", "--hidden", "16", "--no-progress"]
+    assert main(argv) == 143  # not a silent death: a line, and the temporary files cleaned up
+    err = capsys.readouterr().err
+    assert err.startswith("vaekit: terminated (SIGTERM)") and len(err.strip().splitlines()) == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lives as long as the command
+    if at == 3:  # nothing to resume: said so, and nothing left behind
+        assert "nothing was kept: run it again" in err and list(tmp_path.iterdir()) == []
+    else:
+        assert "rerun with --resume" in err and resume.latest(tmp_path / "r.partial").name == "e0001-s000000"
+        assert not list((tmp_path / "r.partial").rglob("*.tmp"))
+        assert main(argv + ["--resume"]) == 0 and (tmp_path / "r" / "manifest.json").is_file()
+
+
 def test_a_failed_write_leaves_no_partial_output(world, tmp_path, monkeypatch, capsys):
     out = tmp_path / "s.npy"
     out.write_bytes(b"the old file")

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import uuid
 from pathlib import Path
 
@@ -138,10 +139,18 @@ def check_output_dir(target: Path, force: bool) -> None:
 def publish(staging: Path, target: Path) -> None:
     """Move a complete staging folder to `target`, replacing an old one only at the end."""
     old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-        os.rename(target, old)
-    os.rename(staging, target)
+    # Ctrl-C or SIGTERM between the two renames would leave no folder at `target` at all: the
+    # signals wait until both are done (they are delivered right after)
+    masked = hasattr(signal, "pthread_sigmask")
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if masked else None
+    try:
+        if target.exists():
+            old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+            os.rename(target, old)
+        os.rename(staging, target)
+    finally:
+        if masked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
     fsync_dir(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -9,7 +9,9 @@ import argparse
 import json
 import math
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .cli_args import TRAIN_FLAGS, build_parser
@@ -19,7 +21,9 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")  # as tables.TABLE_SUFFIXES
 
 
 def is_table_path(path: str) -> bool:
-    return Path(path).suffix.lower() in TABLE_SUFFIXES
+    p = Path(path)
+    suffix = Path(p.stem).suffix if p.suffix.lower() in (".gz", ".bz2", ".xz") else p.suffix  # data.csv.gz
+    return suffix.lower() in TABLE_SUFFIXES
 
 
 def cmd_train(args) -> int:
@@ -394,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed
         return e.code if isinstance(e.code, int) else 2
+    previous = _catch_sigterm()
     try:
         return COMMANDS[args.command](args)
     except VaekitError as e:
@@ -414,7 +419,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaekit: error: {e.strerror or e}{where}; check the path, its permissions and free space",
               file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        extra = "; checkpoints are kept: rerun with --resume to continue" if args.command == "train" else ""
-        print(f"vaekit: interrupted; no output was published{extra}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (a scheduler's kill, `kill PID`): the same clean stop
+        extra = ""
+        if args.command == "train":
+            partial = Path(args.out).with_name(Path(args.out).name + ".partial")
+            extra = ("; checkpoints are kept: rerun with --resume to continue"
+                     if (partial / "checkpoints" / "latest").is_file() else
+                     "; it stopped before its first checkpoint, so nothing was kept: run it again")
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"vaekit: {what}; no output was published{extra}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if previous is not False:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command was, so that it stops as after Ctrl-C: temporary files
+    removed, checkpoints kept, one line said, exit code 143 (128 + 15) instead of a silent death."""
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into `Terminated` for this command; returns the handler to put back (False
+    where signals cannot be handled: not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+
+    def terminate(signum, frame):
+        raise Terminated()
+    return signal.signal(signal.SIGTERM, terminate)
