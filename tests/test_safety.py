@@ -862,6 +862,28 @@ def test_sigterm_stops_like_ctrl_c_with_exit_143(tmp_path, monkeypatch, capsys, 
         assert main(argv + ["--resume"]) == 0 and (tmp_path / "r" / "manifest.json").is_file()
 
 
+def test_a_second_training_into_the_same_out_is_refused_while_the_first_runs(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "nested" / "r"
+    argv = ["train", "digits", "--out", str(out), "--epochs", "1", "--latent-dim", "2", "--hidden", "16",
+            "--no-progress"]
+    real, seen = train.objective, {}
+
+    def objective(model, x, config, *args, **kw):  # the first run, mid-training, meets a second one
+        if "code" not in seen:
+            seen["code"] = main(argv + ["--hidden", "8"])
+            seen["err"] = capsys.readouterr().err
+        return real(model, x, config, *args, **kw)
+
+    monkeypatch.setattr(train, "objective", objective)
+    assert main(argv) == 0
+    assert seen["code"] == 2 and "another vaekit train" in seen["err"] and "is writing" in seen["err"]
+    assert vaekit.load(out).config.hidden == [16]  # the first run's, whole: one epoch of metrics, its own
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert sorted(p.name for p in out.parent.iterdir()) == ["r"]  # the lock went with the run
+    monkeypatch.setattr(train, "objective", real)
+    assert main(argv + ["--force"]) == 0  # and the next run takes the folder as usual
+
+
 def test_a_failed_write_leaves_no_partial_output(world, tmp_path, monkeypatch, capsys):
     out = tmp_path / "s.npy"
     out.write_bytes(b"the old file")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -92,6 +93,48 @@ def prepare(run_dir: Path, resume: bool, force: bool) -> None:
         run_dir.mkdir(parents=True)
     except OSError as e:
         raise OutputExistsError(f"cannot create {run_dir} ({e.strerror}); choose another --out") from None
+
+
+def lock(target: Path) -> tuple[int, Path] | None:
+    """Hold `.<out>.lock` beside the run folder while training writes `<out>.partial`: a second
+    `vaekit train` into the same --out is refused at once (two runs there would delete each
+    other's files and publish one run's metrics in the other's folder). The kernel lets go of
+    the lock when the process dies, however it dies. Returns what `unlock` takes (None where
+    there is no flock: not Linux or macOS)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path = target.with_name(f".{target.name}.lock")
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputExistsError(f"cannot create {target} ({e.strerror}); choose another --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.read(fd, 20).decode(errors="replace").strip()
+            os.close(fd)
+            raise OutputExistsError(f"another vaekit train{f' (process {pid})' if pid else ''} is writing {target} "
+                                    "right now; wait for it to finish, or choose another --out") from None
+        try:  # the holder before us may have finished and removed the file we opened: lock the current one
+            current = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            return fd, path
+        os.close(fd)
+
+
+def unlock(held: tuple[int, Path] | None) -> None:
+    if held is not None:
+        fd, path = held
+        path.unlink(missing_ok=True)  # while still held, so no one locks a file about to vanish
+        os.close(fd)
 
 
 def latest(run_dir: Path) -> Path | None:

@@ -291,18 +291,24 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                                         device, amp=config.amp, compile=config.compile)
 
     run_dir, loop, best_state, perm, sums, fingerprint = None, resuming.LoopState(), None, None, None, None
-    saves = resuming.Schedule(config)
+    saves, held = resuming.Schedule(config), None
     if target is not None and ranks.main:  # rank 0 alone writes the run folder and its checkpoints
         run_dir = target.with_name(target.name + ".partial")
-        resuming.prepare(run_dir, resume, force)
-        fingerprint = resuming.data_fingerprint(ds.x)
-        if resume and (restored := resuming.restore(run_dir, model, opt, gen, config, fingerprint, ema)):
-            loop, best_state, perm, sums, started = restored
-            if started != config.init_from:  # a record, not a setting: the checkpoint's start holds
-                config = model.config = config.replace(init_from=started)
-            saves.saved(resuming.latest(run_dir))
-            # metrics.jsonl holds exactly the epochs the checkpoint has seen
-            checkpoint.write_atomic(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in loop.history).encode())
+        held = resuming.lock(target)  # one training per --out at a time
+        try:
+            resuming.prepare(run_dir, resume, force)
+            fingerprint = resuming.data_fingerprint(ds.x)
+            if resume and (restored := resuming.restore(run_dir, model, opt, gen, config, fingerprint, ema)):
+                loop, best_state, perm, sums, started = restored
+                if started != config.init_from:  # a record, not a setting: the checkpoint's start holds
+                    config = model.config = config.replace(init_from=started)
+                saves.saved(resuming.latest(run_dir))
+                # metrics.jsonl holds exactly the epochs the checkpoint has seen
+                checkpoint.write_atomic(run_dir / METRICS,
+                                        "".join(json.dumps(r) + "\n" for r in loop.history).encode())
+        except BaseException:
+            resuming.unlock(held)
+            raise
     history = History(loop.history, loop.best_epoch)
     best_loss = math.inf if loop.best_loss is None else loop.best_loss
 
@@ -433,5 +439,6 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
+        resuming.unlock(held)
         ranks.close()
     return model
