@@ -883,3 +883,20 @@ def test_a_wide_table_is_scored_in_column_groups(monkeypatch, capsys):
     groups = tm.quality(real, real, schema, seed=1)
     assert groups["column_pairs_scored"] == pytest.approx(18 / 72)  # three groups of 3 columns
     assert groups["column_shapes"] == pytest.approx(whole["column_shapes"])  # every column's shape
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_compressed_csv_files_are_tables(tmp_path, suffix, capsys):
+    # data.csv.gz was 'unsupported file type .gz; use .npy, .npz or an image folder'
+    rng = np.random.default_rng(0)
+    n = 120
+    df = pd.DataFrame({"zip": rng.choice(["02134", "10001"], n), "x": rng.normal(size=n).round(2)})
+    path = tmp_path / f"t.csv{suffix}"
+    df.to_csv(path, index=False, encoding="utf-8-sig")  # pandas compresses by the name; a BOM inside too
+    run = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(run), "--epochs", "1", "--no-progress", "--stream"]) == 0
+    assert vaekit.load(run).schema.column("zip").categories == ["02134", "10001"]
+    assert main(["reconstruct", str(run), str(path), "-n", "3", "-o", str(tmp_path / "r.csv")]) == 0
+    path.write_bytes(path.read_bytes()[:40])  # cut short
+    assert main(["train", str(path), "--out", str(tmp_path / "bad"), "--epochs", "1", "--no-progress"]) == 2
+    assert "is not a readable table" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -30,8 +30,8 @@ from .table_codec import encode
 from .tables import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED,
                      ZONED_DTYPE, Column, Schema, _fit_gmm, check_decimal, check_missing, check_request, check_trainable,
                      condition_values, counting_error, csv_layout, decimal_comma, decimals, drop_trailing, every_column,
-                     formatted_error, formatted_numbers, label_error, loose_dates_error, nested_error, placeholder_error,
-                     plain, text_gaps, time_step, to_numbers, unreadable)
+                     formatted_error, formatted_numbers, label_error, loose_dates_error, nested_error, open_table,
+                     placeholder_error, plain, text_gaps, time_step, to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
 CHUNK_BYTES = 4 << 20  # CSV text per chunk (its DataFrame is a few times larger)
@@ -88,7 +88,7 @@ def read_chunks(path: str | os.PathLike, sep: str | None = None, chunk_rows: int
 
 def _rows_per_chunk(p: Path) -> int:
     """Rows in about CHUNK_BYTES of CSV, from the lengths of the first lines."""
-    with open(p, "rb") as f:
+    with open_table(p, "rb") as f:  # the text, not its compressed bytes
         head = f.read(1 << 16)
     lines = max(1, head.count(b"\n"))
     return max(1000, CHUNK_BYTES * lines // max(1, len(head)))

@@ -20,6 +20,7 @@ import dataclasses
 import io
 import itertools
 import json
+import lzma
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -185,8 +186,24 @@ def _json_value(v: Any) -> Any:
 
 
 # ---- reading and writing ---------------------------------------------------------------
+COMPRESSED = (".gz", ".bz2", ".xz")  # a compressed CSV (data.csv.gz), read as pandas reads it
+
+
 def is_table_path(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in TABLE_SUFFIXES
+    p = Path(path)
+    suffix = Path(p.stem).suffix if p.suffix.lower() in COMPRESSED else p.suffix
+    return suffix.lower() in TABLE_SUFFIXES
+
+
+def open_table(p: Path, mode: str = "r", **kwargs):
+    """The file, decompressed when its name ends in one of COMPRESSED (text mode: "r", bytes: "rb")."""
+    import bz2
+    import gzip
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(p.suffix.lower())
+    if opener is None:
+        return open(p, mode, **kwargs)
+    return opener(p, mode + "t" if mode == "r" else mode, **kwargs)
 
 
 def read_table(path: str | Path, sep: str | None = None, missing: list[str] | tuple[str, ...] = (),
@@ -348,7 +365,7 @@ def placeholder_error(name: str, labels, share: float) -> DataError | None:
 def csv_separator(p: Path, sep: str | None) -> tuple[str, int]:
     """`sep`, or the one of ',', ';' and tab that the header line holds most of; and the lines
     before the header: 1 when the file starts with Excel's separator line ('sep=;'), which names it."""
-    with open(p, encoding="utf-8-sig", errors="strict") as f:
+    with open_table(p, encoding="utf-8-sig", errors="strict") as f:
         header = f.readline()
     hint = re.fullmatch(r"sep=(.)", header.rstrip("\r\n"))
     if hint:
@@ -377,10 +394,10 @@ def csv_layout(p: Path, sep: str | None) -> tuple[str, dict[str, Any]]:
         sep, skip = csv_separator(p, sep)
         if len(sep) != 1:  # a regular expression: pandas' own rules apply
             return sep, {"skiprows": skip}
-        with open(p, encoding="utf-8-sig", errors="strict", newline="") as f:
+        with open_table(p, encoding="utf-8-sig", errors="strict", newline="") as f:
             lines = csv.reader(itertools.islice(f, skip, None), delimiter=sep)
             header, rows = next(lines, []), list(itertools.islice(lines, SNIFF_LINES))
-    except (UnicodeDecodeError, csv.Error, OSError) as e:  # not text; a field over csv's size limit
+    except (UnicodeDecodeError, csv.Error, OSError, EOFError, lzma.LZMAError) as e:  # not text; a damaged archive
         raise unreadable(p, e) from None
     spaced = len(header) > 1 and all(field[:1] in ("", " ") for row in [header] + rows for field in row[1:])
     if spaced:  # 'name, age, city': the space after each separator is layout, not part of names and labels
