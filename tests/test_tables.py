@@ -751,6 +751,9 @@ def test_numbers_come_back_at_the_files_precision(tmp_path):
     rows = [line.split(",") for line in (tmp_path / "s.csv").read_text().splitlines()[1:]]
     assert all(re.fullmatch(r"\d+(\.\d{1,2})?", p) and re.fullmatch(r"\d+(\.\d)?", q) for p, q, _ in rows), rows[:3]
     assert max(len(w.split(".")[1]) for _, _, w in rows) > 10  # measured values keep their precision
+    # values at the scale of 1e-13 fit in no number of places: they are not rounded to 0
+    tiny = fit_table(pd.DataFrame({"t": rng.uniform(1, 9, n) * 1e-13, "w": df.w}), quick)
+    assert tiny.schema.column("t").decimals is None and (sample_table(tiny, 20)["t"] > 0).all()
 
 
 @pytest.mark.parametrize("stream", [False, True])

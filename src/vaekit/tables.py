@@ -685,7 +685,7 @@ def decimals(x: np.ndarray) -> int | None:
     measured values), sampled at full precision."""
     x = x[np.isfinite(x)]
     for d in range(MAX_DECIMALS + 1):
-        if np.all(np.abs(np.round(x, d) - x) <= 1e-12 * np.maximum(1.0, np.abs(x))):  # float64's own noise
+        if np.all(np.abs(np.round(x, d) - x) <= 1e-12 * np.abs(x)):  # float64 noise, relative: 1e-13 is not 0
             return d
     return None
 
