@@ -708,6 +708,9 @@ def test_excel_and_windows_csv_layouts(tmp_path, stream):
     df.to_csv(tmp_path / "win.csv", index=False, encoding="cp1252")
     with pytest.raises(DataError, match=r"is not UTF-8 text \(it holds the byte 0xfc\).*cp1252.*save it as UTF-8"):
         read(tmp_path / "win.csv")
+    df.to_csv(tmp_path / "u16.csv", index=False, sep="\t", encoding="utf-16")  # Excel's "Unicode Text"
+    with pytest.raises(DataError, match=r"is UTF-16 text \(Excel's 'Unicode Text'\); save it as UTF-8"):
+        read(tmp_path / "u16.csv")
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -436,6 +436,9 @@ def drop_trailing(df, p: Path):
 
 def unreadable(p: Path, e: Exception) -> DataError:
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, UnicodeDecodeError) and bytes(e.object[:2]) in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 mark
+        return DataError(f"{p} is UTF-16 text (Excel's 'Unicode Text'); save it as UTF-8 (Excel: 'CSV UTF-8'; or "
+                         "`iconv -f utf-16 -t utf-8 in.csv > out.csv`) and pass that file")
     if isinstance(e, UnicodeDecodeError) and b"\0" not in e.object[:1 << 16]:  # text, but not UTF-8
         return DataError(f"{p} is not UTF-8 text (it holds the byte {e.object[e.start]:#04x}); a CSV saved by "
                          "Excel or older Windows tools is usually cp1252 (latin-1): save it as UTF-8 (Excel: "
