@@ -571,6 +571,29 @@ def world(tmp_path_factory, digits):
             cfg["input_shape"] = [-1]
             (folder / "config.json").write_text(json.dumps(cfg))
             _rehash(folder / "config.json")
+    def altered(name, change):  # a copy of the run with one file changed and the manifest re-vouched
+        folder = d / name
+        folder.mkdir()
+        for f in (d / "run").iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+        file = change(folder)
+        _rehash(folder / file)
+    def weights(fn):
+        def change(folder):
+            save_file(fn(load_file(folder / "model.safetensors")), folder / "model.safetensors")
+            return "model.safetensors"
+        return change
+    altered("f16", weights(lambda t: {k: v.half() for k, v in t.items()}))
+    altered("bf16", weights(lambda t: {k: v.bfloat16() for k, v in t.items()}))
+    altered("extratensor", weights(lambda t: {**t, "extra.w": torch.zeros(3)}))
+    def config(fn):
+        def change(folder):
+            (folder / "config.json").write_text(fn((folder / "config.json").read_text()))
+            return "config.json"
+        return change
+    altered("deepconfig", config(lambda text: "[" * 100000))
+    altered("newfield", config(lambda text: json.dumps({**json.loads(text), "dropout": 0.1})))
+    (d / "deep.json").write_text("[" * 100000)
     (d / "loose" / "cats").mkdir(parents=True)  # an image beside a class sub-folder: no class
     for f in (d / "loose" / "a.png", d / "loose" / "cats" / "b.png"):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(f)
@@ -709,6 +732,13 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (T + ["digits", "--out", "{d}/o", "--init-from", R, "--hidden", "7"], "hidden: [16] in the model, [7] here", 2),
     (T + ["digits", "--out", "{d}/o", "--init-from", "{d}/trun"], "the data does not fit the starting model (--init-from / model=) (input_shape: [5] in the model, [1, 8, 8] here", 2),
     (T + ["digits", "--out", "{d}/run", "--init-from", R], "exists and is not empty", 2),  # never over its source
+    (["sample", "{d}/f16", "-o", "{d}/s.npy"], "weight decoder.net.0.bias is float16 and 7 more, but vaekit saves float32", 2),
+    (["evaluate", "{d}/bf16", "digits"], "is bfloat16 and 7 more, but vaekit saves float32", 2),
+    (["sample", "{d}/extratensor", "-o", "{d}/s.npy"], 'Unexpected key(s) in state_dict: "extra.w"', 2),
+    (["sample", "{d}/deepconfig", "-o", "{d}/s.npy"], "JSON nested too deeply", 2),
+    (["sample", "{d}/newfield", "-o", "{d}/s.npy"], "['dropout']", 2),
+    (["sample", "{d}/newfield", "-o", "{d}/s.npy"], "a newer vaekit needs that version: upgrade", 2),
+    (T + ["digits", "--out", "{d}/o", "--config", "{d}/deep.json"], "JSON nested too deeply", 2),
     (["fly"], "invalid choice: 'fly'", 2),
     (["trian", "digits"], "(did you mean train?)", 2),
     (T + ["digits", "--out", "{d}/o", "--arch", "mpl"], "(did you mean mlp?)", 2),

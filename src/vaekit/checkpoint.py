@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
+from .config import Config, read_json
 from .errors import ConfigError, IntegrityError, OutputExistsError
 
 FORMAT = "vaekit-model"
@@ -196,8 +196,8 @@ def read_manifest(folder: Path, fmt: str = FORMAT, version: int = FORMAT_VERSION
         raise IntegrityError(f"{path} is too large to be a vaekit manifest")
     raw = path.read_bytes()
     try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        manifest = read_json(raw.decode())
+    except (ValueError, UnicodeDecodeError) as e:
         raise IntegrityError(f"{path} is not valid JSON ({e}); the run folder is damaged") from None
     if not isinstance(manifest, dict) or manifest.get("format") != fmt or not isinstance(manifest.get("files"), dict):
         raise IntegrityError(f"{path} is not a vaekit manifest")
@@ -219,11 +219,23 @@ def mixed_likelihood(schema):
 def _check_jsonl(path: Path, data: bytes) -> None:
     """A metrics file is JSON objects, one a line; anything else was not written by vaekit."""
     try:
-        ok = all(isinstance(json.loads(line), dict) for line in data.decode().splitlines())
+        ok = all(isinstance(read_json(line), dict) for line in data.decode().splitlines())
     except (ValueError, UnicodeDecodeError):
         ok = False
     if not ok:
         raise IntegrityError(f"{path} is not JSON lines as vaekit writes them; restore the original file")
+
+
+def check_dtypes(model, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights of another dtype than the model's (float32): load_state_dict would cast
+    float16/bfloat16 (precision already lost), float64 or even integer tensors without a word."""
+    want = {k: v.dtype for k, v in model.state_dict().items()}
+    wrong = sorted((k, v.dtype) for k, v in tensors.items() if k in want and v.dtype != want[k])
+    if wrong:
+        (name, got), more = wrong[0], f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
+        raise IntegrityError(f"{path}: weight {name} is {str(got).removeprefix('torch.')}{more}, but vaekit saves "
+                             f"{str(want[name]).removeprefix('torch.')}; convert the tensors back "
+                             "(safetensors.torch: {k: v.float()}) or restore the file vaekit wrote")
 
 
 def load(path: str | os.PathLike, device: str | torch.device | None = None):
@@ -247,19 +259,23 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None):
 
         try:
             schema = Schema.from_json(verified[SCHEMA].decode())
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError) as e:
             raise IntegrityError(f"{folder / SCHEMA} is not a table schema ({e}); train again") from None
     try:
         config = Config.from_json(config_bytes.decode())
         model = VAE.from_config(config, likelihood=None if schema is None else mixed_likelihood(schema))
     except (ConfigError, ValueError, UnicodeDecodeError) as e:
-        raise IntegrityError(f"{folder / 'config.json'} does not describe a model: {e}") from None
+        newer = "; a run saved by a newer vaekit needs that version: upgrade" if "unknown config field" in str(e) else ""
+        raise IntegrityError(f"{folder / 'config.json'} does not describe a model: {e}{newer}") from None
     model.schema = schema
     try:
         tensors = load_tensors(weights)
+        check_dtypes(model, tensors, folder / "model.safetensors")
         model.load_state_dict(tensors, strict=True)
     except (SafetensorError, RuntimeError, ValueError) as e:
-        raise IntegrityError(f"{folder / 'model.safetensors'} does not fit its config.json: {e}") from None
+        # torch's message spans lines ("Error(s) in loading state_dict ...:\n\tUnexpected key(s)"): one line here
+        raise IntegrityError(f"{folder / 'model.safetensors'} does not fit its config.json: "
+                             f"{' '.join(str(e).split())}") from None
     # save() never writes NaN or Inf, so such weights were put there after it: refuse, as any damage
     bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     if bad is not None:

@@ -252,7 +252,10 @@ def read_json(text: str) -> Any:
         if twice := sorted({k for k in keys if keys.count(k) > 1}):
             raise ValueError(f"key(s) {twice} given more than once; keep one of each")
         return dict(pairs)
-    return json.loads(text, object_pairs_hook=unique)
+    try:
+        return json.loads(text, object_pairs_hook=unique)
+    except RecursionError:  # [[[[...]]]] deeper than Python's stack: not a config, and no traceback
+        raise ValueError("JSON nested too deeply (thousands of brackets)") from None
 
 
 def preset(name: str) -> dict[str, Any]:

@@ -145,7 +145,7 @@ def latest(run_dir: Path) -> Path | None:
     data = pointer.read_bytes()
     try:
         ref = json.loads(data) if len(data) <= 4096 else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         ref = None
     if not (isinstance(ref, dict) and set(ref) == {"checkpoint", "manifest_sha256"}
             and isinstance(ref["checkpoint"], str) and NAME.fullmatch(ref["checkpoint"])
@@ -276,7 +276,7 @@ def _read(folder: Path) -> tuple[dict[str, Any], LoopState, Config, dict[str, to
         loop = LoopState(**state["loop"])
         saved = Config.from_dict(state["config"])
         tensors = load_tensors(raw["tensors.safetensors"])
-    except (ValueError, TypeError, KeyError, SafetensorError) as e:
+    except (ValueError, TypeError, KeyError, SafetensorError, RecursionError) as e:
         raise IntegrityError(f"{folder / 'state.json'} or its tensors cannot be read ({e}); the checkpoint is "
                              "damaged: pass --force without --resume to start over") from None
     return state, loop, saved, tensors
