@@ -892,7 +892,7 @@ def test_a_wide_table_is_scored_in_column_groups(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
-def test_compressed_csv_files_are_tables(tmp_path, suffix, capsys):
+def test_compressed_csv_files_are_tables(tmp_path, suffix, capsys, monkeypatch):
     # data.csv.gz was 'unsupported file type .gz; use .npy, .npz or an image folder'
     rng = np.random.default_rng(0)
     n = 120
@@ -903,6 +903,11 @@ def test_compressed_csv_files_are_tables(tmp_path, suffix, capsys):
     assert main(["train", str(path), "--out", str(run), "--epochs", "1", "--no-progress", "--stream"]) == 0
     assert vaekit.load(run).schema.column("zip").categories == ["02134", "10001"]
     assert main(["reconstruct", str(run), str(path), "-n", "3", "-o", str(tmp_path / "r.csv")]) == 0
+    import vaekit.table_stream as ts
+
+    size = path.stat().st_size  # a compressed file counts at 10 times its size for the automatic streaming
+    monkeypatch.setattr(ts, "AUTO_STREAM_TABLE_BYTES", 5 * size)
+    assert ts.should_stream_table(path, None) and not ts.should_stream_table(tmp_path / "r.csv", None)
     path.write_bytes(path.read_bytes()[:40])  # cut short
     assert main(["train", str(path), "--out", str(tmp_path / "bad"), "--epochs", "1", "--no-progress"]) == 2
     assert "is not a readable table" in capsys.readouterr().err and not (tmp_path / "bad").exists()

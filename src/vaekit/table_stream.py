@@ -27,13 +27,15 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 from .table_codec import encode
-from .tables import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED,
-                     ZONED_DTYPE, Column, Schema, _fit_gmm, check_decimal, check_missing, check_request, check_trainable,
-                     condition_values, counting_error, csv_layout, decimal_comma, decimals, drop_trailing, every_column,
-                     formatted_error, formatted_numbers, label_error, loose_dates_error, nested_error, open_table,
-                     placeholder_error, plain, text_gaps, time_step, to_numbers, unreadable)
+from .tables import (COMPRESSED, DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES,
+                     TIME_STEPS, ZONED, ZONED_DTYPE, Column, Schema, _fit_gmm, check_decimal, check_missing,
+                     check_request, check_trainable, condition_values, counting_error, csv_layout, decimal_comma,
+                     decimals, drop_trailing, every_column, formatted_error, formatted_numbers, label_error,
+                     loose_dates_error, nested_error, open_table, placeholder_error, plain, text_gaps, time_step,
+                     to_numbers, unreadable)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
+COMPRESSION_RATIO = 10  # a gzipped CSV is 5-10x smaller than its text: the higher end, so large ones stream
 CHUNK_BYTES = 4 << 20  # CSV text per chunk (its DataFrame is a few times larger)
 PARQUET_CHUNK_ROWS = 65_536  # rows per Parquet record batch
 RESERVOIR = 100_000  # numeric values per column (and condition rows) kept for quantiles and GMM
@@ -41,11 +43,13 @@ MAX_DISTINCT = 10_000  # distinct values tracked per column; a label column with
 
 
 def should_stream_table(path: str | os.PathLike, stream: bool | None) -> bool:
-    """stream=None: read in chunks when the file is larger than AUTO_STREAM_TABLE_BYTES."""
+    """stream=None: read in chunks when the file is larger than AUTO_STREAM_TABLE_BYTES (a compressed
+    CSV counted at COMPRESSION_RATIO times its size: its text is what memory holds)."""
     if stream is not None:
         return stream
     p = Path(path)
-    return p.is_file() and p.stat().st_size > AUTO_STREAM_TABLE_BYTES
+    ratio = COMPRESSION_RATIO if p.suffix.lower() in COMPRESSED else 1
+    return p.is_file() and p.stat().st_size * ratio > AUTO_STREAM_TABLE_BYTES
 
 
 def read_chunks(path: str | os.PathLike, sep: str | None = None, chunk_rows: int | None = None,
