@@ -720,11 +720,13 @@ def test_numbers_in_spreadsheet_format_are_named(tmp_path, stream):
     n = 300
     quick = table_config(epochs=1, hidden=[8], latent_dim=2, progress=False)
     cells = {"rate": [f"{v}%" for v in rng.integers(0, 30, n)], "amount": [f"{v:,}" for v in rng.integers(500, 5000, n)],
-             "price": [f"${v:,.2f}" for v in rng.uniform(10, 5000, n)], "loss": [f"({v:,})" for v in rng.integers(1, 99, n)]}
+             "price": [f"${v:,.2f}" for v in rng.uniform(10, 5000, n)], "loss": [f"({v:,})" for v in rng.integers(1, 99, n)],
+             "prix": [f"{v:,.2f} €".replace(",", " ").replace(".", ",") for v in rng.uniform(10, 5000, n)],
+             "montant": [f"{v:,}".replace(",", "\u202f") for v in rng.integers(500, 5000, n)]}
     for name, values in cells.items():
         pd.DataFrame({name: values, "y": rng.normal(size=n)}).to_csv(tmp_path / "t.csv", index=False)
         with pytest.raises(DataError, match=rf"column '{name}' holds numbers written with thousands separators, "
-                                            rf"currency or percent signs \(e.g. '{re.escape(values[0])}'.*"
+                                            rf"currency or percent signs \(e.g. {re.escape(repr(values[0]))}.*"
                                             rf"--column-kind {name}=categorical"):
             fit_table(tmp_path / "t.csv", quick, stream=stream)
     # a few such labels stay labels, as do decimal commas (named as such) and numbers with spaces around them

@@ -279,7 +279,8 @@ def formatted_numbers(words) -> tuple[bool, Any]:
     core = words.str.replace(MONEY, "", regex=True).str.replace(r"^\((.*)\)$|^[-+]", r"\1", regex=True)
     grouped = core.str.fullmatch(GROUPED).to_numpy()
     number = grouped | core.str.fullmatch(r"\d+([.,]\d+)?|[.,]\d+").to_numpy()
-    shown = grouped | words.str.contains(r"[$€£¥%()]").to_numpy()  # ' 12': pandas' own spacing, not formatting
+    # ' 12' is pandas' own spacing, not formatting; '1 234' (French, Swiss) groups thousands with a space
+    shown = grouped | words.str.contains(r"[$€£¥%()]|\d[\s\u00a0\u202f]\d{3}(?!\d)").to_numpy()
     return bool(number.all()), (words[shown].iloc[0] if number.all() and shown.any() else None)
 
 
