@@ -817,6 +817,10 @@ def test_codes_with_leading_zeros_stay_labels(tmp_path, stream, capsys):
     assert main(["reconstruct", str(tmp_path / "run"), str(tmp_path / "t.csv"), "-n", "3",
                  "-o", str(tmp_path / "r.csv")]) == 0
     assert main(["evaluate", str(tmp_path / "run"), str(tmp_path / "t.csv"), "--json"]) == 0
+    from vaekit.tables import read_table
+
+    (tmp_path / "q.csv").write_text('zip, y\n"02134", 1.5\n"10001", 2.5\n')  # quoted, after a space
+    assert read_table(tmp_path / "q.csv")["zip"].tolist() == ["02134", "10001"]
 
 
 @pytest.mark.parametrize("stream", [False, True])

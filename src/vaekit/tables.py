@@ -415,7 +415,7 @@ def csv_layout(p: Path, sep: str | None) -> tuple[str, dict[str, Any]]:
     if blank:  # pandas would call it 'Unnamed: N', and the synthetic table's header would say so
         raise DataError(f"{p}: column(s) {blank} of the header have no name; give every column a name")
     codes = {name: str for i, name in enumerate(names) if name and
-             any(i < len(row) and LEADING_ZERO.fullmatch(row[i].strip()) for row in rows)}
+             any(i < len(row) and LEADING_ZERO.fullmatch(row[i].strip().strip("\"")) for row in rows)}
     layout = {"index_col": 0 if index else None, "skiprows": skip, "skipinitialspace": spaced,
               **({"dtype": codes} if codes else {})}
     if trailing:
