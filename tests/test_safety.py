@@ -886,6 +886,8 @@ def test_sigterm_stops_like_ctrl_c_with_exit_143(tmp_path, monkeypatch, capsys, 
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lives as long as the command
     if at == 3:  # nothing to resume: said so, and nothing left behind
         assert "nothing was kept: run it again" in err and list(tmp_path.iterdir()) == []
+        assert main(argv + ["--resume"]) == 0  # a --resume anyway starts from the start, and says so
+        assert "no checkpoint to resume in" in capsys.readouterr().err
     else:
         assert "rerun with --resume" in err and resume.latest(tmp_path / "r.partial").name == "e0001-s000000"
         assert not list((tmp_path / "r.partial").rglob("*.tmp"))

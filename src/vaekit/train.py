@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,6 +307,9 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
                 # metrics.jsonl holds exactly the epochs the checkpoint has seen
                 checkpoint.write_atomic(run_dir / METRICS,
                                         "".join(json.dumps(r) + "\n" for r in loop.history).encode())
+            elif resume:  # e.g. stopped before its first checkpoint, or a mistyped --out: not silent
+                print(f"vaekit: no checkpoint to resume in {run_dir}; training {target} from the start",
+                      file=sys.stderr, flush=True)
         except BaseException:
             resuming.unlock(held)
             raise
