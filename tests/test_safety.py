@@ -739,6 +739,9 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (["sample", "{d}/newfield", "-o", "{d}/s.npy"], "['dropout']", 2),
     (["sample", "{d}/newfield", "-o", "{d}/s.npy"], "a newer vaekit needs that version: upgrade", 2),
     (T + ["digits", "--out", "{d}/o", "--config", "{d}/deep.json"], "JSON nested too deeply", 2),
+    (T + ["digits", "--out", ".", "--epochs", "1"], "--out . names no folder of its own", 2),  # was a traceback
+    (T + ["digits", "--out", "{d}/..", "--force"], "names no folder of its own", 2),
+    (["demo", "--out", "."], "--out . names no folder of its own", 2),
     (["fly"], "invalid choice: 'fly'", 2),
     (["trian", "digits"], "(did you mean train?)", 2),
     (T + ["digits", "--out", "{d}/o", "--arch", "mpl"], "(did you mean mlp?)", 2),

@@ -129,7 +129,16 @@ def save(model, path: str | os.PathLike, force: bool = False, extra: dict[str, b
     return target
 
 
+def check_folder_name(target: Path, flag: str = "--out") -> None:
+    """`.`, `..` or `/` name no folder that could be built beside itself and renamed into place
+    (and replacing the folder a shell stands in would strand it): ask for a new one."""
+    if target.name in ("", ".", ".."):
+        raise ConfigError(f"{flag} {target} names no folder of its own; give a new folder's name, e.g. "
+                          f"{flag} {target / 'run'}")
+
+
 def check_output_dir(target: Path, force: bool) -> None:
+    check_folder_name(target)
     if target.exists() and not target.is_dir():
         raise OutputExistsError(f"{target} is a file; choose a folder path for the run")
     if target.is_dir() and any(target.iterdir()) and not force:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import publish
+from .checkpoint import check_folder_name, publish
 from .config import Config
 from .data import load_data
 from .errors import ConfigError, OutputExistsError
@@ -31,6 +31,7 @@ def demo(out: str | Path, epochs: int = 80, force: bool = False):
     if epochs < 1:
         raise ConfigError(f"--epochs {epochs} must be >= 1")
     out = Path(out)
+    check_folder_name(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} is a file; choose a folder path for --out")
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists() and not force:
