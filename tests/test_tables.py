@@ -917,3 +917,13 @@ def test_compressed_csv_files_are_tables(tmp_path, suffix, capsys, monkeypatch):
     path.write_bytes(path.read_bytes()[:40])  # cut short
     assert main(["train", str(path), "--out", str(tmp_path / "bad"), "--epochs", "1", "--no-progress"]) == 2
     assert "is not a readable table" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gaps_come_back_spelled_as_in_the_training_file(tmp_path, stream):
+    # penguins.csv (from R) writes its gaps as NA; the sampled CSV had blank cells, which R reads as "" for text
+    model = fit_table(PENGUINS, table_config(epochs=1, hidden=[8], latent_dim=2, progress=False), stream=stream)
+    assert model.schema.missing_tokens == ["NA"]
+    vaekit.tables.write_table(sample_table(model, 200), tmp_path / "s.csv", model.schema)
+    text = (tmp_path / "s.csv").read_text()
+    assert ",NA," in text and ",," not in text

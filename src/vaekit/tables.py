@@ -423,6 +423,28 @@ def csv_layout(p: Path, sep: str | None) -> tuple[str, dict[str, Any]]:
     return sep, layout
 
 
+PANDAS_GAP_WORDS = ("NA", "N/A", "n/a", "NaN", "nan", "NULL", "null", "None", "#N/A", "<NA>")  # read as gaps anyway
+
+
+def gap_words(path: str | Path, sep: str | None = None) -> list[str]:
+    """[the word a CSV writes its gaps as], when it is one pandas reads as a gap anyway ('NA' from R,
+    'NULL' from SQL exports): the first such whole cell in its first SNIFF_LINES lines, so a run
+    writes its gaps back the same way. [] for Parquet, a file with blank gaps, or none seen."""
+    p = Path(path)
+    if not is_table_path(p) or p.suffix.lower() in (".parquet", ".pq"):
+        return []
+    try:
+        sep, skip = csv_separator(p, sep)
+        if len(sep) != 1:
+            return []
+        with open_table(p, encoding="utf-8-sig", errors="strict", newline="") as f:
+            lines = csv.reader(itertools.islice(f, skip + 1, skip + 1 + SNIFF_LINES), delimiter=sep)
+            cells = {cell.strip() for row in lines for cell in row}
+    except (UnicodeDecodeError, csv.Error, OSError, EOFError, lzma.LZMAError):
+        return []  # reading it already said what is wrong
+    return next(([w] for w in PANDAS_GAP_WORDS if w in cells), [])
+
+
 def drop_trailing(df, p: Path):
     """df without the TRAILING field of lines that end with a separator; a line with a value
     there has more fields than the header names, which is refused."""

@@ -28,8 +28,8 @@ from .errors import ConfigError, DataError
 from .likelihoods import MixedLikelihood
 from .model import VAE
 from .table_codec import assemble, decode, encode, label_key, label_series, numeric_series
-from .tables import (Schema, check_decimal, check_missing, check_trainable, infer_schema, read_table, require_columns,
-                     str_columns, text_gaps)
+from .tables import (Schema, check_decimal, check_missing, check_trainable, gap_words, infer_schema, read_table,
+                     require_columns, str_columns, text_gaps)
 
 CONDITION = re.compile(r"^\s*(.+?)\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*$")
 
@@ -69,6 +69,7 @@ def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | 
     if isinstance(data, (str, os.PathLike)) and should_stream_table(data, stream):
         with encoded_table(data, kinds, encoding, condition_columns, config.seed, sep, chunk_rows, near=out,
                            missing=missing, decimal=decimal) as parts:
+            parts[0].missing_tokens = parts[0].missing_tokens or gap_words(data, sep)  # 'NA' written back as NA
             return _fit_encoded(*parts, config, out, force, resume)
     df = read_table(data, sep, missing, decimal) if isinstance(data, (str, os.PathLike)) else data
     if type(df).__name__ != "DataFrame":
@@ -76,7 +77,8 @@ def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | 
                         "wrap an array as pandas.DataFrame(a, columns=[...]), or use vaekit.fit for arrays")
     df = text_gaps(str_columns(df), missing)  # a DataFrame's own "?" cells too
     schema = infer_schema(df, kinds, encoding, condition_columns, seed=config.seed)
-    schema.missing_tokens, schema.decimal = list(missing), decimal
+    path = isinstance(data, (str, os.PathLike))
+    schema.missing_tokens, schema.decimal = list(missing) or (gap_words(data, sep) if path else []), decimal
     check_trainable(schema, len(df))
     x = torch.from_numpy(encode(schema, df))  # (N, D_enc)
     c = torch.from_numpy(encode(schema, df, schema.conditions)) if schema.condition_columns else None  # (N, C)
