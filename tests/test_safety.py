@@ -595,6 +595,7 @@ def world(tmp_path_factory, digits):
     altered("newfield", config(lambda text: json.dumps({**json.loads(text), "dropout": 0.1})))
     (d / "deep.json").write_text("[" * 100000)
     (d / "device-list.json").write_text('{"device": ["cpu"]}')
+    (d / "comment.json").write_text('{\n  // fewer epochs for a quick look\n  "epochs": 1\n}')
     (d / "loose" / "cats").mkdir(parents=True)  # an image beside a class sub-folder: no class
     for f in (d / "loose" / "a.png", d / "loose" / "cats" / "b.png"):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(f)
@@ -741,6 +742,7 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (["sample", "{d}/newfield", "-o", "{d}/s.npy"], "a newer vaekit needs that version: upgrade", 2),
     (T + ["digits", "--out", "{d}/o", "--config", "{d}/deep.json"], "JSON nested too deeply", 2),
     (T + ["digits", "--out", "{d}/o", "--config", "{d}/device-list.json"], "device=['cpu'] is not auto, cpu, cuda", 2),
+    (T + ["digits", "--out", "{d}/o", "--config", "{d}/comment.json"], "JSON has no comments: delete the //", 2),
     (T + ["digits", "--out", ".", "--epochs", "1"], "--out . names no folder of its own", 2),  # was a traceback
     (T + ["digits", "--out", "{d}/..", "--force"], "names no folder of its own", 2),
     (["demo", "--out", "."], "--out . names no folder of its own", 2),

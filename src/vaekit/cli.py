@@ -50,10 +50,14 @@ def cmd_train(args) -> int:
         base = {k: v for k, v in base.items() if k not in ARCH_FIELDS}
         base.update({k: v for k, v in model_fields.items() if k not in ("input_shape", "condition_dim")})
     if args.config:
+        text = ""
         try:
-            loaded = read_json(Path(args.config).read_text())
+            text = Path(args.config).read_text()
+            loaded = read_json(text)
         except (OSError, ValueError) as e:  # missing, unreadable, not UTF-8, not JSON
-            raise ConfigError(f"--config {args.config}: cannot read JSON ({e})") from None
+            comments = re.search(r"^\s*(//|#)|/\*", text, re.M)
+            hint = "; JSON has no comments: delete the // or # lines" if comments else ""
+            raise ConfigError(f"--config {args.config}: cannot read JSON ({e}){hint}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"--config {args.config}: must be a JSON object of Config fields, "
                               'e.g. {"epochs": 20}')
