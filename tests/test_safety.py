@@ -923,6 +923,21 @@ def test_a_second_training_into_the_same_out_is_refused_while_the_first_runs(tmp
     assert main(argv + ["--force"]) == 0  # and the next run takes the folder as usual
 
 
+def test_resume_of_a_forced_run_cut_short_beside_a_complete_one(tmp_path, capsys, interrupt_at):
+    argv = ["train", "digits", "--out", str(tmp_path / "r"), "--epochs", "2", "--batch-size", "128",
+            "--latent-dim", "2", "--hidden", "16", "--no-progress"]
+    assert main(argv) == 0
+    before = (tmp_path / "r" / "model.safetensors").read_bytes()
+    interrupt_at(15)  # epoch 2 of the run that was to replace r
+    assert main(argv + ["--force", "--hidden", "8"]) == 130
+    assert "rerun with --resume --force to continue" in capsys.readouterr().err
+    assert main(argv + ["--hidden", "8", "--resume"]) == 2  # not 'nothing to resume': there is, and it needs --force
+    err = capsys.readouterr().err
+    assert "holds an interrupted run that was to replace it (--force): pass --resume --force" in err
+    assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
+    assert main(argv + ["--hidden", "8", "--resume", "--force"]) == 0 and vaekit.load(tmp_path / "r").config.hidden == [8]
+
+
 def test_a_failed_write_leaves_no_partial_output(world, tmp_path, monkeypatch, capsys):
     out = tmp_path / "s.npy"
     out.write_bytes(b"the old file")

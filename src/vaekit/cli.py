@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = ""
         if args.command == "train":
             partial = Path(args.out).with_name(Path(args.out).name + ".partial")
-            extra = ("; checkpoints are kept: rerun with --resume to continue"
+            extra = (f"; checkpoints are kept: rerun with --resume{' --force' if args.force else ''} to continue"
                      if (partial / "checkpoints" / "latest").is_file() else
                      "; it stopped before its first checkpoint, so nothing was kept: run it again")
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"

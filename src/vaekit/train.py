@@ -250,6 +250,11 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     if target is not None:  # before any work: bad --out costs nothing
         def check_out() -> None:
             if resume and (target / checkpoint.MANIFEST).is_file() and not force:
+                partial = target.with_name(target.name + ".partial")
+                if (partial / resuming.FOLDER / resuming.LATEST).is_file():  # a --force run, cut short, to replace it
+                    raise OutputExistsError(f"{target} is a complete run, and {partial} holds an interrupted run "
+                                            f"that was to replace it (--force): pass --resume --force to continue "
+                                            f"that one, or delete {partial} to keep {target} as it is")
                 raise OutputExistsError(f"{target} is a complete run already; nothing to resume "
                                         "(pass --force to train again)")
             checkpoint.check_output_dir(target, force)
