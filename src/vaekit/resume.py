@@ -114,11 +114,15 @@ def lock(target: Path) -> tuple[int, Path] | None:
             raise OutputExistsError(f"cannot create {target} ({e.strerror}); choose another --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             pid = os.read(fd, 20).decode(errors="replace").strip()
             os.close(fd)
             raise OutputExistsError(f"another vaekit train{f' (process {pid})' if pid else ''} is writing {target} "
                                     "right now; wait for it to finish, or choose another --out") from None
+        except OSError:  # a file system without locks (some NFS mounts): train unguarded, as before
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            return None
         try:  # the holder before us may have finished and removed the file we opened: lock the current one
             current = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
