@@ -326,9 +326,10 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
         saves.saved(resuming.save(run_dir, model, opt, gen, loop, best_state, config, fingerprint, perm, sums,
                                   ema))
 
-    board = tensorboard_writer(run_dir) if config.tensorboard and run_dir is not None else None
-    steps_per_epoch = ranks.steps(len(x_train), config.batch_size)
-    try:
+    board = None
+    try:  # from here on every way out lets go of the lock and the event files
+        board = tensorboard_writer(run_dir) if config.tensorboard and run_dir is not None else None
+        steps_per_epoch = ranks.steps(len(x_train), config.batch_size)
         for epoch in range(loop.epoch, config.epochs):
             model.train()
             t0 = time.perf_counter()
