@@ -188,6 +188,16 @@ def test_evaluation_bits_are_the_same_on_every_device(device):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, gpu])])
+def test_validation_bits_are_the_same_on_every_device(device):
+    # fit's validation rows are binarised once with seed + 1; drawn with a CUDA generator they were
+    # other bits on a GPU, so the same run's validation curve differed by device
+    x = vaekit.load_data("digits").x[:50]
+    cpu_bits = torch.bernoulli(x, generator=torch.Generator().manual_seed(7))
+    bits = vaekit.stream.binarize_once(x.to(device), 7)
+    assert bits.device.type == device and torch.equal(bits.cpu(), cpu_bits)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, gpu])])
 def test_onnx_export_leaves_the_model_on_its_device(tmp_path, device):
     # export traced the caller's model after model.to("cpu"), which moves it in place: a CUDA
     # model came back from export_onnx living on the CPU

@@ -16,8 +16,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .data import (check_float32_range, check_real_dtype, check_shape, folder_mode, image_mode, pixels,
-                   unreadable_array, upright, upright_size)
+from .data import (binarize_fixed, check_float32_range, check_real_dtype, check_shape, folder_mode, image_mode,
+                   pixels, unreadable_array, upright, upright_size)
 from .errors import DataError
 
 AUTO_STREAM_BYTES = 1 << 30  # load_data(stream=None) streams data whose float32 copy exceeds 1 GiB
@@ -301,10 +301,11 @@ def rows(x, idx: torch.Tensor):
     return x.index_select(0, idx) if isinstance(x, torch.Tensor) else x[idx]
 
 
-def binarize_once(x, seed: int, device: torch.device):
-    """Bernoulli(x) drawn once with a fixed seed: the validation bits every epoch scores."""
+def binarize_once(x, seed: int):
+    """Bernoulli(x) drawn once with a fixed seed: the validation bits every epoch scores,
+    the same bits on every device (drawn on the CPU, as the test bits are)."""
     if isinstance(x, torch.Tensor):
-        return torch.bernoulli(x, generator=torch.Generator(device=device).manual_seed(seed))
+        return binarize_fixed(x, seed)
     return x.binarized(seed)
 
 

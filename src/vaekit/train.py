@@ -269,7 +269,7 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     c_train, c_val = (None, None) if c_all is None else (take(c_all, train_idx, device), take(c_all, val_idx, device))
     if config.binarize == "dynamic" and len(x_val):
         # the validation set is binarised once with a fixed seed: every epoch scores the same bits
-        x_val = binarize_once(x_val, config.seed + 1, device)
+        x_val = binarize_once(x_val, config.seed + 1)
 
     fresh = model is None
     if not fresh:
