@@ -30,6 +30,33 @@ def test_iwae_k1_is_the_single_sample_elbo_exactly():
     assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_iwae_beta_weighs_the_log_ratio_in_each_weight_and_the_warmup_reaches_it():
+    # --kl-warmup and --beta were silently ignored by --objective iwae (same losses bit for bit)
+    model = _model()
+    x = torch.randn(6, 4)
+    torch.manual_seed(1)
+    b = iwae(model, x, k=3, beta=0.25).bound
+    torch.manual_seed(1)
+    q = model.encode(x)
+    z = q.rsample((3,))  # (3, 6, 2)
+    log_w = model.decode(z).log_prob(x) - 0.25 * (q.log_prob(z) - model.prior_dist().log_prob(z))  # (3, 6)
+    assert torch.allclose(b, torch.logsumexp(log_w, 0) - math.log(3), atol=1e-5)
+    torch.manual_seed(1)
+    bound = torch.logsumexp(log_w + 0.75 * (model.prior_dist().log_prob(z) - q.log_prob(z)), 0) - math.log(3)
+    assert torch.allclose(iwae(model, x, k=3).bound, bound, atol=1e-5)  # beta = 1 (default): the IWAE bound
+    data = vaekit.load_data("digits").x[:200]
+    losses = [vaekit.fit(data, Config(latent_dim=4, hidden=[16], epochs=1, objective="iwae", k=2, progress=False, **kw))
+              .history.epochs[0]["train_loss"] for kw in ({}, {"kl_warmup": 5.0}, {"beta": 3.0})]
+    assert losses[1] < losses[0] < losses[2]  # a lower KL weight flatters the loss, a higher one costs
+
+
+@pytest.mark.parametrize("kw", [dict(objective="wae-mmd", kl_warmup=2.0), dict(objective="wae-mmd", beta=4.0),
+                                dict(objective="wae-mmd", free_bits=0.5), dict(objective="iwae", k=2, free_bits=0.5)])
+def test_kl_weights_an_objective_cannot_use_are_refused(kw):
+    with pytest.raises(vaekit.errors.ConfigError, match="drop it|--kl-warmup 0"):
+        Config(**kw)
+
+
 def test_mmd_zero_for_identical_positive_for_shifted():
     torch.manual_seed(0)
     a = torch.randn(200, 3)

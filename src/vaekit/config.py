@@ -147,6 +147,14 @@ class Config:
             raise ConfigError(f"prior_components={self.prior_components!r} must be an integer >= 0 (--pseudo-inputs)")
         if self.objective == "wae-mmd" and self.prior != "normal":
             raise ConfigError("--objective wae-mmd matches the encoded codes to N(0, I); use --prior normal")
+        if self.objective == "wae-mmd" and (self.beta != 1 or self.kl_warmup or self.free_bits):
+            # its objective has no KL term for these to weigh: they would be ignored
+            raise ConfigError(f"beta={self.beta}, kl_warmup={self.kl_warmup}, free_bits={self.free_bits}: these weigh "
+                              "a KL term, which --objective wae-mmd has not; pass --beta 1 --kl-warmup 0 --free-bits 0 "
+                              "(a preset sets a warm-up; --mmd-weight sets the penalty's weight)")
+        if self.objective == "iwae" and self.free_bits:
+            raise ConfigError("--free-bits needs the KL per latent dim, which the IWAE bound does not split into; "
+                              "drop it, or use --objective elbo (--beta and --kl-warmup do apply to iwae)")
         if self.objective != "iwae" and self.k != 1:
             raise ConfigError(f"k={self.k} only applies to --objective iwae; drop --k or add --objective iwae")
         if self.condition_on not in (None, "labels", "columns"):
