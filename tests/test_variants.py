@@ -298,3 +298,18 @@ def test_best_model_is_never_an_epoch_under_the_kl_warmup():
     losses = [r["train_loss"] for r in model.history.epochs]
     assert losses[0] < losses[1] < losses[2] < losses[3]  # the trap: warm-up epochs score lower
     assert model.history.best_epoch == 4
+
+
+def test_ladder_traversal_of_an_upper_layer_reaches_the_decoder():
+    # the decoder reads only z_1: walking a z_2 coordinate with z_1 held gave the same picture at every step
+    model = _ladder((2, 2)).eval()
+    x = torch.randn(1, 4)
+    q = model.encode(x)
+    for dim in range(4):
+        walk = model.traverse(x[0], dim, span=2.0, steps=5)  # (5, 4)
+        assert (walk - walk[0]).abs().amax() > 1e-3, dim
+    z = q.walk(2, torch.linspace(-2, 2, 5))  # (5, 4): a walk in the top layer
+    assert torch.allclose(z[:, 2], torch.linspace(-2, 2, 5)) and torch.equal(z[:, 3], q.mean[0, 3].expand(5))
+    assert torch.allclose(z[:, :2], q._layer(0, z[:, 2:]).loc)  # z_1: q's conditional mean given the walked z_2
+    z = q.walk(1, torch.linspace(-2, 2, 5))  # in the bottom layer: the others held, as for a one-layer model
+    assert torch.equal(z[:, [0, 2, 3]], q.mean[:, [0, 2, 3]].expand(5, 3))

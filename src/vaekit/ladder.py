@@ -13,6 +13,8 @@ and the importance-sampled log-likelihood work on them unchanged (the KL goes by
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -100,6 +102,19 @@ class _Joint(Distribution):
     def mean(self) -> torch.Tensor:
         """Top-down pass taking each layer's conditional mean (the mode path, not E[z])."""
         return self._walk(lambda l, d: d.loc)[0]
+
+    def walk(self, dim: int, values: torch.Tensor) -> torch.Tensor:
+        """The mode path (`mean`) of a batch of one with coordinate `dim` of z set to each of
+        `values` (S,): (S, sum d_l). The layers below the walked one follow it, each its
+        conditional mean given the layer above: the decoder reads only z_1, so a walk in an
+        upper layer held apart from z_1 would decode to the same picture at every step."""
+        layer = sum(dim >= end for end in itertools.accumulate(self.prior.dims))  # the layer dim is in
+        z = self.mean.expand(len(values), -1).clone()  # (S, D)
+        z[:, dim] = values
+        parts = list(torch.split(z, self.prior.dims, -1))  # bottom first, (S, d_l) each
+        for l in reversed(range(layer)):
+            parts[l] = self._layer(l, parts[l + 1]).loc  # (S, d_l)
+        return torch.cat(parts, -1)
 
     def dim_log_probs(self, z: torch.Tensor) -> torch.Tensor:
         """log q(z_i | z_{l+1}, x) (or log p) per dimension (*sample, *batch, D), bottom first:

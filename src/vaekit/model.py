@@ -299,8 +299,8 @@ class VAE(nn.Module):
     @torch.no_grad()
     def traverse(self, x: torch.Tensor, dim: int, span: float = 3.0, steps: int = 9,
                  c: torch.Tensor | None = None) -> torch.Tensor:
-        """Vary latent `dim` of x's posterior mean over [-span, span]; returns (steps, *shape) on
-        x's device."""
+        """Vary latent `dim` of x's posterior mean over [-span, span], the others held (a ladder's
+        layers below `dim` follow it: `_Joint.walk`); returns (steps, *shape) on x's device."""
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 2:
             raise ConfigError(f"steps={steps!r} must be an integer >= 2")
         if not 0 <= dim < self.latent_dim:
@@ -313,8 +313,13 @@ class VAE(nn.Module):
         check_memory(steps * (math.prod(self.input_shape) + self.latent_dim) * 4, self.device,
                      f"{steps} steps", "use fewer --steps")
         c = self.check_condition(c, 1)  # (1, C): x's condition, (C,) or (1, C)
-        z = self.encode(x.unsqueeze(0), c).mean.repeat(steps, 1)  # (steps, d)
-        z[:, dim] = torch.linspace(-span, span, steps, device=z.device)
+        q = self.encode(x.unsqueeze(0), c)
+        values = torch.linspace(-span, span, steps, device=self.device)  # (steps,)
+        if hasattr(q, "walk"):  # a ladder: the layers below the walked one follow it down to the decoder's z_1
+            z = q.walk(dim, values)  # (steps, d)
+        else:
+            z = q.mean.repeat(steps, 1)  # (steps, d)
+            z[:, dim] = values
         return self._decode_means(z, None if c is None else c.expand(steps, -1)).to(x.device)
 
     def _decode_means(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
