@@ -16,6 +16,7 @@ from vaekit.evaluate import prepare_eval_data
 from vaekit.sample import traversals
 
 TRAIN_FAST = ["--epochs", "2", "--latent-dim", "4", "--hidden", "32", "--no-progress"]
+CONV_FAST = ["--arch", "conv", "--channels", "4,8", "--epochs", "2", "--latent-dim", "4", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_train_on_image_folder_and_npy(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(12):
         Image.fromarray(rng.integers(0, 256, (10, 6), dtype=np.uint8)).save(folder / f"{i:02d}.png")
-    assert main(["train", str(folder), "--out", str(tmp_path / "r1"), "--arch", "conv", "--channels", "4,8", *TRAIN_FAST]) == 0
+    assert main(["train", str(folder), "--out", str(tmp_path / "r1"), *CONV_FAST]) == 0
     assert main(["sample", str(tmp_path / "r1"), "-n", "4", "-o", str(tmp_path / "a.npy")]) == 0
     assert np.load(tmp_path / "a.npy").shape == (4, 1, 10, 6)
     np.save(tmp_path / "real.npy", rng.normal(5, 2, (60, 3)).astype(np.float32))
@@ -89,8 +90,7 @@ def test_channels_last_arrays_get_npy_outputs_back_channels_last(tmp_path):
     hwc = rng.random((40, 6, 5, 3)).astype(np.float32)  # (N, H, W, C): how most image arrays are saved
     np.save(tmp_path / "hwc.npy", hwc)
     out = tmp_path / "r"
-    assert main(["train", str(tmp_path / "hwc.npy"), "--out", str(out), "--arch", "conv", "--channels", "4,8",
-                 *TRAIN_FAST]) == 0
+    assert main(["train", str(tmp_path / "hwc.npy"), "--out", str(out), *CONV_FAST]) == 0
     model = vaekit.load(out)
     assert model.config.data_layout == "NHWC" and model.config.input_shape == [3, 6, 5]  # the model works in NCHW
     assert main(["sample", str(out), "-n", "4", "-o", str(tmp_path / "s.npy")]) == 0

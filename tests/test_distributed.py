@@ -19,7 +19,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 # deterministic objective (a plain autoencoder: WAE with a zero MMD weight), so the two
 # runs see no sampling noise and must agree to float rounding; tanh keeps every gradient alive
 COMMON = ["digits", "--split", "all", "--epochs", "2", "--objective", "wae-mmd", "--mmd-weight", "0",
-          "--binarize", "none", "--hidden", "32", "--latent-dim", "4", "--activation", "tanh",
+          "--binarize", "none", "--latent-dim", "4", "--activation", "tanh",
           "--val-fraction", "0.1", "--patience", "0", "--seed", "3", "--device", "cpu", "--no-progress"]
 
 
@@ -44,7 +44,8 @@ def test_shards_split_every_global_batch_disjointly():
     assert torch.equal(torch.cat([p for p, _ in last]), perm[128:193])
 
 
-@pytest.mark.parametrize("arch", [[], ["--arch", "conv", "--channels", "4,8"]], ids=["mlp", "conv-channels-last"])
+@pytest.mark.parametrize("arch", [["--hidden", "32"], ["--arch", "conv", "--channels", "4,8"]],
+                         ids=["mlp", "conv-channels-last"])
 def test_two_gloo_ranks_equal_one_process_at_twice_the_batch(tmp_path, capsys, arch):
     # 1617 training rows: 12 global batches of 128 and an uneven last one (81 = 41 + 40);
     # the conv model trains channels-last: DDP's gradients must keep the weights' layout for fused Adam

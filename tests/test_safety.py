@@ -644,6 +644,13 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (T + ["digits", "--out", "{d}/o", "--objective", "wae-mmd", "--kl-warmup", "5"],
      "which --objective wae-mmd has not", 2),
     (T + ["digits", "--out", "{d}/o", "--objective", "iwae", "--free-bits", "0.5"], "--free-bits needs the KL per", 2),
+    # flags the run has no use for were accepted and ignored
+    (T + ["digits", "--out", "{d}/o", "--arch", "conv", "--hidden", "32"], "--hidden applies only to --arch mlp", 2),
+    (T + ["digits", "--out", "{d}/o", "--arch", "hvae", "--latent-dim", "8"], "--latent-dim applies only to", 2),
+    (T + ["digits", "--out", "{d}/o", "--mmd-kernel", "rbf"], "--mmd-kernel applies only to --objective wae-mmd", 2),
+    (T + ["digits", "--out", "{d}/o", "--pseudo-inputs", "50"], "applies only to --prior vamp or mog", 2),
+    (T + ["digits", "--out", "{d}/o", "--lr-final", "0.1"], "--lr-final applies only to --lr-schedule cosine", 2),
+    (T + ["digits", "--out", "{d}/o", "--val-nll-k", "5", "--val-fraction", "0"], "val_fraction=0 holds none out", 2),
     (T + ["digits", "--out", "{d}/o", "--device", "gpu"], "not auto, cpu, cuda or cuda:N", 2),
     (T + ["digits", "--out", "{d}/o", "--checkpoint-every", "-2"], "checkpoint_every=-2", 2),
     (T + ["digits", "--out", "{d}/o", "--checkpoint-minutes", "-1"], "checkpoint_minutes=-1", 2),

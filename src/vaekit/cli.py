@@ -27,7 +27,7 @@ def is_table_path(path: str) -> bool:
 
 
 def cmd_train(args) -> int:
-    from .config import ARCH_FIELDS, Config, architecture, preset, read_json
+    from .config import ARCH_FIELDS, Config, architecture, preset, read_json, unused
     from .data import load_data
     from .distributed import is_main
     from .train import fit
@@ -67,6 +67,13 @@ def cmd_train(args) -> int:
         overrides["k"] = 5
     if args.wae_stochastic:
         overrides["wae_deterministic"] = False
+
+    def refuse_ignored(config) -> None:  # a flag this run has no use for is an error, not silently dropped
+        if ignored := unused(config, list(overrides)):
+            flags = {"prior_components": "--prior-components", "wae_deterministic": "--wae-stochastic"}
+            raise ConfigError("; ".join(f"{flags.get(f, '--' + f.replace('_', '-'))} applies only to {where}"
+                                        for f, where in ignored.items())
+                              + f"; drop {'it' if len(ignored) == 1 else 'them'}, or choose what it applies to")
     if args.no_progress:
         overrides["progress"] = False
     if args.tensorboard:
@@ -80,11 +87,14 @@ def cmd_train(args) -> int:
 
         from . import table_cli
 
-        return table_cli.train(args, table_config(**settings))
+        config = table_config(**settings)
+        refuse_ignored(config)
+        return table_cli.train(args, config)
     if args.column_kind or args.condition_columns or args.missing or args.decimal:
         raise ConfigError("--column-kind, --condition-columns, --missing and --decimal apply to tables; pass a "
                           ".csv or .parquet file")
     config = Config.from_dict(settings)
+    refuse_ignored(config)
     ds = load_data(args.data, args.split, args.data_dir, args.download, stream=args.stream)
     model = fit(ds, config, out=args.out, force=args.force, resume=args.resume, model=start)
     h = model.history

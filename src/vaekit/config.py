@@ -155,6 +155,9 @@ class Config:
         if self.objective == "iwae" and self.free_bits:
             raise ConfigError("--free-bits needs the KL per latent dim, which the IWAE bound does not split into; "
                               "drop it, or use --objective elbo (--beta and --kl-warmup do apply to iwae)")
+        if self.val_nll_k and not self.val_fraction:
+            raise ConfigError(f"val_nll_k={self.val_nll_k} scores the validation set, and val_fraction=0 holds none "
+                              "out; pass --val-fraction 0.1, or drop --val-nll-k")
         if self.objective != "iwae" and self.k != 1:
             raise ConfigError(f"k={self.k} only applies to --objective iwae; drop --k or add --objective iwae")
         if self.condition_on not in (None, "labels", "columns"):
@@ -250,6 +253,23 @@ def architecture(config: Config) -> dict[str, Any]:
     Two configs with equal architectures describe models whose weights are interchangeable."""
     names = [*_ARCH_COMMON, *_ARCH_OWN[config.arch], *(_MIXTURE if config.prior in ("vamp", "mog") else ())]
     return {name: getattr(config, name) for name in names}
+
+
+def unused(config: Config, names: list[str]) -> dict[str, str]:
+    """Of the fields `names`, those `config` would ignore (another arch, objective, prior or lr
+    schedule uses them), each with what it applies to: a flag given for such a field is refused
+    rather than accepted and ignored. Fields used by every run are never named."""
+    arch, wae = config.arch, config.objective == "wae-mmd"
+    uses = {"latent_dim": (arch in ("mlp", "conv"), "--arch mlp or conv (ladder: --latent-dims; hvae: --groups "
+                           "and --latent-channels, with the image size)"),
+            "hidden": (arch in ("mlp", "ladder"), "--arch mlp or ladder"),
+            "latent_dims": (arch == "ladder", "--arch ladder"), "ladder_hidden": (arch == "ladder", "--arch ladder"),
+            "channels": (arch in ("conv", "hvae"), "--arch conv or hvae"),
+            **{f: (arch == "hvae", "--arch hvae") for f in ("groups", "latent_channels", "cells")},
+            **{f: (wae, "--objective wae-mmd") for f in ("mmd_kernel", "mmd_weight", "wae_deterministic")},
+            "prior_components": (config.prior in ("vamp", "mog"), "--prior vamp or mog"),
+            "lr_final": (config.lr_schedule == "cosine", "--lr-schedule cosine")}
+    return {n: uses[n][1] for n in names if n in uses and not uses[n][0]}
 
 
 def read_json(text: str) -> Any:
