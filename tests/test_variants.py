@@ -50,6 +50,12 @@ def test_iwae_beta_weighs_the_log_ratio_in_each_weight_and_the_warmup_reaches_it
     assert losses[1] < losses[0] < losses[2]  # a lower KL weight flatters the loss, a higher one costs
 
 
+def test_iwae_with_one_sample_is_refused_not_trained_as_the_elbo():
+    # Config(objective="iwae") keeps Config's k=1, and fit trained the plain ELBO without a word
+    with pytest.raises(vaekit.errors.ConfigError, match="k=1 trains the ELBO"):
+        vaekit.fit(torch.rand(20, 4), Config(objective="iwae", epochs=1, progress=False))
+
+
 @pytest.mark.parametrize("kw", [dict(objective="wae-mmd", kl_warmup=2.0), dict(objective="wae-mmd", beta=4.0),
                                 dict(objective="wae-mmd", free_bits=0.5), dict(objective="iwae", k=2, free_bits=0.5)])
 def test_kl_weights_an_objective_cannot_use_are_refused(kw):
