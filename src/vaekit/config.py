@@ -152,6 +152,9 @@ class Config:
             raise ConfigError(f"beta={self.beta}, kl_warmup={self.kl_warmup}, free_bits={self.free_bits}: these weigh "
                               "a KL term, which --objective wae-mmd has not; pass --beta 1 --kl-warmup 0 --free-bits 0 "
                               "(a preset sets a warm-up; --mmd-weight sets the penalty's weight)")
+        if self.objective == "wae-mmd" and self.batch_size < 2:  # one code per batch: its MMD would be left out
+            raise ConfigError("--objective wae-mmd compares each batch's codes with prior draws by an MMD, which needs "
+                              f"2 or more of them: batch_size={self.batch_size}; pass --batch-size 64 or so")
         if self.objective == "iwae" and self.free_bits:
             raise ConfigError("--free-bits needs the KL per latent dim, which the IWAE bound does not split into; "
                               "drop it, or use --objective elbo (--beta and --kl-warmup do apply to iwae)")
