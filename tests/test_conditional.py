@@ -98,7 +98,10 @@ def test_cli_condition_on_labels(tmp_path, capsys):
     assert main(["sample", str(run), "-n", "6", "--condition", "12", "-o", str(tmp_path / "bad.npy")]) == 2
     assert "knows the classes 0, 1" in capsys.readouterr().err and not (tmp_path / "bad.npy").exists()
     assert main(["evaluate", str(run), "digits", "--k", "5", "-n", "30", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["n"] == 30
+    result = json.loads(capsys.readouterr().out)  # its nll is -log p(x|c), and says so (it did not)
+    assert result["n"] == 30 and result["conditional"] is True
+    assert main(["evaluate", str(run), "digits", "--k", "5", "-n", "30"]) == 0
+    assert "-log p(x|c) given the data's labels" in capsys.readouterr().out
     assert main(["reconstruct", str(run), "digits", "-n", "4", "-o", str(tmp_path / "r.npy")]) == 0
     assert main(["interpolate", str(run), "digits", "--pairs", "2", "-o", str(tmp_path / "i.npy")]) == 0
     # the report takes the conditions from the data's labels, and samples the classes in turn

@@ -163,13 +163,15 @@ def _sample_condition(model, values: list[str] | None, n: int):
     return lambda start, stop: model.class_conditions(stop - start, start)  # (stop - start, C): classes in turn
 
 
-def _eval_data(args, model, n: int | None):
-    """The data of `reconstruct`, `interpolate` and `evaluate`, checked against the model, and
-    the conditions (N, C) a conditional model needs (from the data's labels)."""
+def _eval_data(args, model, n: int | None, score: bool = False):
+    """The data of `reconstruct`, `interpolate`, `traverse` and `evaluate`, checked against the
+    model, and the conditions (N, C) a conditional model needs (from the data's labels).
+    `score`: binarised once as the model is scored (evaluate); the pictures take the data as given,
+    as `model.reconstruct` and the report do (a random binarisation would show speckled inputs)."""
     import torch
 
     from .data import load_data
-    from .evaluate import prepare_eval_data
+    from .evaluate import check_eval_data, prepare_eval_data
     from .model import check_memory
     from .train import data_conditions
 
@@ -180,7 +182,11 @@ def _eval_data(args, model, n: int | None):
         check_memory(4 * math.prod(x.shape), torch.device("cpu"), f"{ds.name} ({len(x)} examples) as float32",
                      "pass -n N to use its first N examples")
         x = x[:]
-    x = prepare_eval_data(model, x)
+    if score:
+        x = prepare_eval_data(model, x)
+    else:
+        check_eval_data(model, x)
+        x = x.to(model.device, torch.float32)
     c = data_conditions(model, ds)
     return x, ds, None if c is None else c[:len(x)]
 
@@ -296,7 +302,7 @@ def cmd_evaluate(args) -> int:
         from . import table_cli
 
         return table_cli.evaluate(args, model)
-    x, ds, c = _eval_data(args, model, args.n)
+    x, ds, c = _eval_data(args, model, args.n, score=True)
     torch.manual_seed(args.seed)
     result = evaluate(model, x, k=args.k, batch_size=args.batch_size, compile=args.compile, c=c, progress=True)
     if args.json:
@@ -304,7 +310,8 @@ def cmd_evaluate(args) -> int:
         return 0
     print(f"data: {ds.name}, n = {result['n']}, k = {result['k']}")
     se = f"{result['nll_se']:.3f}" if math.isfinite(result["nll_se"]) else "n/a (one example)"
-    print(f"NLL:  {result['nll']:.3f} +- {se} nats (importance-sampled, k = {result['k']})")
+    given = ", -log p(x|c) given the data's labels" if result.get("conditional") else ""
+    print(f"NLL:  {result['nll']:.3f} +- {se} nats (importance-sampled, k = {result['k']}{given})")
     if "bits_per_dim" in result:
         print(f"      {result['bits_per_dim']:.4f} bits/dim")
     print(f"ELBO: {result['elbo']:.3f} nats = recon {result['recon']:.3f} - KL {result['kl']:.3f}")

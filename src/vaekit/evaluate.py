@@ -188,6 +188,8 @@ def evaluate(model, x: torch.Tensor, k: int = 1000, batch_size: int = 100,
         "k": k,
         "n": n,
     }
+    if c is not None:  # nll is -log p(x|c): below the marginal -log p(x), not comparable with unconditional figures
+        result["conditional"] = True
     if kl_layers is not None:
         result["kl_per_layer"] = [round(v, 6) for v in (kl_layers / n).tolist()]
     # images: also bits per dimension, only where p(x) is a probability (binary or 8-bit pixels). A Gaussian
