@@ -12,7 +12,6 @@ from PIL import Image
 
 import vaekit
 from vaekit.cli import main
-from vaekit.evaluate import prepare_eval_data
 from vaekit.sample import traversals
 
 TRAIN_FAST = ["--epochs", "2", "--latent-dim", "4", "--hidden", "32", "--no-progress"]
@@ -61,14 +60,29 @@ def test_traverse_walks_the_most_active_dimensions_or_the_chosen_ones(run, tmp_p
     assert main(["traverse", str(run), "digits", "--dims", "1", "3", "--steps", "5", "-o", str(tmp_path / "t.npy")]) == 0
     t = np.load(tmp_path / "t.npy")
     assert t.shape == (2, 5, 1, 8, 8) and "dimension(s) 1, 3 of example 0" in capsys.readouterr().out
-    with torch.no_grad():  # the CLI reads the data as `evaluate` does
-        z = model.encode(prepare_eval_data(model, x[:1])).mean.repeat(5, 1)  # (5, d)
+    with torch.no_grad():  # the CLI walks from the data as given, as model.traverse does
+        z = model.encode(x[:1]).mean.repeat(5, 1)  # (5, d)
         z[:, 3] = torch.linspace(-3, 3, 5)
         assert np.allclose(t[1], model.decode(z).mean.numpy(), atol=1e-6)
     assert main(["traverse", str(run), "digits", "--top", "3", "-o", str(tmp_path / "t.png")]) == 0
     rows = len(traversals(model, vaekit.load_data("digits", "test").x[:1000], top=3)[0])
     w, h = Image.open(tmp_path / "t.png").size
     assert round(w / h) == round(9 / rows)  # 9 steps across, one row per dimension
+
+
+def test_pictures_take_the_data_as_given_not_a_random_binarisation(run, tmp_path, capsys):
+    # reconstruct, interpolate and traverse once encoded a copy binarised with seed 0 (as evaluate
+    # scores): the .png showed speckled inputs, and a path between two equal examples moved
+    model = vaekit.load(run)
+    x = vaekit.load_data("digits", "test").x[:4]
+    assert main(["reconstruct", str(run), "digits", "-n", "4", "-o", str(tmp_path / "r.npy")]) == 0
+    assert np.allclose(np.load(tmp_path / "r.npy"), model.reconstruct(x).numpy(), atol=1e-6)
+    np.save(tmp_path / "same.npy", torch.cat([x[:1], x[:1]]).numpy())
+    assert main(["interpolate", str(run), str(tmp_path / "same.npy"), "--steps", "3", "-o",
+                 str(tmp_path / "i.npy")]) == 0
+    path = np.load(tmp_path / "i.npy")  # (3, 1, 1, 8, 8)
+    assert np.abs(path - path[0]).max() == 0
+    capsys.readouterr()
 
 
 def test_train_on_image_folder_and_npy(tmp_path):
@@ -97,7 +111,7 @@ def test_channels_last_arrays_get_npy_outputs_back_channels_last(tmp_path):
     assert np.load(tmp_path / "s.npy").shape == (4, 6, 5, 3)
     assert main(["reconstruct", str(out), str(tmp_path / "hwc.npy"), "-n", "3", "-o", str(tmp_path / "r.npy")]) == 0
     r = np.load(tmp_path / "r.npy")
-    x = prepare_eval_data(model, torch.from_numpy(hwc[:3]).permute(0, 3, 1, 2))  # as the CLI reads DATA
+    x = torch.from_numpy(hwc[:3]).permute(0, 3, 1, 2)  # as the CLI reads DATA: (N, C, H, W), not binarised
     assert r.shape == (3, 6, 5, 3) and np.allclose(r, model.reconstruct(x).permute(0, 2, 3, 1).numpy(), atol=1e-6)
     assert main(["interpolate", str(out), str(tmp_path / "hwc.npy"), "--pairs", "2", "--steps", "3",
                  "-o", str(tmp_path / "i.npy")]) == 0
@@ -126,7 +140,7 @@ def test_greyscale_arrays_without_a_channel_axis_get_npy_outputs_without_one(tmp
     assert np.load(tmp_path / "s.npy").shape == (4, 6, 5)
     assert main(["reconstruct", str(out), str(tmp_path / "g.npy"), "-n", "3", "-o", str(tmp_path / "r.npy")]) == 0
     r = np.load(tmp_path / "r.npy")
-    x = prepare_eval_data(model, torch.from_numpy(grey[:3, None] / np.float32(255)))
+    x = torch.from_numpy(grey[:3, None] / np.float32(255))  # (N, 1, H, W) in [0, 1], as given
     assert r.shape == (3, 6, 5) and np.allclose(r, model.reconstruct(x)[:, 0].numpy(), atol=1e-6)
     assert main(["interpolate", str(out), str(tmp_path / "g.npy"), "--pairs", "2", "--steps", "3",
                  "-o", str(tmp_path / "i.npy")]) == 0
