@@ -142,6 +142,13 @@ def test_snapshot_of_a_run_in_progress_is_its_best_weights_so_far(digits, tmp_pa
         with pytest.raises(IntegrityError, match=f"`vaekit snapshot {partial} -o FOLDER`"):
             load(unfinished)
     before = {p: p.read_bytes() for p in sorted(partial.rglob("*")) if p.is_file()}
+    # not into the run's own folders: --resume took a snapshot at --out for the finished run (and offered
+    # to delete the training), and one inside .partial would have been published with the run
+    for own in (tmp_path / "r", partial, partial / "snap", tmp_path / "r" / "snap"):
+        with pytest.raises(ConfigError, match="the run's own folder"):
+            vaekit.snapshot(partial, own)
+    assert main(["snapshot", str(tmp_path / "r"), "-o", str(tmp_path / "r")]) == 2
+    assert "own folder" in capsys.readouterr().err and not (tmp_path / "r").exists()
     path, loop = vaekit.snapshot(tmp_path / "r", tmp_path / "snap")  # the --out or the .partial folder
     assert (loop.epoch, loop.step) == (2, 0) and loop.best_epoch in (1, 2)
     from safetensors.torch import load_file

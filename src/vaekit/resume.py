@@ -304,6 +304,8 @@ def snapshot(run: str | Path, out: str | Path, force: bool = False) -> tuple[Pat
         raise ConfigError(f"{run} is a finished run: use it as it is" if done else
                           f"no training checkpoint in {run_dir}: pass the --out of a run that is training or was "
                           "interrupted (checkpoints come every --checkpoint-every epochs or --checkpoint-minutes)")
+    target = run_dir.with_name(run_dir.name[:-len(".partial")])
+    _outside_the_run(Path(out), target, run_dir)
     checkpoint.check_output_dir(Path(out), force)  # before any work
     for attempt in range(3):  # the trainer may publish a newer checkpoint and prune this one meanwhile
         try:
@@ -324,6 +326,16 @@ def snapshot(run: str | Path, out: str | Path, force: bool = False) -> tuple[Pat
         raise IntegrityError(f"{folder} does not describe a model ({e}); the checkpoint is damaged") from None
     metrics = "".join(json.dumps(r) + "\n" for r in loop.history).encode()
     return checkpoint.save(model.eval(), out, force=force, extra={METRICS: metrics}), loop
+
+
+def _outside_the_run(out: Path, target: Path, run_dir: Path) -> None:
+    """A snapshot at the run's own --out would be taken by --resume for the finished run (and
+    replaced when training ends); one inside `<out>.partial` would be published with the run."""
+    dest = out.resolve()
+    for own in (target, run_dir):
+        if dest == own.resolve() or own.resolve() in dest.parents:
+            raise ConfigError(f"-o {out} is {'inside ' if dest != own.resolve() else ''}the run's own folder {own}, "
+                              f"where the training publishes its model; choose a folder beside it, e.g. -o {target}-now")
 
 
 class Schedule:
