@@ -94,6 +94,9 @@ def test_cli_condition_on_labels(tmp_path, capsys):
     assert main(["sample", str(run), "-n", "6", "--condition", "7", "-o", str(out)]) == 0
     assert np.load(out).shape == (6, 1, 8, 8)
     assert main(["sample", str(run), "-n", "20", "-o", str(tmp_path / "all.png")]) == 0  # classes in turn
+    from PIL import Image  # each column one class: 10 columns of 8x8 digits shown 32x32 (a square grid mixed them)
+
+    assert Image.open(tmp_path / "all.png").size == (10 * 33 + 1, 2 * 33 + 1)
     capsys.readouterr()
     assert main(["sample", str(run), "-n", "6", "--condition", "12", "-o", str(tmp_path / "bad.npy")]) == 2
     assert "knows the classes 0, 1" in capsys.readouterr().err and not (tmp_path / "bad.npy").exists()

@@ -137,9 +137,14 @@ def cmd_sample(args) -> int:
 
         return table_cli.sample(args, model)
     _check_array_output(args, model)
+    condition = _sample_condition(model, args.condition, args.n)
+    nrow = None
+    if callable(condition):  # classes in turn: as many columns as a square grid, rounded to whole cycles
+        classes = len(model.config.condition_names)
+        nrow = min(args.n, classes * max(1, math.ceil(math.sqrt(args.n)) // classes))  # each column one class
     write_samples(model, args.output, args.n, temperature=args.temperature, mean=not args.draw,
-                  generator=torch.Generator().manual_seed(args.seed),
-                  condition=_sample_condition(model, args.condition, args.n), layout=model.config.data_layout)
+                  generator=torch.Generator().manual_seed(args.seed), condition=condition,
+                  layout=model.config.data_layout, nrow=nrow)
     print(f"wrote {args.n} samples to {args.output}")
     return 0
 

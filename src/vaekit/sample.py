@@ -116,11 +116,13 @@ def grid_bytes(n: int, shape: tuple[int, ...], min_cell: int = 28) -> int:
 
 
 def write_samples(model, path: str | Path, n: int, temperature: float = 1.0, mean: bool = True,
-                  generator: torch.Generator | None = None, condition=None, layout: str = "NCHW") -> Path:
+                  generator: torch.Generator | None = None, condition=None, layout: str = "NCHW",
+                  nrow: int | None = None) -> Path:
     """`vaekit sample`: n samples to a .png grid or a .npy array, atomically. A .npy larger than
     one decoding chunk is drawn and written a chunk at a time (the generator carrying on), so
     memory stays bounded for any n and only the disk must hold it; a grid must fit in memory.
-    `condition`: None, one condition (C,) for all, or a function (start, stop) -> (rows, C)."""
+    `condition`: None, one condition (C,) for all, or a function (start, stop) -> (rows, C).
+    `nrow`: images per grid row (default: a square grid)."""
     p = check_output_file(path)
     values = math.prod(model.input_shape)
     rows = max(1, model.sample_chunk_values // max(1, values))
@@ -130,7 +132,7 @@ def write_samples(model, path: str | Path, n: int, temperature: float = 1.0, mea
             check_memory(grid_bytes(n, model.input_shape), torch.device("cpu"), f"a grid of {n} images",
                          "draw fewer (-n), or write .npy, which is written in pieces")
         x = model.sample(n, temperature=temperature, mean=mean, generator=generator, condition=cond(0, n))
-        return write_output(x, p, layout=layout)
+        return write_output(x, p, nrow=nrow, layout=layout)
     size = n * values * 4
     free = shutil.disk_usage(p.parent).free
     if size > free:
