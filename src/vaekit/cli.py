@@ -27,7 +27,7 @@ def is_table_path(path: str) -> bool:
 
 
 def cmd_train(args) -> int:
-    from .config import ARCH_FIELDS, Config, architecture, preset, read_json, unused
+    from .config import ARCH_FIELDS, Config, architecture, check_training, preset, read_json, unused
     from .data import load_data
     from .distributed import is_main
     from .train import fit
@@ -95,6 +95,7 @@ def cmd_train(args) -> int:
                           ".csv or .parquet file")
     config = Config.from_dict(settings)
     refuse_ignored(config)
+    check_training(config)  # before the data is read (fit checks it too)
     ds = load_data(args.data, args.split, args.data_dir, args.download, stream=args.stream)
     model = fit(ds, config, out=args.out, force=args.force, resume=args.resume, model=start)
     h = model.history

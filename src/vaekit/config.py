@@ -147,20 +147,6 @@ class Config:
             raise ConfigError(f"prior_components={self.prior_components!r} must be an integer >= 0 (--pseudo-inputs)")
         if self.objective == "wae-mmd" and self.prior != "normal":
             raise ConfigError("--objective wae-mmd matches the encoded codes to N(0, I); use --prior normal")
-        if self.objective == "wae-mmd" and (self.beta != 1 or self.kl_warmup or self.free_bits):
-            # its objective has no KL term for these to weigh: they would be ignored
-            raise ConfigError(f"beta={self.beta}, kl_warmup={self.kl_warmup}, free_bits={self.free_bits}: these weigh "
-                              "a KL term, which --objective wae-mmd has not; pass --beta 1 --kl-warmup 0 --free-bits 0 "
-                              "(a preset sets a warm-up; --mmd-weight sets the penalty's weight)")
-        if self.objective == "wae-mmd" and self.batch_size < 2:  # one code per batch: its MMD would be left out
-            raise ConfigError("--objective wae-mmd compares each batch's codes with prior draws by an MMD, which needs "
-                              f"2 or more of them: batch_size={self.batch_size}; pass --batch-size 64 or so")
-        if self.objective == "iwae" and self.free_bits:
-            raise ConfigError("--free-bits needs the KL per latent dim, which the IWAE bound does not split into; "
-                              "drop it, or use --objective elbo (--beta and --kl-warmup do apply to iwae)")
-        if self.val_nll_k and not self.val_fraction:
-            raise ConfigError(f"val_nll_k={self.val_nll_k} scores the validation set, and val_fraction=0 holds none "
-                              "out; pass --val-fraction 0.1, or drop --val-nll-k")
         if self.objective != "iwae" and self.k != 1:
             raise ConfigError(f"k={self.k} only applies to --objective iwae; drop --k or add --objective iwae")
         if self.condition_on not in (None, "labels", "columns"):
@@ -256,6 +242,28 @@ def architecture(config: Config) -> dict[str, Any]:
     Two configs with equal architectures describe models whose weights are interchangeable."""
     names = [*_ARCH_COMMON, *_ARCH_OWN[config.arch], *(_MIXTURE if config.prior in ("vamp", "mog") else ())]
     return {name: getattr(config, name) for name in names}
+
+
+def check_training(config: Config) -> None:
+    """Refuse settings the training would ignore or cannot honour. Checked when training starts
+    (`fit`), not in `Config.__post_init__`: a run saved before a check existed still loads."""
+    if config.objective == "wae-mmd" and (config.beta != 1 or config.kl_warmup or config.free_bits):
+        # its objective has no KL term for these to weigh: they would be ignored
+        raise ConfigError(f"beta={config.beta}, kl_warmup={config.kl_warmup}, free_bits={config.free_bits}: these weigh "
+                          "a KL term, which --objective wae-mmd has not; pass --beta 1 --kl-warmup 0 --free-bits 0 "
+                          "(a preset sets a warm-up; --mmd-weight sets the penalty's weight)")
+    if config.objective == "wae-mmd" and config.batch_size < 2:  # one code per batch: its MMD would be left out
+        raise ConfigError("--objective wae-mmd compares each batch's codes with prior draws by an MMD, which needs "
+                          f"2 or more of them: batch_size={config.batch_size}; pass --batch-size 64 or so")
+    if config.objective == "iwae" and config.free_bits:
+        raise ConfigError("--free-bits needs the KL per latent dim, which the IWAE bound does not split into; "
+                          "drop it, or use --objective elbo (--beta and --kl-warmup do apply to iwae)")
+    if config.val_nll_k and not config.val_fraction:
+        raise ConfigError(f"val_nll_k={config.val_nll_k} scores the validation set, and val_fraction=0 holds none "
+                          "out; pass --val-fraction 0.1, or drop --val-nll-k")
+    if config.objective == "iwae" and config.k == 1:  # Config's k defaults to 1, for the other objectives
+        raise ConfigError("objective='iwae' with k=1 trains the ELBO, not an importance-weighted bound; pass k=5 "
+                          "(vaekit train's default for --objective iwae) or more, or objective='elbo'")
 
 
 def unused(config: Config, names: list[str]) -> dict[str, str]:

@@ -21,7 +21,7 @@ import torch
 
 from . import checkpoint, distributed
 from . import resume as resuming
-from .config import Config, architecture
+from .config import Config, architecture, check_training
 from .data import Dataset, as_dataset, binarize_dynamic, check_finite, is_binary, on_8bit_grid
 from .errors import ConfigError, DataError, IncompatibleError, NonFiniteError, OutputExistsError
 from .evaluate import log_likelihood
@@ -61,9 +61,7 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_config(config: Config, ds: Dataset) -> Config:
     """Fill in what the data decides: input shape, likelihood, binarisation."""
-    if config.objective == "iwae" and config.k == 1:  # Config's k defaults to 1, for the other objectives
-        raise ConfigError("objective='iwae' with k=1 trains the ELBO, not an importance-weighted bound; pass k=5 "
-                          "(vaekit train's default for --objective iwae) or more, or objective='elbo'")
+    check_training(config)
     x = ds.x
     lo, hi = (float(v) for v in (torch.aminmax(x.reshape(-1)) if isinstance(x, torch.Tensor) else (x.min(), x.max())))
     unit = lo >= 0 and hi <= 1
