@@ -161,3 +161,14 @@ def test_class_names_from_sub_folders_and_string_labels(tmp_path, capsys):
         load_data(str(tmp_path / "float.npz"))
     np.savez(tmp_path / "whole.npz", x=x[:2], labels=np.array([3.0, 1.0]))
     assert load_data(str(tmp_path / "whole.npz")).labels.tolist() == [3, 1]
+
+
+def test_cli_sample_of_a_run_conditioned_on_vectors_says_how_to_sample_it(tmp_path, capsys):
+    # it said "conditioned on columns, not labels; sample it as a table" of an image run
+    x = vaekit.load_data("digits").x[:100]
+    run = tmp_path / "vec"
+    vaekit.fit(x, Config(latent_dim=2, hidden=[8], epochs=1, progress=False), out=run, condition=torch.randn(100, 3))
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert "own vectors" in err and "model.sample(n, condition=C)" in err and "table" not in err, err

@@ -159,7 +159,8 @@ def _sample_condition(model, values: list[str] | None, n: int):
                               "or train with --condition-on labels")
         return None
     if not names:
-        raise ConfigError("this run is conditioned on columns, not labels; sample it as a table")
+        raise ConfigError("this run is conditioned on the caller's own vectors, not on class labels, so sample "
+                          "has no condition to give it; sample it in Python: model.sample(n, condition=C)")
     if values and len(values) > 1:
         raise ConfigError(f"give one class label with --condition (got {len(values)}); run sample once per class")
     if values:
