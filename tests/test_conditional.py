@@ -55,13 +55,16 @@ def test_condition_changes_the_likelihood_and_bounds_agree(digits_cvae):
 
 def test_condition_is_checked():
     plain = vaekit.VAE.from_config(Config(latent_dim=2, hidden=[8], input_shape=[4], likelihood="gaussian"))
-    with pytest.raises(ValueError, match="unconditional"):
+    # typed (IncompatibleError, still a ValueError): a bare ValueError was a traceback under the CLI's rules
+    with pytest.raises(vaekit.errors.IncompatibleError, match="unconditional"):
         plain.encode(torch.zeros(3, 4), torch.zeros(3, 2))
     cond = vaekit.VAE.from_config(Config(latent_dim=2, hidden=[8], input_shape=[4], likelihood="gaussian",
                                          condition_on="columns", condition_dim=3))
-    with pytest.raises(ValueError, match="needs a condition"):
+    with pytest.raises(vaekit.errors.IncompatibleError, match="needs a condition"):
         cond.encode(torch.zeros(3, 4))
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(vaekit.errors.IncompatibleError, match="needs a condition"):
+        vaekit.log_likelihood(cond, torch.zeros(3, 4), k=2)
+    with pytest.raises(vaekit.errors.IncompatibleError, match="shape"):
         cond.decode(torch.zeros(3, 2), torch.zeros(3, 2))
     assert cond.sample(5, condition=torch.tensor([1.0, 0, 0])).shape == (5, 4)
     with pytest.raises(vaekit.errors.ConfigError, match="not --arch ladder; change"):

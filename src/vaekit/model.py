@@ -141,18 +141,20 @@ class VAE(nn.Module):
 
     def check_condition(self, c: torch.Tensor | None, n: int) -> torch.Tensor | None:
         """c as a float tensor (n, condition_dim) on the model's device; (condition_dim,) is
-        broadcast to n rows. Raises ValueError when c is missing, extra or mis-shaped."""
+        broadcast to n rows. Raises IncompatibleError when c is missing, extra or mis-shaped."""
         if not self.condition_dim:
             if c is not None:
-                raise ValueError("this model is unconditional; do not pass a condition")
+                raise IncompatibleError("this model is unconditional; do not pass a condition")
             return None
         if c is None:
-            raise ValueError(f"this conditional model needs a condition c of shape (B, {self.condition_dim})")
+            raise IncompatibleError(f"this conditional model needs a condition c of shape (B, {self.condition_dim}): "
+                                    "pass c= (condition= to sample), e.g. model.label_condition(7) for one class")
         c = torch.as_tensor(c, dtype=torch.float32, device=self.device)
         if c.dim() == 1:
             c = c.expand(n, -1)
         if c.shape != (n, self.condition_dim):
-            raise ValueError(f"condition has shape {tuple(c.shape)}; expected ({n}, {self.condition_dim})")
+            raise IncompatibleError(f"condition has shape {tuple(c.shape)}; expected ({n}, {self.condition_dim}), "
+                                    "one row per example")
         return c
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> Distribution:
