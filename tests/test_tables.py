@@ -133,6 +133,9 @@ def test_conditional_sampling():
         sample_table(model, 5, conditions=["x>1"])
     with pytest.raises(DataError, match="no training row satisfies count>500"):
         sample_table(model, 5, conditions=["count>500"])
+    for bad in ("count=inf", "count=-inf", "count=nan", "count>nan", "count!=inf"):  # a traceback or nonsense before
+        with pytest.raises(ConfigError, match="'count' needs a finite number"):
+            sample_table(model, 5, conditions=[bad])
 
 
 def test_save_load_schema_and_tamper(toy_model, tmp_path):

@@ -212,13 +212,19 @@ def _category(col, value) -> Any:
 def _number(col, value) -> float:
     import pandas as pd
 
+    what = "date" if col.kind == "datetime" else "number"
     try:
         if col.kind == "datetime":
-            return pd.Timestamp(value).value / 1e9
-        return float(value)
+            stamp = pd.Timestamp(value)
+            number = math.nan if pd.isna(stamp) else stamp.value / 1e9
+        else:
+            number = float(value)
     except (ValueError, TypeError):
-        raise ConfigError(f"condition on {col.name!r} needs a {'date' if col.kind == 'datetime' else 'number'}, "
-                          f"got {value!r}") from None
+        raise ConfigError(f"condition on {col.name!r} needs a {what}, got {value!r}") from None
+    if not math.isfinite(number):  # inf, nan, NaT: no value or range to draw from (`col=` asks for the missing)
+        raise ConfigError(f"condition on {col.name!r} needs a finite {what}, got {value!r}; for rows where "
+                          f"{col.name!r} is missing write {col.name}=")
+    return number
 
 
 def draw_conditions(schema: Schema, preds: list[tuple[str, str, Any]], n: int, gen: torch.Generator):
