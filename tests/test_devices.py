@@ -73,6 +73,22 @@ def test_compiled_step_is_one_graph(small, monkeypatch, free_bits):
     assert breaks(resolve_kl=lambda *a, **kw: None) > 0  # the break this guards against
 
 
+def test_a_kl_warmup_compiles_the_iwae_step_as_few_times_as_the_elbo_step(small, monkeypatch):
+    # a branch on the warm-up's beta in iwae() made a graph more, compiled when the warm-up ended
+    from torch._dynamo.utils import counters
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: real(module, backend="eager", **kw))
+
+    def graphs(**kw):
+        torch._dynamo.reset()
+        counters.clear()
+        vaekit.fit(small[:240], _config(device="cpu", compile=True, batch_size=60, epochs=2, val_fraction=0.0,
+                                        kl_warmup=1.0, **kw))
+        return counters["stats"]["unique_graphs"]
+    assert graphs(objective="iwae", k=2) == graphs()
+
+
 def test_amp_on_a_cpu_without_native_bf16_is_a_clear_error(small, tmp_path, capsys, monkeypatch):
     # emulated bf16 is slower than float32: a CPU without AMX / AVX512-BF16 gets an error, not a slow run
     monkeypatch.setattr(vaekit.distributed, "cpu_bf16", lambda: False)

@@ -123,9 +123,9 @@ def iwae(model, x: torch.Tensor, k: int = 5, beta: float = 1.0, c: torch.Tensor 
     q(z_i|x) / p(z_i), as a KL warm-up does for the ELBO (Sønderby et al. 2016 warm up their
     importance-weighted ladder so); with k = 1 it is the beta-ELBO's one-sample estimate. Only
     beta = 1 is a bound on log p(x). x (B, *shape) -> per-example terms (B,)."""
-    log_w, log_px_z, log_ratio = log_weights(model, x, k, c=c)  # (k, B) each
-    if beta != 1:
-        log_w = log_px_z - beta * log_ratio  # (k, B)
+    _, log_px_z, log_ratio = log_weights(model, x, k, c=c)  # (k, B) each
+    # no branch on beta: a compiled step keeps one graph through a warm-up (x * 1.0 is exact)
+    log_w = log_px_z - beta * log_ratio  # (k, B)
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)  # (B,)
     return Bound(bound, log_px_z.mean(0), log_ratio.mean(0))
 
