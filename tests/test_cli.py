@@ -276,3 +276,18 @@ def test_version_help_and_no_arguments(capsys):
     assert main(["help", "train"]) == 0
     assert "--resume" in capsys.readouterr().out  # the same text as `vaekit train --help`
     assert main(["help"]) == 0 and "snapshot" in capsys.readouterr().out
+
+
+def test_a_bernoulli_model_trained_on_soft_targets_is_scored_on_binarised_data(tmp_path, capsys):
+    # --binarize none: evaluate scored the grey levels themselves, a cross-entropy printed as an NLL and bits/dim
+    from vaekit.data import MNIST_TEST_BINARIZE_SEED, binarize_fixed
+    from vaekit.evaluate import prepare_eval_data
+
+    run = tmp_path / "soft"
+    assert main(["train", "digits", "--out", str(run), "--binarize", "none", *TRAIN_FAST]) == 0
+    model = vaekit.load(run)
+    assert (model.config.likelihood, model.config.binarize) == ("bernoulli", "none")
+    grey = vaekit.load_data("digits", "test").x[:40]
+    assert torch.equal(prepare_eval_data(model, grey), binarize_fixed(grey, MNIST_TEST_BINARIZE_SEED))
+    bits = (grey > 0.5).float()  # binary data is scored as it is
+    assert torch.equal(prepare_eval_data(model, bits), bits)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.distributions import Independent, MixtureSameFamily, Normal, kl_divergence
 
-from .data import MNIST_TEST_BINARIZE_SEED, binarize_fixed, check_finite, on_8bit_grid
+from .data import MNIST_TEST_BINARIZE_SEED, binarize_fixed, check_finite, is_binary, on_8bit_grid
 from .errors import ConfigError, IncompatibleError, NonFiniteError
 from .model import as_float
 from .monitor import work_bar
@@ -62,11 +62,14 @@ def check_eval_data(model, x: torch.Tensor) -> None:
 
 def prepare_eval_data(model, x: torch.Tensor, seed: int = MNIST_TEST_BINARIZE_SEED) -> torch.Tensor:
     """Check x fits the model; binarise it once with a fixed seed if the model trained on
-    dynamically binarised data, so every model is scored on the same bits."""
+    dynamically binarised data, so every model is scored on the same bits. A Bernoulli model
+    trained on grey levels as soft targets (binarize=none) is scored on those bits too: only
+    binary data has a probability under it (grey data would give a cross-entropy, not an NLL)."""
     check_eval_data(model, x)
     config = getattr(model, "config", None)
     x = x.to(model.device, torch.float32)
-    if config is not None and config.binarize == "dynamic":
+    if config is not None and (config.binarize == "dynamic" or (config.likelihood == "bernoulli"
+                                                                and not is_binary(x))):
         x = binarize_fixed(x, seed)
     return x
 
