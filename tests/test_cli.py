@@ -291,3 +291,12 @@ def test_a_bernoulli_model_trained_on_soft_targets_is_scored_on_binarised_data(t
     assert torch.equal(prepare_eval_data(model, grey), binarize_fixed(grey, MNIST_TEST_BINARIZE_SEED))
     bits = (grey > 0.5).float()  # binary data is scored as it is
     assert torch.equal(prepare_eval_data(model, bits), bits)
+
+
+def test_output_into_a_closed_pipe_is_not_reported_as_a_disk_error(run):
+    # `vaekit evaluate RUN digits | head -3` said "error: Broken pipe; check the path, its permissions and free space"
+    p = subprocess.Popen([sys.executable, "-m", "vaekit", "evaluate", str(run), "digits", "--k", "2", "-n", "5"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the command prints
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and err == "", err

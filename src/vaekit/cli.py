@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import signal
 import sys
@@ -440,6 +441,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaekit: error: out of memory ({_first_line(e)}); use smaller sizes (--latent-dim, --hidden, "
               "--prior-components, --k, --batch-size, -n) or a machine with more memory", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader stopped (`vaekit evaluate ... | head -3`): nothing went wrong here
+        try:  # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (captured): nothing to flush
+            pass
+        return 141  # 128 + SIGPIPE, as a shell tool killed by it
     except OSError as e:  # disk full, permission denied...: the environment, not a bug
         if args.debug:
             raise
