@@ -103,6 +103,17 @@ print(json.dumps(result), flush=True)
 """
 
 
+def test_only_rank_0_reports_a_table_training(tmp_path, capsys, monkeypatch):
+    # `torchrun ... vaekit train people.csv` printed "trained ... saved" once per rank
+    pytest.importorskip("pandas")
+    rows = "".join(f"{'ab'[i % 2]},{i * 0.5}\n" for i in range(40))
+    (tmp_path / "t.csv").write_text("kind,size\n" + rows)
+    monkeypatch.setattr("vaekit.distributed.is_main", lambda: False)  # as on rank 1
+    assert main(["train", str(tmp_path / "t.csv"), "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--no-progress"]) == 0
+    assert "trained" not in capsys.readouterr().out
+
+
 def test_a_refused_output_or_a_nan_on_one_rank_stops_every_rank_cleanly(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

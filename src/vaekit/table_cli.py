@@ -9,6 +9,7 @@ from .cli import epochs_text, positive, strict_json
 
 
 def train(args, config) -> int:
+    from .distributed import is_main
     from .tables import column_kinds
     from .tabular import fit_table
 
@@ -21,8 +22,9 @@ def train(args, config) -> int:
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
     loss = last.get("val_loss", last.get("train_loss", float("nan")))
     schema = model.schema
-    print(f"trained {epochs_text(h)} on {args.data} ({len(schema.columns)} columns); best epoch "
-          f"{h.best_epoch}, loss {loss:.4f}; saved {args.out}")
+    if is_main():  # under torchrun, rank 0 speaks for all
+        print(f"trained {epochs_text(h)} on {args.data} ({len(schema.columns)} columns); best epoch "
+              f"{h.best_epoch}, loss {loss:.4f}; saved {args.out}")
     return 0
 
 
