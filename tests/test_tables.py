@@ -138,6 +138,16 @@ def test_conditional_sampling():
             sample_table(model, 5, conditions=[bad])
 
 
+def test_date_conditions_are_answered_in_dates():
+    # the range and "no row satisfies" messages showed seconds since 1970 (day=1.89346e+09)
+    model = fit_table(toy_table(), TOY_CONFIG.replace(epochs=2), condition_columns=["when"])
+    with pytest.raises(DataError, match=r"when=2031-01-01 00:00:00 is outside the training range 2020-01-0"):
+        sample_table(model, 5, conditions=["when=2031-01-01"])
+    with pytest.raises(DataError, match="no training row satisfies when>2031-01-01 00:00:00;"):
+        sample_table(model, 5, conditions=["when>2031-01-01"])
+    assert (sample_table(model, 20, conditions=["when>2020-06-01"], seed=0).when > "2020-06-01").all()
+
+
 def test_save_load_schema_and_tamper(toy_model, tmp_path):
     _, model = toy_model
     vaekit.save(model, tmp_path / "run")

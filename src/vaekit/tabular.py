@@ -227,6 +227,15 @@ def _number(col, value) -> float:
     return number
 
 
+def _shown(col, value) -> str:
+    """A condition's value as a user writes it: a date for a datetime column (held in seconds)."""
+    import pandas as pd
+
+    if col.kind == "datetime" and isinstance(value, (int, float)):
+        return str(pd.Timestamp(value, unit="s"))
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
 def draw_conditions(schema: Schema, preds: list[tuple[str, str, Any]], n: int, gen: torch.Generator):
     """Draw n condition rows from the training rows that satisfy every predicate. Equality on
     a numeric column sets that value (within the seen range) instead of filtering rows."""
@@ -244,8 +253,9 @@ def draw_conditions(schema: Schema, preds: list[tuple[str, str, Any]], n: int, g
             continue
         if col.numeric and op == "=":
             if not (col.min <= value <= col.max):
-                raise DataError(f"condition {name}={value:g} is outside the training range {col.min:g}..{col.max:g} of "
-                                f"column {name!r}; pick a value in that range")
+                raise DataError(f"condition {name}={_shown(col, value)} is outside the training range "
+                                f"{_shown(col, col.min)}..{_shown(col, col.max)} of column {name!r}; pick a value in "
+                                "that range")
             fixed[name] = value
             continue
         if col.numeric:
@@ -258,7 +268,7 @@ def draw_conditions(schema: Schema, preds: list[tuple[str, str, Any]], n: int, g
         mask &= hit
     idx = np.flatnonzero(mask)
     if len(idx) == 0:
-        text = " and ".join(f"{a}{o}{'' if b is None else b}" for a, o, b in preds)
+        text = " and ".join(f"{a}{o}{'' if b is None else _shown(schema.column(a), b)}" for a, o, b in preds)
         raise DataError(f"no training row satisfies {text}; loosen the conditions")
     pick = idx[torch.randint(len(idx), (n,), generator=gen).numpy()]  # (n,)
     parts, frame = {}, {}
