@@ -334,8 +334,9 @@ def _outside_the_run(out: Path, target: Path, run_dir: Path) -> None:
     dest = out.resolve()
     for own in (target, run_dir):
         if dest == own.resolve() or own.resolve() in dest.parents:
-            raise ConfigError(f"-o {out} is {'inside ' if dest != own.resolve() else ''}the run's own folder {own}, "
-                              f"where the training publishes its model; choose a folder beside it, e.g. -o {target}-now")
+            inside = "inside " if dest != own.resolve() else ""
+            raise ConfigError(f"-o {out} is {inside}the run's own folder {own}, where the training publishes its "
+                              f"model; choose a folder beside it, e.g. -o {target}-now")
 
 
 class Schedule:
