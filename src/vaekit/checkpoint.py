@@ -7,6 +7,7 @@ model never runs code (no pickle anywhere).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -49,13 +50,15 @@ def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...], wrong_
     return p
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename over `path`:
-    readers see the old file or the whole new one, never a part."""
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A file object on a temporary name beside `path`, fsynced and renamed over it when the
+    block ends without error, deleted otherwise: readers see the old file or the whole new
+    one, never a part (for data written in pieces)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -63,6 +66,12 @@ def write_atomic(path: Path, data: bytes) -> None:
         if tmp.exists():
             tmp.unlink()
     fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """`data` to `path` through `atomic_file`."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -3,18 +3,15 @@ latent traversals a user asks for by dimension (or the most active ones)."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import check_output_path, fsync_dir, write_atomic
+from .checkpoint import atomic_file, check_output_path, write_atomic
 from .errors import ConfigError, DataError
 from .evaluate import ACTIVE, activity, posterior_means
 from .model import check_memory
@@ -74,24 +71,6 @@ def in_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "NHW" and x.ndim >= 4 and x.shape[-3] == 1:
         return x.squeeze(-3)  # (..., H, W)
     return x
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path):
-    """A file object on a temporary name beside `path`, fsynced and renamed over it when the
-    block ends without error, deleted otherwise (as checkpoint.write_atomic, for data written
-    in pieces)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
 
 
 def write_output(x: torch.Tensor, path: str | Path, nrow: int | None = None, layout: str = "NCHW") -> Path:
