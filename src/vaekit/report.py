@@ -149,9 +149,12 @@ def _data_sections(model, ds, n: int, k: int, image: bool) -> list[str]:
     c = data_conditions(model, ds)  # (N, C) from the labels, or None
     c = None if c is None else c[:len(x)]
     result = evaluate(model, x, k=k, batch_size=100, c=c)
-    out = [_section("Evaluation", _table({key: v for key, v in result.items() if key != "kl_per_dim"})
+    given = ("; the model is conditional, so the NLL is -log p(x|c) given the data's labels (usually below the "
+             "marginal -log p(x): not comparable with an unconditional model's)") if result.get("conditional") else ""
+    shown = {key: v for key, v in result.items() if key not in ("kl_per_dim", "conditional")}
+    out = [_section("Evaluation", _table(shown)
                     + f"<p class=note>On the first {result['n']} examples of {_e(ds.name)}; NLL importance-"
-                    f"sampled with k = {k} (a stochastic lower bound on log p(x), tighter with larger k).</p>")]
+                    f"sampled with k = {k} (a stochastic lower bound on log p(x), tighter with larger k){given}.</p>")]
     mu = posterior_means(model, raw, c)  # (N, d)
     spread = activity(mu).numpy()  # (d,)
     active = (spread > ACTIVE).tolist()
