@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vaekit.table_io import read_table
 from vaekit.table_metrics import evaluate_table
-from vaekit.tables import infer_schema, read_table
+from vaekit.tables import infer_schema
 from vaekit.tabular import fit_table, sample_table, table_config
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

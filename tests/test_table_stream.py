@@ -16,7 +16,8 @@ import vaekit  # noqa: E402
 import vaekit.table_stream as ts  # noqa: E402
 from vaekit.cli import main  # noqa: E402
 from vaekit.errors import DataError  # noqa: E402
-from vaekit.tables import infer_schema, read_table  # noqa: E402
+from vaekit.table_io import read_table  # noqa: E402
+from vaekit.tables import infer_schema  # noqa: E402
 from vaekit.tabular import fit_table, sample_table, table_config  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

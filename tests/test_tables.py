@@ -311,7 +311,7 @@ def test_metrics_on_a_copy_and_on_noise():
 
 
 def test_read_table_sniffs_separator_and_reads_parquet(tmp_path):
-    from vaekit.tables import read_table, write_table
+    from vaekit.table_io import read_table, write_table
 
     semi = _write(tmp_path, "semi.csv", '"age";"job";"y"\n30;"admin.";"no"\n33;"services";"yes"\n')
     df = read_table(semi)  # the bank-marketing layout: ';' and quoted labels
@@ -695,8 +695,8 @@ def test_gaps_written_as_words_are_named_then_read_as_gaps_with_missing(tmp_path
 def test_excel_and_windows_csv_layouts(tmp_path, stream):
     # a BOM hid the empty index name (row numbers were modelled as 'Unnamed: 0'); a separator at the end
     # of the data lines only made pandas take the first column for an index and shift every value left
+    from vaekit.table_io import read_table
     from vaekit.table_stream import read_chunks
-    from vaekit.tables import read_table
 
     read = (lambda p: next(read_chunks(p))) if stream else read_table
     df = pd.DataFrame({"city": ["Zürich", "Genève", "Kraków"] * 4, "x": np.arange(12) * 1.5})
@@ -830,7 +830,7 @@ def test_codes_with_leading_zeros_stay_labels(tmp_path, stream, capsys):
     assert main(["reconstruct", str(tmp_path / "run"), str(tmp_path / "t.csv"), "-n", "3",
                  "-o", str(tmp_path / "r.csv")]) == 0
     assert main(["evaluate", str(tmp_path / "run"), str(tmp_path / "t.csv"), "--json"]) == 0
-    from vaekit.tables import read_table
+    from vaekit.table_io import read_table
 
     (tmp_path / "q.csv").write_text('zip, y\n"02134", 1.5\n"10001", 2.5\n')  # quoted, after a space
     assert read_table(tmp_path / "q.csv")["zip"].tolist() == ["02134", "10001"]
@@ -937,6 +937,6 @@ def test_gaps_come_back_spelled_as_in_the_training_file(tmp_path, stream):
     # penguins.csv (from R) writes its gaps as NA; the sampled CSV had blank cells, which R reads as "" for text
     model = fit_table(PENGUINS, table_config(epochs=1, hidden=[8], latent_dim=2, progress=False), stream=stream)
     assert model.schema.missing_tokens == ["NA"]
-    vaekit.tables.write_table(sample_table(model, 200), tmp_path / "s.csv", model.schema)
+    vaekit.table_io.write_table(sample_table(model, 200), tmp_path / "s.csv", model.schema)
     text = (tmp_path / "s.csv").read_text()
     assert ",NA," in text and ",," not in text

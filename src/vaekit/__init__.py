@@ -47,8 +47,8 @@ _EXPORTS = {
     "reconstruct_table": "tabular",
     "table_config": "tabular",
     "evaluate_table": "table_metrics",
-    "read_table": "tables",
-    "write_table": "tables",
+    "read_table": "table_io",
+    "write_table": "table_io",
     "Schema": "tables",
     "table_section": "report",
     "export_onnx": "export",
@@ -84,7 +84,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from .priors import StandardNormal
     from .report import table_section
     from .sample import write_output
+    from .table_io import read_table, write_table
     from .table_metrics import evaluate_table
-    from .tables import Schema, read_table, write_table
+    from .tables import Schema
     from .tabular import fit_table, reconstruct_table, sample_table, table_config
     from .train import History, fit

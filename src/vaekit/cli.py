@@ -18,7 +18,7 @@ from pathlib import Path
 from .cli_args import TRAIN_FLAGS, build_parser
 from .errors import ConfigError, OutputExistsError, VaekitError
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")  # as tables.TABLE_SUFFIXES; no numpy import here
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")  # as table_io.TABLE_SUFFIXES; no numpy import here
 
 
 def is_table_path(path: str) -> bool:
@@ -212,7 +212,7 @@ def _check_array_output(args, model) -> None:
 def _table_run_or_check_output(args, command: str):
     """Load the run; check the output name for its kind: a table run's rows go to .csv/.parquet
     (reconstruct), and interpolate/traverse work on arrays and images only."""
-    from .tables import check_table_output
+    from .table_io import check_table_output
 
     model = _load_run(args)
     if getattr(model, "schema", None) is None:

@@ -16,9 +16,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .data import (binarize_fixed, check_float32_range, check_real_dtype, check_shape, folder_mode, image_mode,
-                   pixels, unreadable_array, upright, upright_size)
+from .data import binarize_fixed, check_float32_range, check_real_dtype, check_shape, unreadable_array
 from .errors import DataError
+from .images import folder_mode, image_mode, pixels, upright, upright_size
 
 AUTO_STREAM_BYTES = 1 << 30  # load_data(stream=None) streams data whose float32 copy exceeds 1 GiB
 CHUNK_BYTES = 4 << 20  # float32 bytes per chunk of a statistics pass
@@ -339,7 +339,7 @@ def open_image_folder(files: list[Path], name: str) -> ImageFiles:
 
 def should_stream(path: Path) -> bool:
     """stream=None: stream a .npy when its float32 copy would exceed AUTO_STREAM_BYTES (image
-    folders decide in data.load_image_folder, from their headers)."""
+    folders decide in images.load_image_folder, from their headers)."""
     if path.suffix.lower() != ".npy":
         return False
     try:

@@ -29,7 +29,7 @@ def train(args, config) -> int:
 
 
 def sample(args, model) -> int:
-    from .tables import check_table_output, write_table
+    from .table_io import check_table_output, write_table
     from .tabular import sample_table
 
     check_table_output(args.output, force=args.force)
@@ -42,7 +42,7 @@ def sample(args, model) -> int:
 def reconstruct(args, model) -> int:
     """The first -n rows as the model encodes and decodes them; never reads the whole file."""
     from .table_stream import read_chunks
-    from .tables import write_table
+    from .table_io import write_table
     from .tabular import reconstruct_table
 
     tokens = model.schema.missing_tokens  # the training file's gap texts, read and written alike

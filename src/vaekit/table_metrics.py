@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
-from .tables import Schema, infer_schema, require_columns, str_columns, text_gaps, to_numbers
+from .table_io import text_gaps
+from .tables import Schema, infer_schema, require_columns, str_columns, to_numbers
 
 MIN_SCORE_ROWS = 5  # the detection AUC is 5-fold cross-validated: at least one row of each kind per fold
 
@@ -69,7 +70,7 @@ def real_rows(path, n: int | None = None, seed: int = 0, sep: str | None = None,
     import pandas as pd
 
     from .table_stream import read_chunks, should_stream_table
-    from .tables import read_table
+    from .table_io import read_table
 
     if not should_stream_table(path, None):
         real = read_table(path, sep, missing, decimal)

@@ -18,8 +18,9 @@ def _table_report(model, data: Any, n: int, seed: int) -> str:
     first `n` rows) against as many sampled rows, with the evaluation scores."""
     import pandas as pd
 
+    from .table_io import read_table, text_gaps
     from .table_metrics import evaluate_table
-    from .tables import read_table, require_columns, str_columns, text_gaps
+    from .tables import require_columns, str_columns
     from .tabular import sample_table
 
     if data is None:

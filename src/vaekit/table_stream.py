@@ -27,12 +27,12 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 from .table_codec import encode
-from .tables import (COMPRESSED, DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES,
-                     TIME_STEPS, ZONED, ZONED_DTYPE, Column, Schema, _fit_gmm, check_decimal, check_missing,
-                     check_request, check_trainable, condition_values, counting_error, csv_layout, decimal_comma,
-                     decimals, drop_trailing, every_column, formatted_error, formatted_numbers, label_error,
-                     loose_dates_error, nested_error, open_table, placeholder_error, plain, text_gaps, time_step,
-                     to_numbers, unreadable)
+from .table_io import (COMPRESSED, check_decimal, check_missing, csv_layout, drop_trailing, open_table, text_gaps,
+                       unreadable)
+from .tables import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED,
+                     ZONED_DTYPE, Column, Schema, _fit_gmm, check_request, check_trainable, condition_values,
+                     counting_error, decimal_comma, decimals, every_column, formatted_error, formatted_numbers,
+                     label_error, loose_dates_error, nested_error, placeholder_error, plain, time_step, to_numbers)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
 COMPRESSION_RATIO = 10  # a gzipped CSV is 5-10x smaller than its text: the higher end, so large ones stream
@@ -57,7 +57,7 @@ def read_chunks(path: str | os.PathLike, sep: str | None = None, chunk_rows: int
                 decimal: str = ".") -> Iterator[Any]:
     """DataFrames of at most `chunk_rows` rows, in file order (default: about CHUNK_BYTES of
     CSV text, PARQUET_CHUNK_ROWS rows of Parquet). CSV columns in `text` are read as text;
-    cells holding a `missing` text are gaps, `decimal` is the decimal mark (as tables.read_table)."""
+    cells holding a `missing` text are gaps, `decimal` is the decimal mark (as table_io.read_table)."""
     import pandas as pd
 
     missing, decimal = check_missing(missing), check_decimal(decimal)

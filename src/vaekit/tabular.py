@@ -28,8 +28,8 @@ from .errors import ConfigError, DataError
 from .likelihoods import MixedLikelihood
 from .model import VAE
 from .table_codec import assemble, decode, encode, label_key, label_series, numeric_series
-from .tables import (Schema, check_decimal, check_missing, check_trainable, gap_words, infer_schema, read_table,
-                     require_columns, str_columns, text_gaps)
+from .table_io import check_decimal, check_missing, gap_words, read_table, text_gaps
+from .tables import Schema, check_trainable, infer_schema, require_columns, str_columns
 
 CONDITION = re.compile(r"^\s*(.+?)\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*$")
 
