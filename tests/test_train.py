@@ -167,6 +167,20 @@ def test_generation_in_chunks_matches_one_pass(monkeypatch):
     assert torch.equal(bits, model.sample(10, mean=False, generator=torch.Generator().manual_seed(2)))
 
 
+def test_save_of_a_fitted_model_keeps_its_metrics_for_the_report(digits, tmp_path):
+    # README: fit() in memory, vaekit.save(model, "runs/api-demo"), then vaekit.report on that
+    # folder; the folder had no metrics.jsonl, so the report had no training curves
+    model = vaekit.fit(digits, Config(**FAST))
+    vaekit.save(model, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows == model.history.epochs and len(rows) == 3
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert "metrics.jsonl" in manifest["files"]
+    vaekit.load(tmp_path / "run")  # verified against the manifest like fit's own metrics
+    vaekit.save(vaekit.load(tmp_path / "run"), tmp_path / "copy")  # a loaded model has no history: none written
+    assert not (tmp_path / "copy" / "metrics.jsonl").exists()
+
+
 def test_a_numpy_array_trains_as_the_cli_reads_it_saved(tmp_path):
     """vaekit.fit(np.load(f)) and `vaekit train f` see the same data: 0..255 integer images
     scaled to [0, 1], (N, H, W) given a channel axis, channels-last made channels-first."""

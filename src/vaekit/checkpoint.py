@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_FILES = ("config.json", "model.safetensors")
 SCHEMA = "schema.json"  # table models only (tables.Schema)
+METRICS = "metrics.jsonl"  # a run's metrics, one JSON row per finished epoch
 MAX_JSON_BYTES = 1 << 20  # a manifest or config larger than this is not ours
 
 
@@ -122,15 +123,21 @@ def write_model_files(model, folder: Path, extra: tuple[str, ...] = ()) -> None:
 def save(model, path: str | os.PathLike, force: bool = False, extra: dict[str, bytes] | None = None) -> Path:
     """Save `model` as a folder at `path`, with `extra` files (name: bytes) listed in its
     manifest too. An existing non-empty folder is refused unless `force`; then it is
-    replaced only once the new folder is complete."""
+    replaced only once the new folder is complete. A model from `fit` carries its per-epoch
+    metrics (`model.history`): they are saved as `metrics.jsonl`, as in the run folder `fit`
+    writes, so that `vaekit report` draws its training curves."""
     target = Path(path)
     check_output_dir(target, force)
+    extra = dict(extra or {})
+    history = getattr(model, "history", None)
+    if METRICS not in extra and history is not None and history.epochs:
+        extra[METRICS] = "".join(json.dumps(row) + "\n" for row in history.epochs).encode()
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
     staging.mkdir(parents=True)
     try:
-        for name, data in (extra or {}).items():
+        for name, data in extra.items():
             write_atomic(staging / name, data)
-        write_model_files(model, staging, extra=tuple(extra or ()))
+        write_model_files(model, staging, extra=tuple(extra))
         publish(staging, target)
     finally:
         if staging.exists():

@@ -38,7 +38,7 @@ FORMAT_VERSION = 1
 FOLDER = "checkpoints"
 LATEST = "latest"
 FILES = ("state.json", "tensors.safetensors")
-METRICS = "metrics.jsonl"  # a run's metrics, one JSON row per finished epoch
+METRICS = checkpoint.METRICS  # a run's metrics, one JSON row per finished epoch
 NAME = re.compile(r"e\d{4,}-s\d{6,}")
 # Config fields a resumed run may change: they steer the loop, not the model, the data split
 # or the random draws (e.g. a lower --lr after a NaN). Changing the lr, schedule, clipping,
