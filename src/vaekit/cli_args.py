@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read a .npy (memory-mapped) or image folder batch by batch instead of into memory "
                         "(default: stream a .npy or image folder larger than 1 GiB as float32); tables: read the file in chunks "
                         "and train from an encoded copy on disk (default: a table file larger than 256 MiB)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress", action="store_true",
+                   help="quiet training: no progress bar and no per-epoch lines (metrics.jsonl keeps every epoch)")
     t.add_argument("--column-kind", action="append", metavar="COL=KIND",
                    help="tables: override a column's kind (continuous, integer, boolean, categorical, datetime)")
     t.add_argument("--condition-columns", help="tables: comma-separated columns to condition on (a conditional VAE)")

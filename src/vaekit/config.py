@@ -68,7 +68,7 @@ class Config:
     amp: bool = False  # bf16 mixed precision (autocast) on CUDA or a CPU with AMX/AVX512-BF16; else an error
     compile: bool = False  # torch.compile the training step; saved weights stay unwrapped
     channels_last: bool = True  # conv/hvae: train in NHWC layout (faster convolutions); saved weights are NCHW
-    progress: bool = True  # show a progress bar with the running loss on stderr
+    progress: bool = True  # on stderr: a progress bar on a terminal, else one line per epoch; False: neither
     tensorboard: bool = False  # also write TensorBoard event files to <run>/tensorboard (needs out=)
     checkpoint_every: int = 1  # with an output folder: save the training state every N epochs (0 = off)
     checkpoint_minutes: float = 0.0  # also save it every M minutes, mid-epoch if need be (0 = off)
