@@ -235,9 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     sn.add_argument("-o", "--output", required=True, help="the model folder to write")
     sn.add_argument("--force", action="store_true", help="replace an existing folder at --output")
 
-    d = sub.add_parser("demo", help="train on digits in seconds and write sample and reconstruction grids")
+    d = sub.add_parser("demo", help="train on digits in seconds; write samples, reconstructions, interpolations, "
+                                    "traversals, a report and the run into one folder")
     d.add_argument("--out", default="vaekit-demo", help="folder for the demo (default vaekit-demo)")
-    d.add_argument("--epochs", type=int, default=80)
+    d.add_argument("--epochs", type=int, default=80, help="training epochs at most (default 80)")
     d.add_argument("--force", action="store_true", help="replace a non-demo folder at --out")
 
     h = sub.add_parser("help", help="show the options of a command: vaekit help train")
