@@ -70,6 +70,27 @@ def test_traverse_walks_the_most_active_dimensions_or_the_chosen_ones(run, tmp_p
     assert round(w / h) == round(9 / rows)  # 9 steps across, one row per dimension
 
 
+@pytest.mark.parametrize("spread, dims, note", [
+    ([0.5, 0.0, 0.2, 0.0], "0, 2", "only 2 of the 4 latent dimensions are active"),
+    ([0.001, 0.004, 0.0, 0.002], "1", "none of the 4 latent dimensions is active"),
+    ([0.5, 0.3, 0.2, 0.1], "0, 1, 2, 3", None)])
+def test_traverse_says_when_fewer_dimensions_than_top_are_active(run, tmp_path, capsys, monkeypatch, spread, dims,
+                                                                  note):
+    # README: traverse walks "the --top 6 most active" dims; it walks the active ones only, and a
+    # collapsed model got one row (or two of --top 6) with no word of why
+    import vaekit.sample
+
+    monkeypatch.setattr(vaekit.sample, "activity", lambda means: torch.tensor(spread)[:means.shape[1]])
+    capsys.readouterr()
+    assert main(["traverse", str(run), "digits", "--top", "6", "-o", str(tmp_path / "t.npy")]) == 0
+    out = capsys.readouterr().out
+    assert f"dimension(s) {dims} of example 0" in out and np.load(tmp_path / "t.npy").shape[0] == len(dims.split(","))
+    if note:
+        assert note in out and "--dims" in out
+    else:
+        assert "active" not in out
+
+
 def test_pictures_take_the_data_as_given_not_a_random_binarisation(run, tmp_path, capsys):
     # reconstruct, interpolate and traverse once encoded a copy binarised with seed 0 (as evaluate
     # scores): the .png showed speckled inputs, and a path between two equal examples moved

@@ -270,19 +270,28 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_traverse(args) -> int:
-    from .sample import traversals, write_output
+    from .sample import most_active, traversals, write_output
 
     positive(args.n, "-n")
     model = _table_run_or_check_output(args, "traverse")
     x, _, c = _eval_data(args, model, args.n)
-    dims, walks = traversals(model, x, dims=args.dims, top=args.top, index=args.index, span=args.span,
+    dims, note = args.dims, ""
+    if dims is None and args.top >= 1:  # the most active: say so when fewer than --top are
+        dims, active = most_active(model, x, args.top, c)
+        if not active:
+            note = (f"; none of the {model.latent_dim} latent dimensions is active (posterior means spread over "
+                    f"the first {len(x)} examples <= 0.01), so this walk may show little; pick others with --dims")
+        elif active < min(args.top, model.latent_dim):
+            note = (f"; only {active} of the {model.latent_dim} latent dimensions are active, the others would show "
+                    "no change; pick them with --dims")
+    dims, walks = traversals(model, x, dims=dims, top=args.top, index=args.index, span=args.span,
                              steps=args.steps, c=c)  # (dims, steps, *shape)
     if Path(args.output).suffix.lower() == ".png":
         write_output(walks.reshape(-1, *walks.shape[2:]), args.output, nrow=args.steps)
     else:
         write_output(walks, args.output, layout=model.config.data_layout)
     print(f"wrote traversals of latent dimension(s) {', '.join(map(str, dims))} of example {args.index}, "
-          f"{args.steps} steps from -{args.span:g} to {args.span:g}, to {args.output}")
+          f"{args.steps} steps from -{args.span:g} to {args.span:g}, to {args.output}{note}")
     return 0
 
 

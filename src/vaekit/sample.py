@@ -133,12 +133,23 @@ def write_samples(model, path: str | Path, n: int, temperature: float = 1.0, mea
 
 
 @torch.no_grad()
+def most_active(model, x: torch.Tensor, top: int = 6, c: torch.Tensor | None = None) -> tuple[list[int], int]:
+    """The latent dimensions worth walking: the active ones (Burda et al.: spread of the posterior
+    means over x above 0.01), most spread first, at most `top`; when none is active, the single
+    most spread one. Returns (dims, how many dimensions are active)."""
+    spread = activity(posterior_means(model, x, c))  # (d,)
+    ranked = spread.argsort(descending=True).tolist()
+    active = (spread > ACTIVE).tolist()
+    return [d for d in ranked if active[d]][:top] or ranked[:1], sum(active)
+
+
+@torch.no_grad()
 def traversals(model, x: torch.Tensor, dims: list[int] | None = None, top: int = 6, index: int = 0,
                span: float = 3.0, steps: int = 9, c: torch.Tensor | None = None) -> tuple[list[int], torch.Tensor]:
     """Walk latent dimensions one at a time from example `index` of x (N, *shape): each chosen
     coordinate of its posterior mean goes from -span to span in `steps` steps, the others held.
-    `dims` picks the dimensions; by default the `top` most active ones, ranked by the spread
-    of the posterior means over x (collapsed dimensions would show no change).
+    `dims` picks the dimensions; by default the active ones, most spread first, at most `top`
+    (`most_active`: collapsed dimensions would show no change, so there may be fewer than `top`).
     Returns (dims, walks) with walks (len(dims), steps, *shape), the decoded means."""
     if not 0 <= index < len(x):
         raise ConfigError(f"--index {index} is outside the {len(x)} examples given; pick 0..{len(x) - 1}")
@@ -147,10 +158,7 @@ def traversals(model, x: torch.Tensor, dims: list[int] | None = None, top: int =
     if dims is not None and not len(dims):
         raise ConfigError("dims is empty; name at least one latent dimension, or pass dims=None for the most active")
     if dims is None:
-        spread = activity(posterior_means(model, x, c))  # (d,)
-        ranked = spread.argsort(descending=True).tolist()
-        active = (spread > ACTIVE).tolist()
-        dims = [d for d in ranked if active[d]][:top] or ranked[:1]
+        dims = most_active(model, x, top, c)[0]
     bad = [d for d in dims if not 0 <= d < model.latent_dim]
     if bad:
         raise ConfigError(f"latent dimension(s) {bad} out of range: this model has {model.latent_dim} (0.."
