@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vaekit.data import MNIST_FILES, binarize_fixed, download_mnist, load_data
+from vaekit.data import binarize_fixed, load_data
 from vaekit.errors import DataError
+from vaekit.mnist import MNIST_FILES, download_mnist
 
 
 def test_mnist_from_idx_files(mnist_dir):

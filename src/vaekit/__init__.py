@@ -21,7 +21,7 @@ _EXPORTS = {
     "Config": "config",
     "Dataset": "data",
     "load_data": "data",
-    "download_mnist": "data",
+    "download_mnist": "mnist",
     "VAE": "model",
     "StandardNormal": "priors",
     "Bernoulli": "likelihoods",
@@ -74,10 +74,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from . import errors, report
     from .checkpoint import load, save
     from .config import Config
-    from .data import Dataset, download_mnist, load_data
+    from .data import Dataset, load_data
     from .evaluate import log_likelihood
     from .export import export_onnx
     from .likelihoods import Bernoulli, Gaussian, MixedLikelihood
+    from .mnist import download_mnist
     from .model import VAE
     from .nets import MLP, ConvDecoder, ConvEncoder
     from .objectives import Bound, elbo, iwae

@@ -2,7 +2,7 @@
 
 A CSV is read CHUNK_BYTES of text at a time (pandas `chunksize`), a Parquet file by record
 batches (pyarrow). Each column keeps running statistics instead of its values: rows, gaps,
-dtypes, exact min/max, integer-ness, the text checks of tables._guess_kind (on each distinct
+dtypes, exact min/max, integer-ness, the text checks of table_kinds._guess_kind (on each distinct
 label once, weighted by its count), its distinct values (at most MAX_DISTINCT), and a seeded
 reservoir sample of at most RESERVOIR numeric values (Vitter 1985, algorithm R): quantiles
 and GMM modes are fitted on the reservoir (the end quantiles are the exact min and max).
@@ -29,10 +29,11 @@ from .errors import ConfigError, DataError
 from .table_codec import encode
 from .table_io import (COMPRESSED, check_decimal, check_missing, csv_layout, drop_trailing, open_table, text_gaps,
                        unreadable)
-from .tables import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, N_QUANTILES, TIME_STEPS, ZONED,
-                     ZONED_DTYPE, Column, Schema, _fit_gmm, check_request, check_trainable, condition_values,
-                     counting_error, decimal_comma, decimals, every_column, formatted_error, formatted_numbers,
-                     label_error, loose_dates_error, nested_error, placeholder_error, plain, time_step, to_numbers)
+from .table_kinds import (DECIMAL_COMMA, ISO_DATE, MAX_CATEGORIES, MAX_CATEGORY_INTEGERS, TIME_STEPS, counting_error,
+                          decimal_comma, decimals, formatted_error, formatted_numbers, label_error, loose_dates_error,
+                          nested_error, placeholder_error, time_step)
+from .tables import (N_QUANTILES, ZONED, ZONED_DTYPE, Column, Schema, _fit_gmm, check_request, check_trainable,
+                     condition_values, every_column, plain, to_numbers)
 
 AUTO_STREAM_TABLE_BYTES = 256 << 20  # fit_table(path, stream=None) reads a file over 256 MiB in chunks
 COMPRESSION_RATIO = 10  # a gzipped CSV is 5-10x smaller than its text: the higher end, so large ones stream
@@ -133,8 +134,8 @@ class ColumnStats:
         self.levels: list[Any] | None = None  # a category dtype's categories, in order (a union over chunks)
         self.ordered = False
         self.nonfinite, self.whole, self.numbers = False, True, True
-        self.step: float | None = TIME_STEPS[0]  # as tables.time_step, over every chunk
-        self.decimals: int | None = 0  # as tables.decimals, over every chunk
+        self.step: float | None = TIME_STEPS[0]  # as table_kinds.time_step, over every chunk
+        self.decimals: int | None = 0  # as table_kinds.decimals, over every chunk
         self.lo, self.hi, self.values = np.inf, -np.inf, np.empty(0)  # values: the reservoir (R,)
         self.sample = Reservoir(RESERVOIR, seed)
 
@@ -190,7 +191,7 @@ class ColumnStats:
         elif self.kind is None and numeric:
             x = v.to_numpy(dtype=np.float64)
             self.nonfinite = self.nonfinite or not np.isfinite(x).all()
-            if self.counting:  # as tables._guess_kind, across chunk boundaries too
+            if self.counting:  # as table_kinds._guess_kind, across chunk boundaries too
                 self.counting = bool(np.all(np.diff(x) == 1)) and (self.last is None or x[0] == self.last + 1)
                 self.last, self.head = x[-1], (self.head + x[:2].tolist())[:2]
         elif self.kind is None and (pd.api.types.is_datetime64_any_dtype(v)
@@ -277,7 +278,7 @@ class ColumnStats:
         return col
 
     def _guess(self, dtype: str) -> str:
-        """tables._guess_kind's rules, on the running statistics."""
+        """table_kinds._guess_kind's rules, on the running statistics."""
         import pandas as pd
 
         name, t, labels = self.name, pd.api.types.pandas_dtype(dtype), self.distinct
@@ -300,7 +301,7 @@ class ColumnStats:
                             f"--column-kind {name}=categorical to treat every value as a label")
         n = self.rows - self.missing
         if self.types <= {str} and self.formatted and self.formatted_example is not None and not self.commas and \
-                (labels is None or len(labels) > MAX_CATEGORY_INTEGERS):  # as tables._guess_kind
+                (labels is None or len(labels) > MAX_CATEGORY_INTEGERS):  # as table_kinds._guess_kind
             raise formatted_error(name, self.formatted_example)
         if self.types <= {str}:
             if 0 < self.not_numbers <= 0.05 * n:
