@@ -91,6 +91,17 @@ def test_traverse_says_when_fewer_dimensions_than_top_are_active(run, tmp_path, 
         assert "active" not in out
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback_before_or_after_the_command(tmp_path, capsys, where):
+    # `vaekit sample RUN ... --debug` was 'unrecognized arguments: --debug'; only `vaekit --debug sample` worked
+    from vaekit.errors import IntegrityError
+
+    command = ["sample", str(tmp_path / "no-run"), "-n", "2", "-o", str(tmp_path / "s.png")]
+    assert main(command) == 2 and "not a vaekit run folder" in capsys.readouterr().err
+    with pytest.raises(IntegrityError, match="not a vaekit run folder"):
+        main(["--debug", *command] if where == "before" else [*command, "--debug"])
+
+
 def test_pictures_take_the_data_as_given_not_a_random_binarisation(run, tmp_path, capsys):
     # reconstruct, interpolate and traverse once encoded a copy binarised with seed 0 (as evaluate
     # scores): the .png showed speckled inputs, and a path between two equal examples moved

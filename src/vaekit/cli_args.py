@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("help", help="show the options of a command: vaekit help train")
     h.add_argument("topic", metavar="COMMAND", nargs="?", choices=sorted(sub.choices), help="the command")
+    for command in sub.choices.values():  # `vaekit sample ... --debug` as well as `vaekit --debug sample ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show tracebacks on errors")
     return parser
 
 
