@@ -287,6 +287,22 @@ def test_bad_conditions_and_overrides(tmp_path, capsys):
     assert len(pd.read_csv(out)) == 7
 
 
+def test_a_decimal_comma_run_takes_its_conditions_with_a_decimal_comma(tmp_path):
+    # a run read with --decimal , writes `7,5` in its CSVs, but `--condition "a>7,5"` was refused
+    # ("condition on 'a' needs a number, got '7,5'")
+    rng = np.random.default_rng(0)
+    n = 120
+    euro = pd.DataFrame({"a": [f"{v:.2f}".replace(".", ",") for v in rng.uniform(0, 10, n)],
+                         "b": rng.choice(["x", "y"], n)})
+    euro.to_csv(tmp_path / "euro.csv", sep=";", index=False)
+    model = fit_table(tmp_path / "euro.csv", table_config(epochs=2, progress=False), decimal=",",
+                      condition_columns=["a"])
+    for condition in ("a>7,5", "a>7.5"):
+        assert (sample_table(model, 30, conditions=[condition]).a > 7.5).all()
+    with pytest.raises(ConfigError, match="needs a number, got '7;5'"):
+        sample_table(model, 5, conditions=["a>7;5"])
+
+
 def test_constant_column_kept_and_only_constants_refused():
     df = pd.DataFrame({"a": ["x"] * 20, "b": [1.5] * 20})
     with pytest.raises(DataError, match="every modelled column is constant"):

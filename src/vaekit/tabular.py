@@ -181,7 +181,7 @@ def parse_conditions(schema: Schema, conditions) -> list[tuple[str, str, Any]]:
             out.append((name, op, None))
             continue
         if col.numeric:
-            value = _number(col, value)
+            value = _number(col, value, schema.decimal)
             if col.kind == "integer" and op == "=" and value != round(value):
                 raise ConfigError(f"condition {name}={value:g}: column {name!r} holds whole numbers; give a whole "
                                   f"number, or a range such as {name}>{math.floor(value)}")
@@ -209,7 +209,9 @@ def _category(col, value) -> Any:
                     f"seen: {', '.join(map(str, col.categories))}")
 
 
-def _number(col, value) -> float:
+def _number(col, value, decimal: str = ".") -> float:
+    """A condition's number (or date, in seconds); a run read with --decimal , takes `age>40,5`
+    as its CSVs write it, and `age>40.5` too."""
     import pandas as pd
 
     what = "date" if col.kind == "datetime" else "number"
@@ -218,7 +220,7 @@ def _number(col, value) -> float:
             stamp = pd.Timestamp(value)
             number = math.nan if pd.isna(stamp) else stamp.value / 1e9
         else:
-            number = float(value)
+            number = float(value.replace(decimal, ".") if isinstance(value, str) and decimal != "." else value)
     except (ValueError, TypeError):
         raise ConfigError(f"condition on {col.name!r} needs a {what}, got {value!r}") from None
     if not math.isfinite(number):  # inf, nan, NaT: no value or range to draw from (`col=` asks for the missing)
