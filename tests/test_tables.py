@@ -287,6 +287,21 @@ def test_bad_conditions_and_overrides(tmp_path, capsys):
     assert len(pd.read_csv(out)) == 7
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--arch", "conv"], "--arch conv needs images (N, C, H, W); a table's rows are vectors: use --arch mlp"),
+    (["--preset", "mnist"], "--arch hvae (which --preset mnist picks) needs images"),
+    (["--likelihood", "bernoulli"], "--likelihood applies to arrays and images"),
+    (["--binarize", "none", "--likelihood", "gaussian"], "--likelihood and --binarize apply to arrays and images")])
+def test_image_only_options_on_a_table_are_one_line_errors(tmp_path, capsys, flags, message):
+    # `vaekit train people.csv --arch conv` (or --preset mnist) died with a ValueError traceback from
+    # VAE.from_config; --likelihood bernoulli was accepted and ignored (a table's likelihood is mixed)
+    data = _write(tmp_path, "t.csv", "kind,size\n" + "".join(f"{'ab'[i % 2]},{i % 7}\n" for i in range(60)))
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--no-progress", *flags]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="needs images"):
+        fit_table(pd.read_csv(data), table_config(arch="hvae", epochs=1, progress=False))
+
+
 def test_a_decimal_comma_run_takes_its_conditions_with_a_decimal_comma(tmp_path):
     # a run read with --decimal , writes `7,5` in its CSVs, but `--condition "a>7,5"` was refused
     # ("condition on 'a' needs a number, got '7,5'")

@@ -88,6 +88,11 @@ def cmd_train(args) -> int:
 
         from . import table_cli
 
+        if given := [f"--{f}" for f in ("likelihood", "binarize") if f in overrides]:  # table_config sets its own
+            one = len(given) == 1
+            raise ConfigError(f"{' and '.join(given)} {'applies' if one else 'apply'} to arrays and images; a table "
+                              "run models each column with its own head (MixedLikelihood): "
+                              f"drop {'it' if one else 'them'}")
         config = table_config(**settings)
         refuse_ignored(config)
         return table_cli.train(args, config)

@@ -62,6 +62,10 @@ def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | 
     from .checkpoint import check_output_dir
     from .table_stream import encoded_table, should_stream_table
 
+    if config is not None and config.arch in ("conv", "hvae"):  # VAE.from_config would raise a bare ValueError
+        preset = " (which --preset mnist picks)" if config.arch == "hvae" else ""
+        raise ConfigError(f"--arch {config.arch}{preset} needs images (N, C, H, W); a table's rows are vectors: "
+                          "use --arch mlp (the default for tables) or ladder")
     if out is not None and not resume:
         check_output_dir(Path(out), force)  # before any work
     config = (config or table_config()).replace(likelihood="mixed")
