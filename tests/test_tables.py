@@ -720,6 +720,10 @@ def test_gaps_written_as_words_are_named_then_read_as_gaps_with_missing(tmp_path
         fit_table(path, small, missing=[""])
     assert main(["train", "digits", "--out", str(tmp_path / "img"), "--missing", "?"]) == 2  # tables only
     assert "--missing and --decimal apply to tables" in capsys.readouterr().err
+    # --encoding gmm on digits trained as if it had not been given
+    assert main(["train", "digits", "--out", str(tmp_path / "img"), "--encoding", "gmm"]) == 2
+    assert "--encoding, --missing and --decimal apply to tables" in capsys.readouterr().err
+    assert not (tmp_path / "img").exists()
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -96,9 +96,9 @@ def cmd_train(args) -> int:
         config = table_config(**settings)
         refuse_ignored(config)
         return table_cli.train(args, config)
-    if args.column_kind or args.condition_columns or args.missing or args.decimal:
-        raise ConfigError("--column-kind, --condition-columns, --missing and --decimal apply to tables; pass a "
-                          ".csv or .parquet file")
+    if args.column_kind or args.condition_columns or args.missing or args.decimal or args.encoding:
+        raise ConfigError("--column-kind, --condition-columns, --encoding, --missing and --decimal apply to tables; "
+                          "pass a .csv or .parquet file")
     config = Config.from_dict(settings)
     refuse_ignored(config)
     check_training(config)  # before the data is read (fit checks it too)

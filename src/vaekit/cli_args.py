@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--decimal", choices=[".", ","],
                    help="tables: the CSV's decimal mark (default '.'; ',' for 0,75, usually with ';' between fields); "
                         "the run reads later files the same way and writes CSVs with ',' and ';'")
-    t.add_argument("--encoding", choices=["quantile", "gmm"], default="quantile",
+    t.add_argument("--encoding", choices=["quantile", "gmm"],
                    help="tables: numeric columns by quantile transform (default) or Gaussian-mixture modes")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files to RUN/tensorboard")
     t.add_argument("--resume", action="store_true",

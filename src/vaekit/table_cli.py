@@ -16,7 +16,7 @@ def train(args, config) -> int:
     # the text goes whole: split against the table's own names, which may hold commas
     model = fit_table(args.data, config, out=args.out, kinds=column_kinds(args.column_kind),
                       condition_columns=args.condition_columns or None,
-                      encoding=args.encoding, sep=args.sep, force=args.force, resume=args.resume,
+                      encoding=args.encoding or "quantile", sep=args.sep, force=args.force, resume=args.resume,
                       stream=args.stream, missing=args.missing, decimal=args.decimal or ".")
     h = model.history
     last = h.epochs[h.best_epoch - 1] if h.epochs else {}
