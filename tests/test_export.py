@@ -29,6 +29,12 @@ def test_onnx_decoder_and_encoder_match_pytorch_for_batches_1_7_64(kind, tmp_pat
     assert "onnxruntime matches PyTorch" in capsys.readouterr().out
     decoder, encoder = _session(dec), _session(enc)
     assert [i.name for i in decoder.get_inputs()] == ["z"] and [o.name for o in encoder.get_outputs()] == ["mu", "sigma"]
+    # the graphs declare the README's shapes, only the batch axis left open (the outputs' other axes
+    # were tracer names such as 'Sigmoidmean_dim_1')
+    shape = list(data.shape[1:])
+    assert decoder.get_inputs()[0].shape == ["batch", 3] and decoder.get_outputs()[0].shape == ["batch", *shape]
+    assert encoder.get_inputs()[0].shape == ["batch", *shape]
+    assert [o.shape for o in encoder.get_outputs()] == [["batch", 3], ["batch", 3]]
     gen = torch.Generator().manual_seed(1)
     for b in (1, 7, 64):
         z = torch.randn(b, 3, generator=gen)  # (B, d)

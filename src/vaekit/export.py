@@ -75,9 +75,15 @@ def onnx_bytes(module: nn.Module, example: tuple[torch.Tensor, ...], inputs: lis
         warnings.simplefilter("ignore")
         torch.onnx.export(module, example, buf, input_names=inputs, output_names=outputs,
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
-    data = buf.getvalue()
-    onnx.checker.check_model(onnx.load_from_string(data))
-    return data
+    graph = onnx.load_from_string(buf.getvalue())
+    with torch.no_grad():
+        traced = module(*example)
+    traced = traced if isinstance(traced, tuple) else (traced,)
+    for out, t in zip(graph.graph.output, traced):  # the tracer names the other axes ('Sigmoidmean_dim_1'):
+        for dim, size in zip(list(out.type.tensor_type.shape.dim)[1:], t.shape[1:]):  # they are fixed sizes
+            dim.dim_value = size
+    onnx.checker.check_model(graph)
+    return graph.SerializeToString()
 
 
 def run_onnx(data: bytes, *inputs: np.ndarray) -> list[np.ndarray]:
