@@ -656,7 +656,8 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (T + ["digits", "--out", "{d}/o", "--arch", "conv", "--hidden", "32"], "--hidden applies only to --arch mlp", 2),
     (T + ["digits", "--out", "{d}/o", "--arch", "hvae", "--latent-dim", "8"], "--latent-dim applies only to", 2),
     (T + ["digits", "--out", "{d}/o", "--mmd-kernel", "rbf"], "--mmd-kernel applies only to --objective wae-mmd", 2),
-    (T + ["digits", "--out", "{d}/o", "--pseudo-inputs", "50"], "applies only to --prior vamp or mog", 2),
+    (T + ["digits", "--out", "{d}/o", "--pseudo-inputs", "50"],
+     "--pseudo-inputs / --prior-components applies only to --prior vamp or mog", 2),  # the flag typed, not its twin
     (T + ["digits", "--out", "{d}/o", "--lr-final", "0.1"], "--lr-final applies only to --lr-schedule cosine", 2),
     (T + ["digits", "--out", "{d}/o", "--val-nll-k", "5", "--val-fraction", "0"], "val_fraction=0 holds none out", 2),
     (T + ["digits", "--out", "{d}/o", "--device", "gpu"], "not auto, cpu, cuda or cuda:N", 2),

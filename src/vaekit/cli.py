@@ -71,7 +71,8 @@ def cmd_train(args) -> int:
 
     def refuse_ignored(config) -> None:  # a flag this run has no use for is an error, not silently dropped
         if ignored := unused(config, list(overrides)):
-            flags = {"prior_components": "--prior-components", "wae_deterministic": "--wae-stochastic"}
+            flags = {"prior_components": "--pseudo-inputs / --prior-components",
+                     "wae_deterministic": "--wae-stochastic"}
             raise ConfigError("; ".join(f"{flags.get(f, '--' + f.replace('_', '-'))} applies only to {where}"
                                         for f, where in ignored.items())
                               + f"; drop {'it' if len(ignored) == 1 else 'them'}, or choose what it applies to")
