@@ -388,6 +388,21 @@ def test_report_of_a_table_run(toy_model, tmp_path, capsys):
     assert "give the real table" in capsys.readouterr().err and not (tmp_path / "no-data.html").exists()
 
 
+def test_report_of_a_table_run_takes_the_separator_evaluate_takes(toy_model, tmp_path, capsys):
+    # a run trained with --sep '|' was scored by `vaekit evaluate RUN t.csv --sep '|'`, but
+    # `vaekit report` had no --sep: 'unrecognized arguments', so such a run could not be reported
+    pytest.importorskip("matplotlib")
+    df, model = toy_model
+    vaekit.save(model, tmp_path / "run")
+    df.to_csv(tmp_path / "pipe.csv", sep="|", index=False)
+    out = tmp_path / "report.html"
+    assert main(["report", str(tmp_path / "run"), str(tmp_path / "pipe.csv"), "-o", str(out)]) == 2
+    assert "lacks column(s)" in capsys.readouterr().err and not out.exists()  # ',' ';' and tab are sniffed, not '|'
+    assert main(["report", str(tmp_path / "run"), str(tmp_path / "pipe.csv"), "-o", str(out), "--sep", "|"]) == 0
+    assert "Marginals" in out.read_text()
+    assert vaekit.report(tmp_path / "run", str(tmp_path / "pipe.csv"), out, sep="|") == out
+
+
 class _Payload:
     def __init__(self, marker):
         self.marker = marker

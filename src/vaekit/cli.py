@@ -361,7 +361,7 @@ def cmd_report(args) -> int:
     positive(args.n, "-n")
     check_output_html(args.output, force=args.force)
     path = report(args.run, args.data, args.output, k=args.k, n=args.n, split=args.split, data_dir=args.data_dir,
-                  seed=args.seed, device=args.device, force=args.force)
+                  seed=args.seed, device=args.device, force=args.force, sep=args.sep)
     print(f"wrote {path}")
     return 0
 

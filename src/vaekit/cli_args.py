@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="digits | mnist | path to .npy/.npz or an image folder (optional: adds the data's pictures); "
                          "for a table run, the real .csv/.parquet (needed)")
     rp.add_argument("--data-dir", help="folder of the MNIST *-ubyte.gz files (DATA = mnist)")
+    rp.add_argument("--sep", help="tables: CSV separator (default: sniffed from the header, ',', ';' or tab)")
     rp.add_argument("--split", default="test", choices=["train", "test", "all"],
                     help="part of digits/mnist (default test)")
     rp.add_argument("-o", "--output", required=True, help="the .html file to write")

@@ -40,14 +40,16 @@ def check_output_html(out: str | os.PathLike, force: bool = True) -> Path:
 
 def report(run_or_model, data: Any = None, out: str | os.PathLike = "report.html", *, k: int = 100,
            n: int = 1000, split: str = "test", data_dir: str | os.PathLike | None = None, seed: int = 0,
-           device: str = "cpu", title: str | None = None, sections: Iterable[str] = (), force: bool = True) -> Path:
+           device: str = "cpu", title: str | None = None, sections: Iterable[str] = (), force: bool = True,
+           sep: str | None = None) -> Path:
     """Write the HTML report of a run folder (or a trained VAE) to `out`, atomically.
 
     `data` (a dataset name or path as for `load_data`, a Dataset, or an array (N, *shape))
     adds reconstructions, interpolations, traversals, the latent space and the evaluation
     (importance-sampled with `k` samples on the first `n` examples). `sections` are extra
     HTML sections (e.g. from `table_section`) appended before the config. `force=False`
-    refuses an existing `out` (the CLI's default). Returns the path."""
+    refuses an existing `out` (the CLI's default). `sep`: a table run's CSV separator, where
+    the file's cannot be sniffed (as `--sep` in training). Returns the path."""
     from .checkpoint import load, read_manifest, read_verified, write_atomic
     from .train import METRICS, resolve_device
 
@@ -78,7 +80,7 @@ def report(run_or_model, data: Any = None, out: str | os.PathLike = "report.html
     config = getattr(model, "config", None)
     second = "mmd" if config is not None and config.objective == "wae-mmd" else "kl"
     if table:  # a table model: real vs synthetic tables, not pictures of x
-        sections = [_table_report(model, data, n, seed), *sections]
+        sections = [_table_report(model, data, n, seed, sep), *sections]
         body = [f"<h1>vaekit report: {_e(name)}</h1>",
                 f"<p>table model: {len(model.schema.names)} columns, latent dimensions {model.latent_dim}, "
                 f"{model.num_parameters():,} parameters</p>"]

@@ -13,9 +13,10 @@ from .errors import ConfigError
 from .htmlpage import _flatten, _img, _section, _table
 
 
-def _table_report(model, data: Any, n: int, seed: int) -> str:
-    """Real vs synthetic for a table model: `data` (a .csv/.parquet path or a DataFrame, the
-    first `n` rows) against as many sampled rows, with the evaluation scores."""
+def _table_report(model, data: Any, n: int, seed: int, sep: str | None = None) -> str:
+    """Real vs synthetic for a table model: `data` (a .csv/.parquet path, read with `sep` or the
+    sniffed separator, or a DataFrame; the first `n` rows) against as many sampled rows, with
+    the evaluation scores."""
     import pandas as pd
 
     from .table_io import read_table, text_gaps
@@ -29,7 +30,7 @@ def _table_report(model, data: Any, n: int, seed: int) -> str:
     if isinstance(data, pd.DataFrame):
         real = data
     elif isinstance(data, (str, os.PathLike)):
-        real = read_table(data, missing=model.schema.missing_tokens, decimal=model.schema.decimal)
+        real = read_table(data, sep, missing=model.schema.missing_tokens, decimal=model.schema.decimal)
     else:
         raise ConfigError("a table model's report needs the real table: a .csv/.parquet path or a DataFrame")
     real = text_gaps(str_columns(real), tuple(model.schema.missing_tokens))
