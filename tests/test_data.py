@@ -318,3 +318,10 @@ def test_binary_uint8_images_stay_bits_and_column_labels_are_read(tmp_path, stre
         assert torch.equal(as_dataset(torch.from_numpy(bits)).x, as_dataset(bits).x)
         np.savez(tmp_path / "col.npz", x=np.ones((4, 2)), labels=np.array([[0], [1], [1], [2]]))
         assert load_data(str(tmp_path / "col.npz")).labels.tolist() == [0, 1, 1, 2]
+
+
+def test_a_dataset_prints_its_shapes_not_its_values():
+    """print(load_data(...)) in a notebook shows what was loaded, not 96,000 numbers."""
+    text = repr(load_data("digits"))
+    assert text.startswith("Dataset(x (1500, 1, 8, 8) torch.float32, labels (1500,), image=True")
+    assert len(text) < 200 and "tensor(" not in text

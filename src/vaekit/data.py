@@ -29,6 +29,13 @@ class Dataset(NamedTuple):
     layout: str = "NCHW"  # "NHWC" / "NHW" when the source array held channels last / none (x is always NCHW)
     classes: list[str] | None = None  # names of labels 0..K-1 when they are text (sub-folders, string labels)
 
+    def __repr__(self) -> str:  # shapes, not every value of a 60,000-image tensor
+        labels = "None" if self.labels is None else f"({len(self.labels)},)"
+        more = "..." if self.classes is not None and len(self.classes) > 10 else ""
+        classes = "" if self.classes is None else f", classes={self.classes[:10]}{more}"
+        return (f"Dataset(x {tuple(self.x.shape)} {getattr(self.x, 'dtype', '')}, labels {labels}, "
+                f"image={self.image}, name={self.name!r}, layout={self.layout!r}{classes})")
+
 
 def load_data(spec: str, split: str = "train", data_dir: str | os.PathLike | None = None,
               download: bool = False, stream: bool | None = False) -> Dataset:
