@@ -403,6 +403,27 @@ def test_report_of_a_table_run_takes_the_separator_evaluate_takes(toy_model, tmp
     assert vaekit.report(tmp_path / "run", str(tmp_path / "pipe.csv"), out, sep="|") == out
 
 
+def test_a_run_trained_with_sep_reads_its_tables_with_it_again(tmp_path, capsys):
+    """A run trained on a '|'-separated file with --sep '|' made evaluate, reconstruct and report
+    answer 'lacks column(s)' unless --sep was repeated (',' ';' and tab are sniffed, '|' is not);
+    the run now records its separator, and a --sep given later still wins."""
+    df = toy_table(120).drop(columns=["when"])
+    df.to_csv(tmp_path / "pipe.csv", sep="|", index=False)
+    run, csv = str(tmp_path / "r"), str(tmp_path / "pipe.csv")
+    assert main(["train", csv, "--sep", "|", "--out", run, "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "r" / "schema.json").read_text())["sep"] == "|"
+    capsys.readouterr()
+    assert main(["evaluate", run, csv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows_real"] == 120
+    assert main(["reconstruct", run, csv, "-n", "5", "-o", str(tmp_path / "rec.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "rec.csv")) == 5
+    df.to_csv(tmp_path / "comma.csv", index=False)  # the same rows written with commas: --sep , overrides
+    assert main(["evaluate", run, str(tmp_path / "comma.csv"), "--sep", ",", "--json"]) == 0
+    written = json.loads((tmp_path / "r" / "schema.json").read_text())
+    del written["sep"]  # a schema.json written before the field still loads
+    assert Schema.from_json(json.dumps(written)).sep is None
+
+
 class _Payload:
     def __init__(self, marker):
         self.marker = marker

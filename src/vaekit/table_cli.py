@@ -46,7 +46,8 @@ def reconstruct(args, model) -> int:
     from .tabular import reconstruct_table
 
     tokens = model.schema.missing_tokens  # the training file's gap texts, read and written alike
-    rows = next(read_chunks(args.data, args.sep, chunk_rows=args.n, missing=tokens, decimal=model.schema.decimal))
+    sep = args.sep or model.schema.sep  # the training run's --sep unless told otherwise
+    rows = next(read_chunks(args.data, sep, chunk_rows=args.n, missing=tokens, decimal=model.schema.decimal))
     write_table(reconstruct_table(model, rows), args.output, model.schema)
     print(f"wrote {len(rows)} reconstructed rows to {args.output}")
     return 0
@@ -59,7 +60,8 @@ def evaluate(args, model) -> int:
         positive(args.rows, "--rows")
     if args.n is not None:
         positive(args.n, "-n")
-    real, total = real_rows(args.data, args.n, args.seed, args.sep, model.schema.missing_tokens,  # large: a sample
+    sep = args.sep or model.schema.sep  # the training run's --sep unless told otherwise
+    real, total = real_rows(args.data, args.n, args.seed, sep, model.schema.missing_tokens,  # large: a sample
                             model.schema.decimal)
     r = evaluate_table(model, real, n=args.rows, seed=args.seed)
     if total is not None:

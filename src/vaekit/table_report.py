@@ -30,7 +30,8 @@ def _table_report(model, data: Any, n: int, seed: int, sep: str | None = None) -
     if isinstance(data, pd.DataFrame):
         real = data
     elif isinstance(data, (str, os.PathLike)):
-        real = read_table(data, sep, missing=model.schema.missing_tokens, decimal=model.schema.decimal)
+        real = read_table(data, sep or model.schema.sep, missing=model.schema.missing_tokens,  # the run's --sep
+                          decimal=model.schema.decimal)
     else:
         raise ConfigError("a table model's report needs the real table: a .csv/.parquet path or a DataFrame")
     real = text_gaps(str_columns(real), tuple(model.schema.missing_tokens))

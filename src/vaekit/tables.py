@@ -73,6 +73,7 @@ class Schema:
     condition_rows: dict[str, list[Any]] = field(default_factory=dict)  # their training values
     missing_tokens: list[str] = field(default_factory=list)  # cell texts read as gaps (--missing); written back as the first
     decimal: str = "."  # the CSV's decimal mark (--decimal ,): read, and written back, that way
+    sep: str | None = None  # the separator given at training (--sep '|'): the run's tables are read with it again
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -118,7 +119,7 @@ class Schema:
         enough to read even with a thousand quantiles per column."""
         d = dataclasses.asdict(self)
         lines = [f" {json.dumps(k)}: {json.dumps(d[k], default=_json_value)}"
-                 for k in ("encoding", "condition_columns", "missing_tokens", "decimal")]
+                 for k in ("encoding", "condition_columns", "missing_tokens", "decimal", "sep")]
         cols = ",\n  ".join(json.dumps(c, default=_json_value) for c in d["columns"])
         rows = ",\n  ".join(f"{json.dumps(k)}: {json.dumps(v, default=_json_value)}" for k, v in d["condition_rows"].items())
         lines += [f' "columns": [\n  {cols}\n ]', f' "condition_rows": {{\n  {rows}\n }}' if rows else ' "condition_rows": {}']

@@ -74,6 +74,7 @@ def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | 
         with encoded_table(data, kinds, encoding, condition_columns, config.seed, sep, chunk_rows, near=out,
                            missing=missing, decimal=decimal) as parts:
             parts[0].missing_tokens = parts[0].missing_tokens or gap_words(data, sep)  # 'NA' written back as NA
+            parts[0].sep = sep
             return _fit_encoded(*parts, config, out, force, resume)
     df = read_table(data, sep, missing, decimal) if isinstance(data, (str, os.PathLike)) else data
     if type(df).__name__ != "DataFrame":
@@ -83,6 +84,7 @@ def fit_table(data: Any, config: Config | None = None, out: str | os.PathLike | 
     schema = infer_schema(df, kinds, encoding, condition_columns, seed=config.seed)
     path = isinstance(data, (str, os.PathLike))
     schema.missing_tokens, schema.decimal = list(missing) or (gap_words(data, sep) if path else []), decimal
+    schema.sep = sep if path else None
     check_trainable(schema, len(df))
     x = torch.from_numpy(encode(schema, df))  # (N, D_enc)
     c = torch.from_numpy(encode(schema, df, schema.conditions)) if schema.condition_columns else None  # (N, C)
