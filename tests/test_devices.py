@@ -125,7 +125,9 @@ def test_cpu_amp_multiplies_in_bf16_and_saves_float32(small, tmp_path, arch, mon
     assert all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())
     fp32 = vaekit.fit(images, _config(device="cpu", **arch))
     a, b = model.history.epochs[-1]["val_loss"], fp32.history.epochs[-1]["val_loss"]
-    assert np.isfinite(a) and a != b and abs(a - b) < 0.1 * abs(b)  # bf16 changes the path, not where it goes
+    # bf16 changes the path, not where it goes (the sums alone can round to the same float: compare terms)
+    terms = [[run.history.epochs[-1][key] for key in ("train_loss", "val_recon", "val_kl")] for run in (model, fp32)]
+    assert np.isfinite(a) and terms[0] != terms[1] and abs(a - b) < 0.1 * abs(b)
     loaded = vaekit.load(tmp_path / "run")  # scored in float32 whatever it trained in
     assert loaded.config.amp and evaluate(loaded, images[:16], k=4)["nll"] > 0
 

@@ -301,6 +301,10 @@ class HVAEDecoder(nn.Module):
         super().__init__()
         self._net = [net]
 
+    @property
+    def output_layer(self) -> nn.Module:
+        return self._net[0].out[-1]  # the conv giving p(x|z)'s parameters
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         net = self._net[0]
         w = net.recall(z)

@@ -337,6 +337,15 @@ class VAE(nn.Module):
                 out[i:i + rows] = part
         return out
 
+    def output_layer(self) -> nn.Module | None:
+        """The decoder's last linear or conv layer, whose bias offsets p(x|z)'s parameters (for
+        hvae the top-down network's, which its decoder reads but does not hold); None if none."""
+        own = getattr(self.decoder, "output_layer", None)
+        if isinstance(own, nn.Module):
+            return own
+        layers = [m for m in self.decoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        return layers[-1] if layers else None
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

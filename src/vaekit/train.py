@@ -279,6 +279,12 @@ def fit(data: Any, config: Config | None = None, out: str | os.PathLike | None =
     model.config = config
     if hasattr(model.likelihood, "set_data_stats") and not model.likelihood.has_data_stats():
         model.likelihood.set_data_stats(x_train)  # a model trained further keeps its standardisation
+    if fresh and hasattr(model.likelihood, "start_output") and len(x_train):
+        # p(x|z) starts as the average example (a Bernoulli's log-odds): no stall on that plateau
+        # float32 means on both paths, so streamed data starts bit-identical to the same array in memory
+        in_memory = isinstance(x_train, torch.Tensor)
+        mean = x_train.mean(0, dtype=torch.float64).float() if in_memory else x_train.moments()[0]
+        model.likelihood.start_output(model.output_layer(), mean)  # mean: (*shape)
     if fresh and hasattr(model.prior, "init_from_data"):
         model.prior.init_from_data(x_train, torch.Generator().manual_seed(config.seed))
     layout = memory_format(config)  # conv models: channels-last weights, and batches to match
