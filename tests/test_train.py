@@ -178,9 +178,10 @@ def test_save_of_a_fitted_model_keeps_its_metrics_for_the_report(digits, tmp_pat
     assert rows == model.history.epochs and len(rows) == 3
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert "metrics.jsonl" in manifest["files"]
-    vaekit.load(tmp_path / "run")  # verified against the manifest like fit's own metrics
-    vaekit.save(vaekit.load(tmp_path / "run"), tmp_path / "copy")  # a loaded model has no history: none written
-    assert not (tmp_path / "copy" / "metrics.jsonl").exists()
+    loaded = vaekit.load(tmp_path / "run")  # verified against the manifest like fit's own metrics
+    assert loaded.history.epochs == rows  # and given back as model.history (a loaded model had none)
+    vaekit.save(loaded, tmp_path / "copy")  # so a copy keeps the curves too
+    assert (tmp_path / "copy" / "metrics.jsonl").read_text() == (tmp_path / "run" / "metrics.jsonl").read_text()
 
 
 def test_a_numpy_array_trains_as_the_cli_reads_it_saved(tmp_path):

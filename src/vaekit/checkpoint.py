@@ -241,14 +241,16 @@ def mixed_likelihood(schema):
     return MixedLikelihood(schema.heads())
 
 
-def _check_jsonl(path: Path, data: bytes) -> None:
+def _check_jsonl(path: Path, data: bytes) -> list[dict]:
     """A metrics file is JSON objects, one a line; anything else was not written by vaekit."""
     try:
-        ok = all(isinstance(read_json(line), dict) for line in data.decode().splitlines())
+        rows = [read_json(line) for line in data.decode().splitlines() if line.strip()]
+        ok = all(isinstance(row, dict) for row in rows)
     except (ValueError, UnicodeDecodeError):
         ok = False
     if not ok:
         raise IntegrityError(f"{path} is not JSON lines as vaekit writes them; restore the original file")
+    return rows
 
 
 def check_dtypes(model, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -276,8 +278,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None):
     names = sorted(set(manifest["files"]) | set(MODEL_FILES))
     verified = {name: read_verified(folder, name, manifest) for name in names}
     config_bytes, weights = verified["config.json"], verified["model.safetensors"]
-    if "metrics.jsonl" in verified:
-        _check_jsonl(folder / "metrics.jsonl", verified["metrics.jsonl"])
+    rows = _check_jsonl(folder / "metrics.jsonl", verified["metrics.jsonl"]) if "metrics.jsonl" in verified else []
     schema = None
     if SCHEMA in verified:
         from .tables import Schema
@@ -293,6 +294,9 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None):
         newer = "; a run saved by a newer vaekit needs that version: upgrade" if "unknown config field" in str(e) else ""
         raise IntegrityError(f"{folder / 'config.json'} does not describe a model: {e}{newer}") from None
     model.schema = schema
+    from .train import History
+
+    model.history = History(epochs=rows)  # the run's per-epoch metrics, as fit() returned them
     try:
         tensors = load_tensors(weights)
         check_dtypes(model, tensors, folder / "model.safetensors")
