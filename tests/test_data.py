@@ -325,3 +325,11 @@ def test_a_dataset_prints_its_shapes_not_its_values():
     text = repr(load_data("digits"))
     assert text.startswith("Dataset(x (1500, 1, 8, 8) torch.float32, labels (1500,), image=True")
     assert len(text) < 200 and "tensor(" not in text
+
+
+def test_stream_is_refused_for_the_named_datasets_it_cannot_stream():
+    """--stream with digits trained in memory without a word (a .npz is refused the same way)."""
+    for name in ("digits", "mnist"):
+        with pytest.raises(DataError, match="drop --stream"):
+            load_data(name, stream=True, data_dir="unused")
+    assert load_data("digits", stream=None).x.shape == (1500, 1, 8, 8)  # the default (auto) is fine

@@ -659,6 +659,7 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
     (T + ["digits", "--out", "{d}/o", "--pseudo-inputs", "50"],
      "--pseudo-inputs / --prior-components applies only to --prior vamp or mog", 2),  # the flag typed, not its twin
     (T + ["digits", "--out", "{d}/o", "--lr-final", "0.1"], "--lr-final applies only to --lr-schedule cosine", 2),
+    (T + ["digits", "--out", "{d}/o", "--stream"], "digits is always loaded into memory", 2),  # was ignored
     (T + ["digits", "--out", "{d}/o", "--val-nll-k", "5", "--val-fraction", "0"], "val_fraction=0 holds none out", 2),
     (T + ["digits", "--out", "{d}/o", "--device", "gpu"], "not auto, cpu, cuda or cuda:N", 2),
     (T + ["digits", "--out", "{d}/o", "--checkpoint-every", "-2"], "checkpoint_every=-2", 2),

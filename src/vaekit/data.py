@@ -48,6 +48,9 @@ def load_data(spec: str, split: str = "train", data_dir: str | os.PathLike | Non
     """
     if split not in ("train", "test", "all"):
         raise DataError(f"split {split!r} is not train, test or all")
+    if stream and spec in ("digits", "mnist"):  # it was ignored without a word
+        raise DataError(f"{spec} is always loaded into memory ({'1,797' if spec == 'digits' else '70,000'} small "
+                        "images); drop --stream, which is for .npy files and image folders")
     if spec == "digits":
         return load_digits(split)
     if spec == "mnist":
