@@ -244,7 +244,7 @@ def mixed_likelihood(schema):
 def _check_jsonl(path: Path, data: bytes) -> list[dict]:
     """A metrics file is JSON objects, one a line; anything else was not written by vaekit."""
     try:
-        rows = [read_json(line) for line in data.decode().splitlines() if line.strip()]
+        rows = [read_json(line) for line in data.decode().splitlines()]
         ok = all(isinstance(row, dict) for row in rows)
     except (ValueError, UnicodeDecodeError):
         ok = False
