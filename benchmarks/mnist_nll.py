@@ -7,6 +7,7 @@ importance sampling with k samples.
     python benchmarks/mnist_nll.py --data-dir ../shared/data/mnist --epochs 200
     python benchmarks/mnist_nll.py --data-dir ../shared/data/mnist --objective iwae --k 50
     python benchmarks/mnist_nll.py --epochs 1000 --out runs/elbo --resume   # again after a stop
+    python benchmarks/mnist_nll.py --objective iwae --k 50 --dreg           # doubly reparameterised gradients
     python benchmarks/mnist_nll.py --objective iwae --k 50 --amp            # bf16 steps (AMX CPU, CUDA)
     python benchmarks/mnist_nll.py --prior vamp --pseudo-inputs 500         # the VampPrior row
     python benchmarks/mnist_nll.py --objective iwae --k 50 --init-from runs/elbo   # a second stage
@@ -66,6 +67,7 @@ def main() -> None:
                    help="mlp: one stochastic layer (784-200-200-50); ladder: two (100 and 50, Burda et al. 2016)")
     p.add_argument("--objective", choices=["elbo", "iwae"], default="elbo")
     p.add_argument("--k", type=int, default=1, help="IWAE samples in training")
+    p.add_argument("--dreg", action="store_true", help="IWAE with doubly reparameterised gradients (Tucker et al. 2019)")
     p.add_argument("--prior", choices=["normal", "vamp", "mog"], default="normal")
     p.add_argument("--pseudo-inputs", type=int, default=500, help="VampPrior pseudo-inputs (mixture components for mog)")
     p.add_argument("--kl-warmup", type=float, default=0.0, help="epochs over which the KL weight rises from 0 to 1")
@@ -99,14 +101,15 @@ def main() -> None:
         {"arch": "ladder", "latent_dims": [100, 50], "hidden": [100, 100], "ladder_hidden": [50, 50]}
     config = vaekit.Config(
         **shape, activation="tanh", likelihood="bernoulli", binarize="dynamic",
-        objective=args.objective, k=args.k, prior=args.prior, kl_warmup=args.kl_warmup,
+        objective=args.objective, k=args.k, dreg=args.dreg, prior=args.prior, kl_warmup=args.kl_warmup,
         prior_components=args.pseudo_inputs if args.prior != "normal" else 0,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         lr_schedule="cosine", lr_warmup=1.0, lr_final=0.05, val_fraction=0.0, patience=0,
         device=args.device, seed=0, progress=False,
         checkpoint_minutes=args.checkpoint_minutes, ema=args.ema, amp=args.amp, compile=args.compile)
     arch = "" if args.arch == "mlp" else f"{args.arch}-"
-    out = Path(args.out or f"bench-out/mnist-{arch}{args.objective}-k{args.k}-{args.prior}-e{args.epochs}")
+    name = f"{arch}{args.objective}{'-dreg' if args.dreg else ''}-k{args.k}-{args.prior}-e{args.epochs}"
+    out = Path(args.out or f"bench-out/mnist-{name}")
     t0 = time.perf_counter()
     model = train_or_resume(train, config, out, args.resume, args.init_from)
     train_s = time.perf_counter() - t0
@@ -120,7 +123,7 @@ def main() -> None:
     row = {
         "date": date.today().isoformat(), "model": MODELS[args.arch], "objective": args.objective, "prior": args.prior,
         "prior_components": config.prior_components, "kl_warmup": args.kl_warmup,
-        "train_k": args.k, "epochs": len(model.history.epochs), "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
+        "train_k": args.k, "dreg": args.dreg, "epochs": len(model.history.epochs), "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
         "amp": args.amp, "compile": args.compile, "init_from": str(args.init_from) if args.init_from else None,
         "schedule": "1 epoch warm-up, cosine to 5%", "test_nll": round(res["nll"], 3), "test_nll_se": round(res["nll_se"], 3),
         "test_elbo": round(res["elbo"], 3), "active_units": res["active_units"], "eval_k": args.eval_k, "n": res["n"],

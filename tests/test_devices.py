@@ -73,6 +73,35 @@ def test_compiled_step_is_one_graph(small, monkeypatch, free_bits):
     assert breaks(resolve_kl=lambda *a, **kw: None) > 0  # the break this guards against
 
 
+@pytest.mark.parametrize("arch", ["mlp", "ladder"])
+def test_dreg_compiles_as_one_graph_with_the_eager_gradients(arch):
+    # DReG reweights z's gradient by a hook set after the weights are known; traced through
+    # autograd (aot_eager: inductor's capture without its code generation) it must stay one
+    # graph and give eager's gradients (a hook filling a tensor in place did not, for the ladder)
+    from torch._dynamo.utils import counters
+
+    from vaekit.objectives import iwae
+
+    extra = {"arch": "ladder", "latent_dims": [3, 2], "ladder_hidden": [8]} if arch == "ladder" else {"latent_dim": 2}
+    torch.manual_seed(0)
+    model = vaekit.VAE.from_config(vaekit.Config(hidden=[16], input_shape=[4], likelihood="gaussian", **extra))
+    x = torch.randn(6, 4)
+
+    def step(x):
+        return iwae(model, x, k=5, dreg=True).bound.sum()
+
+    grads = []
+    for f in (step, torch.compile(step, backend="aot_eager")):
+        torch._dynamo.reset()
+        counters.clear()
+        model.zero_grad()
+        torch.manual_seed(3)
+        f(x).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        assert not counters["graph_break"]
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
 def test_a_kl_warmup_compiles_the_iwae_step_as_few_times_as_the_elbo_step(small, monkeypatch):
     # a branch on the warm-up's beta in iwae() made a graph more, compiled when the warm-up ended
     from torch._dynamo.utils import counters

@@ -652,6 +652,7 @@ CASES = [  # (argv with {d} for the world folder, message fragment, exit code)
      "which --objective wae-mmd has not", 2),
     (T + ["digits", "--out", "{d}/o", "--objective", "iwae", "--free-bits", "0.5"], "--free-bits needs the KL per", 2),
     (T + ["digits", "--out", "{d}/o", "--objective", "iwae", "--k", "1"], "with k=1 trains the ELBO", 2),
+    (T + ["digits", "--out", "{d}/o", "--dreg"], "--dreg) is a gradient estimator for the IWAE bound", 2),
     # flags the run has no use for were accepted and ignored
     (T + ["digits", "--out", "{d}/o", "--arch", "conv", "--hidden", "32"], "--hidden applies only to --arch mlp", 2),
     (T + ["digits", "--out", "{d}/o", "--arch", "hvae", "--latent-dim", "8"], "--latent-dim applies only to", 2),

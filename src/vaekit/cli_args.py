@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--binarize", choices=["auto", "dynamic", "none"])
     t.add_argument("--objective", choices=["elbo", "iwae", "wae-mmd"])
     t.add_argument("--k", type=int, help="importance samples for --objective iwae")
+    t.add_argument("--dreg", action="store_true", default=None,
+                   help="--objective iwae: doubly reparameterised gradients (lower-variance encoder updates)")
     t.add_argument("--beta", type=float, help="KL weight (1 = plain VAE)")
     t.add_argument("--kl-warmup", type=float, help="epochs over which the KL weight rises from 0 to beta")
     t.add_argument("--free-bits", type=float, help="nats per latent dim not penalised (against collapse)")
@@ -252,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 TRAIN_FLAGS = ("epochs", "latent_dim", "arch", "latent_dims", "ladder_hidden", "hidden", "channels", "groups",
                "latent_channels", "cells", "grad_skip", "ema", "activation", "likelihood", "binarize",
-               "objective", "k", "beta", "kl_warmup", "free_bits", "prior", "prior_components", "mmd_kernel",
+               "objective", "k", "dreg", "beta", "kl_warmup", "free_bits", "prior", "prior_components", "mmd_kernel",
                "mmd_weight", "batch_size", "lr", "lr_schedule", "lr_warmup", "lr_final", "val_nll_k",
                "patience", "val_fraction", "grad_clip", "seed", "device", "checkpoint_every", "checkpoint_minutes",
                "skip_nonfinite", "condition_on", "amp", "compile", "channels_last")

@@ -42,6 +42,7 @@ class Config:
     binarize: Binarize = "auto"  # auto: dynamic binarisation when Bernoulli meets non-binary data
     objective: Objective = "elbo"  # training bound: ELBO, or the importance-weighted bound (IWAE)
     k: int = 1  # importance samples per example for the IWAE objective (1 = ELBO)
+    dreg: bool = False  # IWAE: doubly reparameterised gradients (Tucker et al. 2019), lower-variance encoder updates
     beta: float = 1.0  # weight of the KL term; 1 is the plain VAE, >1 a beta-VAE
     kl_warmup: float = 0.0  # epochs over which the KL weight rises linearly from 0 to beta
     free_bits: float = 0.0  # nats per latent dim below which the KL is not penalised (0 = off)
@@ -147,6 +148,9 @@ class Config:
             raise ConfigError(f"prior_components={self.prior_components!r} must be an integer >= 0 (--pseudo-inputs)")
         if self.objective == "wae-mmd" and self.prior != "normal":
             raise ConfigError("--objective wae-mmd matches the encoded codes to N(0, I); use --prior normal")
+        if self.dreg and self.objective != "iwae":
+            raise ConfigError("dreg=True (--dreg) is a gradient estimator for the IWAE bound; add --objective iwae "
+                              "--k 50, or drop --dreg")
         if self.objective != "iwae" and self.k != 1:
             raise ConfigError(f"k={self.k} only applies to --objective iwae; drop --k or add --objective iwae")
         if self.condition_on not in (None, "labels", "columns"):

@@ -3,6 +3,7 @@ per example, and its terms, so the loss you see is the quantity it is named afte
 
     ELBO  log p(x) >= E_q[log p(x|z)] - KL(q(z|x) || p(z))           Kingma & Welling 2014
     IWAE  log p(x) >= E[log 1/k sum_i p(x, z_i) / q(z_i|x)]           Burda et al. 2016
+          (its gradient optionally by the doubly reparameterised estimator, Tucker et al. 2019)
     WAE-MMD  E[log p(x|z)] - lambda MMD(q(z), p(z)), z from the encoder  Tolstikhin et al. 2018
              (not a bound on log p(x): its `kl` field carries the MMD)
 """
@@ -116,18 +117,59 @@ def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None,
     return log_px_z - log_ratio, log_px_z, log_ratio
 
 
-def iwae(model, x: torch.Tensor, k: int = 5, beta: float = 1.0, c: torch.Tensor | None = None) -> Bound:
+def iwae(model, x: torch.Tensor, k: int = 5, beta: float = 1.0, c: torch.Tensor | None = None,
+         dreg: bool = False) -> Bound:
     """The importance-weighted bound with k samples; k = 1 is the ELBO (single-sample).
 
     `beta` != 1 weights log p(z) - log q(z|x) inside each log-weight, log p(x|z_i) - beta log
     q(z_i|x) / p(z_i), as a KL warm-up does for the ELBO (Sønderby et al. 2016 warm up their
     importance-weighted ladder so); with k = 1 it is the beta-ELBO's one-sample estimate. Only
-    beta = 1 is a bound on log p(x). x (B, *shape) -> per-example terms (B,)."""
-    _, log_px_z, log_ratio = log_weights(model, x, k, c=c)  # (k, B) each
-    # no branch on beta: a compiled step keeps one graph through a warm-up (x * 1.0 is exact)
+    beta = 1 is a bound on log p(x). x (B, *shape) -> per-example terms (B,).
+
+    `dreg`: the same bound, its gradient by the doubly reparameterised estimator (DReG, Tucker
+    et al. 2019). IWAE's own gradient for q's parameters carries a score term whose noise grows
+    with k, so the encoder learns less the tighter the bound (Rainforth et al. 2018). DReG
+    rewrites that term by reparameterisation: with normalised weights w_i, the encoder's
+    gradient is sum_i w_i^2 d log w_i / dz_i dz_i / dphi, log q held at fixed parameters; the
+    decoder's and the prior's gradients are IWAE's, sum_i w_i d log w_i / dtheta. Unbiased for
+    the same gradient. With beta != 1 the path's weight is w_i ((1 - beta) + beta w_i), the same
+    identity applied to beta log q: w_i^2 at beta = 1, IWAE's w_i at beta = 0 (log q gone)."""
+    if not dreg:
+        _, log_px_z, log_ratio = log_weights(model, x, k, c=c)  # (k, B) each
+        # no branch on beta: a compiled step keeps one graph through a warm-up (x * 1.0 is exact)
+        log_w = log_px_z - beta * log_ratio  # (k, B)
+        bound = torch.logsumexp(log_w, dim=0) - math.log(k)  # (B,)
+        return Bound(bound, log_px_z.mean(0), log_ratio.mean(0))
+    x = x.to(model.device)  # the caller's data may live elsewhere (no-op in training)
+    q = model.encode(x, c)
+    # a fresh copy of the sample: nothing below may reuse the pass that drew it (hvae caches
+    # that pass), so every gradient to z goes through this tensor and its hook
+    z = q.rsample((k,)).clone()  # (k, B, d): the path to the encoder's parameters
+    log_px_z = model.decode(z, c).log_prob(x)  # (k, B)
+    log_ratio = stopped_log_prob(q, z) - model.prior_dist().log_prob(z)  # (k, B)
     log_w = log_px_z - beta * log_ratio  # (k, B)
-    bound = torch.logsumexp(log_w, dim=0) - math.log(k)  # (B,)
+    if z.requires_grad:  # training: scale each sample's gradient on its path by (1 - beta) + beta w_i
+        w = torch.softmax(log_w.detach().float(), dim=0)  # (k, B) the normalised weights
+        path = ((1.0 - beta) + beta * w).unsqueeze(-1).to(z.dtype)  # (k, B, 1)
+        # a hook set after z's uses still fires in the backward pass, and knows the weights
+        z.register_hook(lambda g: g * path)
+    bound = torch.logsumexp(log_w, dim=0) - math.log(k)  # (B,) its gradient to log_w_i is w_i
     return Bound(bound, log_px_z.mean(0), log_ratio.mean(0))
+
+
+def stopped_log_prob(q, z: torch.Tensor) -> torch.Tensor:
+    """log q(z|x) (*lead,) with no gradient to q's parameters while z keeps its own: the density
+    DReG needs. A factorised Normal is rebuilt from its detached mean and scale. A hierarchy
+    (ladder, hvae), whose lower layers' parameters are networks of the upper layers' samples, is
+    scored twice: at z (gradients along z's path and to the parameters) minus at a detached
+    copy of z (to the parameters only, the score), which leaves the path; the value is log q(z)."""
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
+        base = q.base_dist
+        return Independent(Normal(base.loc.detach(), base.scale.detach(), validate_args=False),
+                           q.reinterpreted_batch_ndims).log_prob(z)
+    # clone: a fresh tensor, so a hierarchy's cache of the pass that drew z is not reused for it
+    score = q.log_prob(z.detach().clone())  # (*lead,)
+    return q.log_prob(z) - score + score.detach()
 
 
 def _kernel(a: torch.Tensor, b: torch.Tensor, kernel: str) -> torch.Tensor:

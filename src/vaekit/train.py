@@ -159,7 +159,7 @@ def objective(model: VAE, x: torch.Tensor, config: Config, beta: float | None = 
             return elbo(model, x, beta=config.beta if beta is None else beta,
                         free_bits=config.free_bits if free_bits is None else free_bits, c=c)
         case "iwae":
-            return iwae(model, x, k=config.k, beta=config.beta if beta is None else beta, c=c)
+            return iwae(model, x, k=config.k, beta=config.beta if beta is None else beta, c=c, dreg=config.dreg)
         case "wae-mmd":
             return wae_mmd(model, x, weight=config.mmd_weight, kernel=config.mmd_kernel,
                            deterministic=config.wae_deterministic, c=c)
