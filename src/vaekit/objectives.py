@@ -167,6 +167,8 @@ def stopped_log_prob(q, z: torch.Tensor) -> torch.Tensor:
         base = q.base_dist
         return Independent(Normal(base.loc.detach(), base.scale.detach(), validate_args=False),
                            q.reinterpreted_batch_ndims).log_prob(z)
+    if not torch.is_grad_enabled():  # validation, scoring: no gradient to keep apart
+        return q.log_prob(z)
     # clone: a fresh tensor, so a hierarchy's cache of the pass that drew z is not reused for it
     score = q.log_prob(z.detach().clone())  # (*lead,)
     return q.log_prob(z) - score + score.detach()
