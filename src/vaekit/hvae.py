@@ -215,12 +215,14 @@ class HVAEPrior(nn.Module):
         chunks = [t.reshape(-1, *s) for t, s in zip(torch.split(h, sizes, -1), self.feat_shapes)]
         return chunks[::-1]
 
-    def run(self, h: torch.Tensor | None, lead: torch.Size, **kw) -> Walk:
-        """walk() over leading shape `lead`, remembered for the scoring and decoding that follow."""
+    def run(self, h: torch.Tensor | None, lead: torch.Size, remember: bool | None = None, **kw) -> Walk:
+        """walk() over leading shape `lead`, remembered for the scoring and decoding that follow
+        (by default only a draw; `remember=True` also a pass over a given z)."""
         w = self.walk(h, max(1, math.prod(lead)), **kw)
-        w = w._replace(z=w.z.reshape(*lead, -1))
-        if kw.get("z") is None and not torch.compiler.is_compiling():  # compiled: no Python-side cache
-            self._cache.walk, self._cache.version = w, w.z._version
+        given = kw.get("z")
+        w = w._replace(z=w.z.reshape(*lead, -1) if given is None else given)
+        if (given is None if remember is None else remember) and not torch.compiler.is_compiling():
+            self._cache.walk, self._cache.version = w, w.z._version  # compiled: no Python-side cache
         return w
 
     def recall(self, z: torch.Tensor, h: torch.Tensor | None = None) -> Walk | None:
@@ -271,6 +273,11 @@ class HierarchicalNormal(Distribution):
     def mean(self) -> torch.Tensor:
         """Top-down pass taking each group's conditional mean (the mode path, not E[z])."""
         return self.net.run(self.h, self.batch_shape, mean=True).z
+
+    def remember(self, z: torch.Tensor) -> None:
+        """One pass over the given z (*lead, D), kept for the decoder, the prior and this
+        distribution to read instead of each running its own (DReG scores a copy of the drawn z)."""
+        self.net.run(self.h, z.shape[:-1], remember=True, z=z)
 
     def layer_log_probs(self, z: torch.Tensor) -> list[torch.Tensor]:
         """log q(z_l | z_>l, x) (or log p) per group, each (*lead,), finest first."""

@@ -145,6 +145,8 @@ def iwae(model, x: torch.Tensor, k: int = 5, beta: float = 1.0, c: torch.Tensor 
     # a fresh copy of the sample: nothing below may reuse the pass that drew it (hvae caches
     # that pass), so every gradient to z goes through this tensor and its hook
     z = q.rsample((k,)).clone()  # (k, B, d): the path to the encoder's parameters
+    if hasattr(q, "remember"):  # hvae: one pass over the copy, read by decoder, prior and q alike
+        q.remember(z)
     log_px_z = model.decode(z, c).log_prob(x)  # (k, B)
     log_ratio = stopped_log_prob(q, z) - model.prior_dist().log_prob(z)  # (k, B)
     log_w = log_px_z - beta * log_ratio  # (k, B)
