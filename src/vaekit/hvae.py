@@ -215,13 +215,13 @@ class HVAEPrior(nn.Module):
         chunks = [t.reshape(-1, *s) for t, s in zip(torch.split(h, sizes, -1), self.feat_shapes)]
         return chunks[::-1]
 
-    def run(self, h: torch.Tensor | None, lead: torch.Size, remember: bool | None = None, **kw) -> Walk:
+    def run(self, h: torch.Tensor | None, lead: torch.Size, remember: bool = False, **kw) -> Walk:
         """walk() over leading shape `lead`, remembered for the scoring and decoding that follow
-        (by default only a draw; `remember=True` also a pass over a given z)."""
+        (always a draw; a pass over a given z only with `remember`)."""
         w = self.walk(h, max(1, math.prod(lead)), **kw)
         given = kw.get("z")
         w = w._replace(z=w.z.reshape(*lead, -1) if given is None else given)
-        if (given is None if remember is None else remember) and not torch.compiler.is_compiling():
+        if (given is None or remember) and not torch.compiler.is_compiling():
             self._cache.walk, self._cache.version = w, w.z._version  # compiled: no Python-side cache
         return w
 

@@ -136,21 +136,19 @@ def iwae(model, x: torch.Tensor, k: int = 5, beta: float = 1.0, c: torch.Tensor 
     identity applied to beta log q: w_i^2 at beta = 1, IWAE's w_i at beta = 0 (log q gone)."""
     if not dreg:
         _, log_px_z, log_ratio = log_weights(model, x, k, c=c)  # (k, B) each
-        # no branch on beta: a compiled step keeps one graph through a warm-up (x * 1.0 is exact)
-        log_w = log_px_z - beta * log_ratio  # (k, B)
-        bound = torch.logsumexp(log_w, dim=0) - math.log(k)  # (B,)
-        return Bound(bound, log_px_z.mean(0), log_ratio.mean(0))
-    x = x.to(model.device)  # the caller's data may live elsewhere (no-op in training)
-    q = model.encode(x, c)
-    # a fresh copy of the sample: nothing below may reuse the pass that drew it (hvae caches
-    # that pass), so every gradient to z goes through this tensor and its hook
-    z = q.rsample((k,)).clone()  # (k, B, d): the path to the encoder's parameters
-    if hasattr(q, "remember"):  # hvae: one pass over the copy, read by decoder, prior and q alike
-        q.remember(z)
-    log_px_z = model.decode(z, c).log_prob(x)  # (k, B)
-    log_ratio = stopped_log_prob(q, z) - model.prior_dist().log_prob(z)  # (k, B)
+    else:
+        x = x.to(model.device)  # the caller's data may live elsewhere (no-op in training)
+        q = model.encode(x, c)
+        # a fresh copy of the sample: nothing below may reuse the pass that drew it (hvae caches
+        # that pass), so every gradient to z goes through this tensor and its hook
+        z = q.rsample((k,)).clone()  # (k, B, d): the path to the encoder's parameters
+        if hasattr(q, "remember"):  # hvae: one pass over the copy, read by decoder, prior and q alike
+            q.remember(z)
+        log_px_z = model.decode(z, c).log_prob(x)  # (k, B)
+        log_ratio = stopped_log_prob(q, z) - model.prior_dist().log_prob(z)  # (k, B)
+    # no branch on beta: a compiled step keeps one graph through a warm-up (x * 1.0 is exact)
     log_w = log_px_z - beta * log_ratio  # (k, B)
-    if z.requires_grad:  # training: scale each sample's gradient on its path by (1 - beta) + beta w_i
+    if dreg and z.requires_grad:  # training: scale each sample's gradient on its path by (1 - beta) + beta w_i
         w = torch.softmax(log_w.detach().float(), dim=0)  # (k, B) the normalised weights
         path = ((1.0 - beta) + beta * w).unsqueeze(-1).to(z.dtype)  # (k, B, 1)
         # a hook set after z's uses still fires in the backward pass, and knows the weights
